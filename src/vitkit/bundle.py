@@ -1,0 +1,130 @@
+"""The bundle: a directory holding a model and everything needed to use it.
+
+This is the only module that knows the file layout::
+
+    my-model/
+      vitkit.json          schema_version, task, backbone, labels, preprocessing, train, variants …
+      model.safetensors    weights (no pickle anywhere)
+
+Later stages (quantize, OOD, anomaly) add files and keys; readers keep keys they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_model, save_model
+
+from torch import nn
+
+from vitkit.errors import BundleError
+
+SCHEMA_VERSION = 1
+META_FILE = "vitkit.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class BundleMeta(BaseModel):
+    """The contents of ``vitkit.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    task: str = "classify"
+    vitkit_version: str = ""
+    backbone: dict[str, Any]
+    labels: list[str]
+    preprocessing: dict[str, Any]
+    train: dict[str, Any] = Field(default_factory=dict)
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def save_bundle(path: Path, model: nn.Module, meta: BundleMeta) -> Path:
+    """Writes a bundle atomically: a half-written bundle never replaces a good one."""
+    from vitkit import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = meta.model_copy(update={"vitkit_version": __version__})
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_model(model, str(staging / WEIGHTS_FILE))
+        (staging / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
+        if path.exists():
+            backup = path.with_name(f".{path.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(path, backup)
+            os.replace(staging, path)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def read_meta(path: Path | str) -> BundleMeta:
+    """Reads and validates ``vitkit.json``, checking the schema version."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        what = "does not exist" if not path.exists() else f"has no {META_FILE}"
+        raise BundleError(
+            f"{path} {what}: it is not a vitkit bundle. Give the folder that `vitkit train` "
+            "wrote (it holds vitkit.json and model.safetensors)."
+        )
+    try:
+        raw = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path} is not valid JSON ({exc}); the bundle is damaged.") from exc
+    version = raw.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{path} has bundle schema version {version!r}; this vitkit reads version "
+            f"{SCHEMA_VERSION} and older. Upgrade vitkit (pip install -U vitkit)."
+        )
+    try:
+        return BundleMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{meta_path} is incomplete or damaged: {exc}") from exc
+
+
+def load_weights(path: Path | str, model: nn.Module) -> None:
+    """Loads a bundle's weights (safetensors only) into a rebuilt model."""
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"{path} has no {WEIGHTS_FILE}; the bundle is incomplete.")
+    try:
+        load_model(model, str(weights))
+    except Exception as exc:  # noqa: BLE001 - any mismatch means a damaged or foreign bundle
+        raise BundleError(
+            f"weights in {weights} do not match the recorded architecture: {exc}"
+        ) from exc
+
+
+def update_meta(path: Path | str, **changes: Any) -> BundleMeta:
+    """Rewrites ``vitkit.json`` with some keys changed (atomically)."""
+    path = Path(path)
+    meta = read_meta(path).model_copy(update=changes)
+    write_json_atomic(path / META_FILE, json.loads(meta.model_dump_json()))
+    return meta
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

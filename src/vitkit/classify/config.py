@@ -1,0 +1,110 @@
+"""The training config: one pydantic model whose defaults are the CLI's defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vitkit.data.transforms import Augmentation
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HeadStage(_Strict):
+    """Stage 1: train only the new head on features of the frozen backbone, cached once."""
+
+    share: float = Field(0.3, ge=0, description="share of --epochs; 0 skips the stage")
+    lr: float = Field(5e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class TopStage(_Strict):
+    """Stage 2: train the head and the top ``blocks`` layer groups of the backbone."""
+
+    share: float = Field(0.3, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    blocks: int = Field(2, ge=1, description="how many layer groups below the head to train")
+
+
+class FullStage(_Strict):
+    """Stage 3: train everything, with layer-wise learning-rate decay towards the input."""
+
+    share: float = Field(0.4, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    layer_decay: float = Field(0.75, gt=0, le=1)
+
+
+class Stages(_Strict):
+    head: HeadStage = HeadStage()
+    top: TopStage = TopStage()
+    full: FullStage = FullStage()
+
+
+class EarlyStopping(_Strict):
+    patience: int = Field(4, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Everything `vitkit train` does; save it with the run to repeat it exactly."""
+
+    data: str = ""
+    model: str = "efficientnet_lite0"
+    weights: str = "auto"
+    epochs: int = Field(10, ge=1, description="all stages together")
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    clip_grad: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1, description="warm-up share of each stage's steps")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0, description="mixup alpha; 0 disables")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha; 0 disables")
+    augmentation: Augmentation = Augmentation()
+    stages: Stages = Stages()
+    early_stopping: EarlyStopping | None = EarlyStopping()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    num_workers: int = Field(2, ge=0)
+    max_pixels: int = Field(50_000_000, gt=0)
+    out: str = "runs/train"
+
+    @model_validator(mode="after")
+    def _some_stage(self) -> TrainConfig:
+        if self.stage_epochs() == {}:
+            raise ValueError("every stage has share 0: give at least one stage a share > 0")
+        return self
+
+    def stage_epochs(self) -> dict[str, int]:
+        """Splits ``epochs`` over the enabled stages by their shares (largest remainder).
+
+        Every enabled stage gets at least one epoch when there are enough epochs.
+        """
+        shares = {
+            name: float(getattr(self.stages, name).share)
+            for name in ("head", "top", "full")
+            if getattr(self.stages, name).share > 0
+        }
+        if not shares:
+            return {}
+        total = sum(shares.values())
+        exact = {n: self.epochs * s / total for n, s in shares.items()}
+        counts = {n: int(v) for n, v in exact.items()}
+        if self.epochs >= len(shares):
+            for n in counts:
+                counts[n] = max(1, counts[n])
+        # Later stages win ties: fine-tuning deeper layers benefits most from extra epochs.
+        order = sorted(shares, key=lambda n: (exact[n] - int(exact[n]), list(shares).index(n)))
+        while sum(counts.values()) < self.epochs:
+            counts[order.pop()] += 1
+        while sum(counts.values()) > self.epochs:
+            largest = max(counts, key=lambda n: (counts[n], list(shares).index(n)))
+            counts[largest] -= 1
+        return {n: c for n, c in counts.items() if c > 0}

@@ -1,0 +1,120 @@
+"""Reading the optional files of a run directory, tolerating absent or broken ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitkit.report._images import is_png
+
+SUMMARY = "summary.json"
+EVAL = "eval.json"
+METRICS = "metrics.csv"
+LEARNING_CURVES = "learning_curves.png"
+CONFUSION_MATRIX = "confusion_matrix.png"
+PREDICTIONS = "predictions.json"
+SKIPPED = "skipped.csv"
+
+# What each file contributes, for the "missing inputs" notice.
+PURPOSE = {
+    SUMMARY: "run details",
+    EVAL: "evaluation metrics and per-class table",
+    METRICS: "per-epoch table and learning curves",
+    PREDICTIONS: "sample predictions",
+    SKIPPED: "list of skipped files",
+}
+
+
+@dataclass
+class RunInputs:
+    """What could be read from a run directory; ``None`` means absent or unreadable.
+
+    Attributes:
+        run_dir: The run directory.
+        summary: Parsed ``summary.json`` (a JSON object).
+        eval: Parsed ``eval.json`` (a JSON object).
+        metrics: Rows of ``metrics.csv``.
+        predictions: Entries of ``predictions.json`` (a JSON list).
+        skipped: Rows of ``skipped.csv``.
+        learning_curves_png: Bytes of a valid ``learning_curves.png``.
+        confusion_matrix_png: Bytes of a valid ``confusion_matrix.png``.
+        missing: Names of the expected files that do not exist.
+        problems: ``(file name, message)`` for files that exist but could not be used.
+    """
+
+    run_dir: Path
+    summary: dict | None = None
+    eval: dict | None = None
+    metrics: list[dict[str, str]] | None = None
+    predictions: list | None = None
+    skipped: list[dict[str, str]] | None = None
+    learning_curves_png: bytes | None = None
+    confusion_matrix_png: bytes | None = None
+    missing: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_run(run_dir: Path) -> RunInputs:
+    """Read every known file of ``run_dir`` that exists and is well formed."""
+    run = RunInputs(run_dir=run_dir)
+    summary = _read_json(run, SUMMARY, dict)
+    run.summary = summary if isinstance(summary, dict) else None
+    evaluation = _read_json(run, EVAL, dict)
+    run.eval = evaluation if isinstance(evaluation, dict) else None
+    predictions = _read_json(run, PREDICTIONS, list)
+    run.predictions = predictions if isinstance(predictions, list) else None
+    run.metrics = _read_csv(run, METRICS)
+    run.skipped = _read_csv(run, SKIPPED)
+    run.learning_curves_png = _read_png(run, LEARNING_CURVES)
+    run.confusion_matrix_png = _read_png(run, CONFUSION_MATRIX)
+    return run
+
+
+def _read_json(run: RunInputs, name: str, kind: type) -> object | None:
+    path = run.run_dir / name
+    if not path.is_file():
+        run.missing.append(name)
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        run.problems.append((name, f"could not be read: {err}"))
+        return None
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        run.problems.append((name, f"should hold {expected}, got {type(value).__name__}"))
+        return None
+    return value
+
+
+def _read_csv(run: RunInputs, name: str) -> list[dict[str, str]] | None:
+    path = run.run_dir / name
+    if not path.is_file():
+        run.missing.append(name)
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            # restkey/restval keep ragged rows as dicts of str instead of lists and None.
+            reader = csv.DictReader(f, restkey="_extra", restval="")
+            rows = [{k: v for k, v in row.items() if k != "_extra"} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        run.problems.append((name, f"could not be read: {err}"))
+        return None
+    return rows
+
+
+def _read_png(run: RunInputs, name: str) -> bytes | None:
+    path = run.run_dir / name
+    if not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        run.problems.append((name, f"could not be read: {err}"))
+        return None
+    if not is_png(data):
+        run.problems.append((name, "is not a valid PNG image"))
+        return None
+    return data

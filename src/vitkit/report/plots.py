@@ -1,0 +1,279 @@
+"""Training plots rendered with matplotlib's object API (no pyplot, no global backend).
+
+``render_*`` functions return PNG bytes; ``plot_*`` functions write them atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from vitkit.report._io import atomic_write_bytes
+
+_DPI = 110
+_TRAIN_COLOR = "#1f6feb"
+_VAL_COLOR = "#d1242f"
+_STAGE_COLORS = ["#8250df", "#1a7f37", "#bf8700", "#0969da", "#cf222e", "#57606a"]
+_MAX_ANNOTATED_CLASSES = 30
+_MAX_TICK_LABEL = 22
+
+
+def plot_learning_curves(rows: Sequence[Mapping[str, object]], out: Path) -> Path:
+    """Plot loss and accuracy per epoch, with training stages shaded, to a PNG file.
+
+    Args:
+        rows: Records of ``metrics.csv`` (keys ``epoch, stage, lr, train_loss, train_acc,
+            val_loss, val_acc, ...``). Values may be strings, numbers, ``''`` or ``None``
+            (missing).
+        out: Destination PNG path (written atomically; the parent is created if needed).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: If ``rows`` is empty or holds no loss or accuracy value at all.
+    """
+    return atomic_write_bytes(Path(out), render_learning_curves(rows))
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]], labels: Sequence[str], out: Path, normalize: bool = False
+) -> Path:
+    """Plot a confusion matrix with counts annotated to a PNG file.
+
+    Args:
+        cm: ``C x C`` counts; rows are true classes, columns predicted classes.
+        labels: The ``C`` class names, in matrix order.
+        out: Destination PNG path (written atomically; the parent is created if needed).
+        normalize: Color cells by row fraction (recall per true class) and annotate the
+            percentage under each count.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: If ``cm`` is not square, has negative entries, or does not match
+            ``labels``.
+    """
+    return atomic_write_bytes(Path(out), render_confusion_matrix(cm, labels, normalize))
+
+
+def render_learning_curves(rows: Sequence[Mapping[str, object]]) -> bytes:
+    """Render :func:`plot_learning_curves` to PNG bytes."""
+    if not rows:
+        raise ValueError("no metrics rows to plot")
+    series = {
+        key: np.array([_number(row.get(key)) for row in rows])
+        for key in ("train_loss", "val_loss", "train_acc", "val_acc")
+    }
+    if all(np.isnan(values).all() for values in series.values()):
+        raise ValueError("metrics rows hold no loss or accuracy values to plot")
+    x = _epochs(rows)
+    stages = [_text(row.get("stage")) for row in rows]
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, kind in ((ax_loss, "loss"), (ax_acc, "acc")):
+        _shade_stages(ax, x, stages)
+        for split, color in (("train", _TRAIN_COLOR), ("val", _VAL_COLOR)):
+            values = series[f"{split}_{kind}"]
+            ok = ~np.isnan(values)
+            if ok.any():
+                ax.plot(
+                    x[ok],
+                    values[ok],
+                    color=color,
+                    marker="o",
+                    markersize=3.5,
+                    linewidth=1.8,
+                    label=split,
+                )
+        # Headroom so the stage names at the top do not sit on the curves.
+        ax.margins(y=0.12)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, color="#d0d7de", linewidth=0.6, alpha=0.8)
+        ax.spines[["top", "right"]].set_visible(False)
+    ax_loss.set_title("Loss", loc="left", fontweight="bold")
+    ax_acc.set_title("Accuracy", loc="left", fontweight="bold")
+    # One legend above the panels: inside an axes it would hide curves or stage names.
+    handles, names = max(
+        (ax.get_legend_handles_labels() for ax in (ax_loss, ax_acc)), key=lambda pair: len(pair[0])
+    )
+    if handles:
+        fig.legend(handles, names, loc="outside upper right", ncols=len(handles), frameon=False)
+
+    accs = np.concatenate([series["train_acc"], series["val_acc"]])
+    finite = accs[~np.isnan(accs)]
+    # Accuracies are fractions in vitkit's metrics.csv; accept percentages as well.
+    scale = 100.0 if finite.size and finite.max() > 1.0 + 1e-9 else 1.0
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=scale, decimals=0))
+    val = series["val_acc"]
+    if not np.isnan(val).all():
+        best = int(np.nanargmax(val))
+        ax_acc.plot(
+            [x[best]],
+            [val[best]],
+            marker="*",
+            markersize=13,
+            color=_VAL_COLOR,
+            markeredgecolor="white",
+            zorder=5,
+        )
+        ax_acc.annotate(
+            f"best {val[best] / scale:.1%}",
+            (x[best], val[best]),
+            xytext=(0, -16),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+            color=_VAL_COLOR,
+        )
+    return _png(fig)
+
+
+def render_confusion_matrix(
+    cm: Sequence[Sequence[int]], labels: Sequence[str], normalize: bool = False
+) -> bytes:
+    """Render :func:`plot_confusion_matrix` to PNG bytes."""
+    counts = _check_cm(cm, labels)
+    n = counts.shape[0]
+    row_sums = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
+    shown = fractions if normalize else counts.astype(np.float64)
+    vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
+
+    side = min(max(4.8, 0.55 * n + 2.6), 22.0)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    if normalize:
+        bar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    else:
+        bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    names = [_tick_label(label) for label in labels]
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(
+        "Confusion matrix" + (" (row-normalized)" if normalize else ""),
+        loc="left",
+        fontweight="bold",
+    )
+    if n <= _MAX_ANNOTATED_CLASSES:
+        size = max(6.0, 12.0 - n / 3)
+        for i in range(n):
+            for j in range(n):
+                text = f"{counts[i, j]}"
+                if normalize:
+                    text += f"\n{fractions[i, j]:.0%}"
+                dark = shown[i, j] > 0.55 * vmax
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if dark else "#24292f",
+                )
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    """Encode a figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def _shade_stages(ax: Axes, x: np.ndarray, stages: list[str]) -> None:
+    """Shade each run of consecutive epochs of one stage and name it at the top."""
+    if not any(stages):
+        return
+    colors: dict[str, str] = {}
+    start = 0
+    for i in range(1, len(stages) + 1):
+        if i < len(stages) and stages[i] == stages[start]:
+            continue
+        name = stages[start]
+        color = colors.setdefault(name, _STAGE_COLORS[len(colors) % len(_STAGE_COLORS)])
+        lo, hi = x[start] - 0.5, x[i - 1] + 0.5
+        ax.axvspan(lo, hi, color=color, alpha=0.07, linewidth=0)
+        if start > 0:
+            ax.axvline(lo, color=color, linestyle="--", linewidth=1, alpha=0.6)
+        if name:
+            ax.text(
+                (lo + hi) / 2,
+                0.98,
+                _mpl_safe(name),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=9,
+                color=color,
+                fontweight="bold",
+            )
+        start = i
+
+
+def _epochs(rows: Sequence[Mapping[str, object]]) -> np.ndarray:
+    """Epoch numbers, or 1..N when they are missing or not strictly increasing."""
+    epochs = np.array([_number(row.get("epoch")) for row in rows])
+    if np.isnan(epochs).any() or (len(epochs) > 1 and np.any(np.diff(epochs) <= 0)):
+        return np.arange(1, len(rows) + 1, dtype=np.float64)
+    return epochs
+
+
+def _number(value: object) -> float:
+    """A CSV cell as a float; ``nan`` for missing or unparsable values."""
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _text(value: object) -> str:
+    """A CSV cell as stripped text; ``''`` for missing."""
+    return "" if value is None else str(value).strip()
+
+
+def _mpl_safe(text: str) -> str:
+    """Escape ``$`` so matplotlib does not parse user text as mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _tick_label(label: str) -> str:
+    """Shorten long class names so the matrix keeps its size."""
+    label = _mpl_safe(str(label))
+    return label if len(label) <= _MAX_TICK_LABEL else label[: _MAX_TICK_LABEL - 1] + "…"
+
+
+def _check_cm(cm: Sequence[Sequence[int]], labels: Sequence[str]) -> np.ndarray:
+    """Validate a confusion matrix and return it as an int64 array."""
+    try:
+        counts = np.asarray(cm, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"confusion matrix must be a square list of counts: {err}") from None
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {counts.shape}")
+    if counts.shape[0] != len(labels):
+        raise ValueError(
+            f"confusion matrix is {counts.shape[0]}x{counts.shape[1]} but there are "
+            f"{len(labels)} labels"
+        )
+    if not np.all(np.isfinite(counts)) or counts.min() < 0 or np.any(counts % 1):
+        raise ValueError("confusion matrix entries must be non-negative integers")
+    return counts.astype(np.int64)

@@ -1,0 +1,1 @@
+"""End-to-end jobs behind the CLI verbs: each ties the library layers together."""

@@ -1,0 +1,211 @@
+"""`vitkit train`: data → validation → staged fine-tuning → bundle → evaluation → report."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import load_model
+
+from vitkit.backbones import create
+from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
+from vitkit.classify.config import TrainConfig
+from vitkit.classify.engine import Trainer, seed_everything
+from vitkit.classify.predict import load
+from vitkit.config import dump_config
+from vitkit.console import stderr_console
+from vitkit.data import (
+    ImageDataset,
+    Sample,
+    check_usable,
+    class_counts,
+    ensure_validation_split,
+    eval_transform,
+    scan,
+    train_transform,
+    validate_samples,
+    write_skipped_csv,
+)
+from vitkit.errors import ConfigError
+from vitkit.evaluate.classification import evaluate_samples
+from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What `vitkit train --json` prints (keys are a contract for users' scripts)."""
+
+    bundle: str
+    val_accuracy: float
+    epochs_run: int
+    skipped: int
+    run_dir: str
+    report: str
+    best_epoch: int
+    train_images: int
+    val_images: int
+    test_accuracy: float | None = None
+    stopped_early: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_resume_config(run_dir: Path, given: TrainConfig, changed: set[str]) -> TrainConfig:
+    """The config a resumed run must use: the saved one; conflicting options are an error."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        raise ConfigError(f"cannot resume: {saved_path} does not exist. Pass the --out folder "
+                          "of the run to continue.")
+    saved = TrainConfig.model_validate(yaml.safe_load(saved_path.read_text()))
+    conflicts = [k for k in changed - {"out"} if getattr(given, k) != getattr(saved, k)]
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume with different options ({', '.join(sorted(conflicts))}); a resumed "
+            "run continues with the options it started with. Drop them, or start a new run "
+            "with another --out."
+        )
+    return saved
+
+
+def run_training(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Trains a classifier as configured and writes the run folder and the bundle."""
+    started = time.perf_counter()
+    run_dir = Path(config.out)
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a training run. Pass --resume to continue "
+                          "it, or choose another --out.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / CONFIG_FILE)
+
+    samples, skipped = _prepare_data(config, run_dir, progress)
+    classes = sorted({s.label for s in samples})
+    by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
+    stderr_console.print(_describe_counts(class_counts(samples)))
+
+    seed_everything(config.seed)
+    created = create(config.model, num_classes=len(classes), weights=config.weights)
+    stderr_console.print(f"model {config.model} ({created.spec.weights} weights), "
+                         f"{sum(p.numel() for p in created.model.parameters()) / 1e6:.1f}M params")
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    pre = created.preprocessing
+    evaluation_tf = eval_transform(pre)
+    trainer = Trainer(
+        created.model, config,
+        train_set=ImageDataset(by_split["train"], class_to_idx,
+                               train_transform(pre, config.augmentation), config.max_pixels),
+        train_eval_set=ImageDataset(by_split["train"], class_to_idx, evaluation_tf,
+                                    config.max_pixels),
+        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
+        run_dir=run_dir, show_progress=progress,
+    )
+    fit = trainer.fit(resume=resume)
+    if not trainer.accelerator.is_main_process:
+        return TrainResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped), str(run_dir),
+                           "", fit.best_epoch, len(by_split["train"]), len(by_split["val"]))
+
+    model = trainer.accelerator.unwrap_model(trainer.model).cpu()
+    load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
+    meta = BundleMeta(
+        backbone=created.spec.to_dict(),
+        labels=classes,
+        preprocessing=pre.model_dump(mode="json"),
+        train={
+            "config": config.model_dump(mode="json"),
+            "data_fingerprint": data_fingerprint(samples),
+            "images": {k: len(v) for k, v in by_split.items()},
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "precision": trainer.precision,
+        },
+    )
+    bundle_dir = save_bundle(run_dir / "bundle", model.model, meta)
+
+    # Measure the saved bundle itself, as a user loading it would.
+    predictor = load(bundle_dir)
+    val_eval = evaluate_samples(predictor, by_split["val"], config.batch_size, config.num_workers,
+                                progress, "evaluating val")
+    metrics: dict[str, Any] = {"val": val_eval.metrics.to_dict()}
+    test_accuracy = None
+    if by_split["test"]:
+        test_eval = evaluate_samples(predictor, by_split["test"], config.batch_size,
+                                     config.num_workers, progress, "evaluating test")
+        metrics["test"] = test_eval.metrics.to_dict()
+        test_accuracy = test_eval.metrics.accuracy
+    update_meta(bundle_dir, train={**meta.train, "metrics": metrics})
+
+    write_json_atomic(run_dir / "eval.json", {**val_eval.metrics.to_dict(), "split": "val"})
+    write_json_atomic(run_dir / "predictions.json", val_eval.sample_predictions(classes))
+    rows = [asdict(r) for r in fit.history]
+    plot_learning_curves(rows, run_dir / "learning_curves.png")
+    plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
+                          run_dir / "confusion_matrix.png")
+    result = TrainResult(
+        bundle=str(bundle_dir), val_accuracy=val_eval.metrics.accuracy,
+        epochs_run=fit.epochs_run, skipped=len(skipped), run_dir=str(run_dir),
+        report=str(run_dir / "report.html"), best_epoch=fit.best_epoch,
+        train_images=len(by_split["train"]), val_images=len(by_split["val"]),
+        test_accuracy=test_accuracy, stopped_early=fit.stopped_early,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    write_json_atomic(run_dir / "summary.json", {
+        **result.to_dict(), "model": config.model, "data": config.data, "classes": classes,
+        "precision": trainer.precision,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+    write_report(run_dir)
+    return result
+
+
+def _prepare_data(config: TrainConfig, run_dir: Path, progress: bool):  # noqa: ANN202
+    if not config.data:
+        raise ConfigError("no data given: pass the image folder (or CSV manifest) as DATA.")
+    scanned = scan(config.data)
+    samples = ensure_validation_split(scanned, config.val_fraction, config.seed,
+                                      config.test_fraction)
+    report = validate_samples(samples, config.max_pixels, progress=progress)
+    write_skipped_csv(report.skipped, run_dir / "skipped.csv")
+    style = "yellow" if report.skipped else "green"
+    stderr_console.print(f"[{style}]{report.summary()}[/]"
+                         + (f" — see {run_dir / 'skipped.csv'}" if report.skipped else ""))
+    check_usable(report)
+    _write_split_manifest(report.usable, run_dir / "splits.csv")
+    return report.usable, report.skipped
+
+
+def _write_split_manifest(samples: list[Sample], path: Path) -> None:
+    """The split actually used, as a manifest `vitkit eval BUNDLE splits.csv` accepts."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for s in samples:
+            writer.writerow([str(s.path), s.label, s.split])
+    tmp.replace(path)
+
+
+def _describe_counts(counts: dict[str, dict[str, int]]) -> str:
+    parts = [f"{split}: " + ", ".join(f"{c} {n}" for c, n in per.items())
+             for split, per in counts.items()]
+    return "images per split — " + "; ".join(parts)
+
+
+def data_fingerprint(samples: list[Sample]) -> str:
+    """A short hash of which files (by name, size and label) went into each split."""
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        size = s.path.stat().st_size if s.path.exists() else -1
+        digest.update(json.dumps([s.path.name, s.label, s.split, size]).encode())
+    return digest.hexdigest()[:16]
+
+
