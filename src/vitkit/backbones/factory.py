@@ -59,6 +59,20 @@ class CreatedModel:
     model: ImageClassifier
     spec: BackboneSpec
     preprocessing: Preprocessing
+    new_head: bool = True  # False only when the given weights already held a fitting head
+
+    def zero_new_head(self) -> None:
+        """Starts a new head at zero: the first logits are uniform instead of large and random.
+
+        With pretrained features of norm ~15, a randomly initialised head starts with large,
+        confidently wrong logits; from zero a head-only stage reaches a linear probe's accuracy
+        in one epoch (measured: hymenoptera with efficientnet_lite0, 0.95 vs 0.70).
+        """
+        if not self.new_head:
+            return
+        with torch.no_grad():
+            for param in self.model.head.parameters():
+                param.zero_()
 
 
 def create(name: str, num_classes: int, weights: str = "auto") -> CreatedModel:
@@ -98,6 +112,7 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
             f"'hf:<org>/<model>' for Hugging Face, or a local Hugging Face folder.{hint}"
         )
     source_note = weights
+    new_head = True
     if weights == "auto" and (found := offline_weights(name)) is not None:
         path, entry = found
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -125,13 +140,15 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         if weights != "none":
             classifier = ImageClassifier(model, "timm")
-            load_into(model, read_state_dict(Path(weights)), classifier.head_parameter_names(),
-                      weights)
+            result = load_into(model, read_state_dict(Path(weights)),
+                               classifier.head_parameter_names(), weights)
+            new_head = result.head_missing
     data_config = timm.data.resolve_data_config(model=model)
     return CreatedModel(
         model=ImageClassifier(model, "timm"),
         spec=BackboneSpec(name=name, source="timm", weights=source_note),
         preprocessing=Preprocessing.from_timm_config(data_config),
+        new_head=new_head,
     )
 
 
@@ -156,16 +173,20 @@ def _create_hf(name: str, num_classes: int, weights: str) -> CreatedModel:
             model_id, config=config, ignore_mismatched_sizes=True
         )
         note = "hub" if name.startswith(_HF_PREFIX) else f"local:{model_id}"
+        new_head = True
     else:
         hf_model = AutoModelForImageClassification.from_config(config)
         note = weights
+        new_head = True
         if weights != "none":
             classifier = ImageClassifier(hf_model, "hf")
-            load_into(hf_model, read_state_dict(Path(weights)),
-                      classifier.head_parameter_names(), weights)
+            result = load_into(hf_model, read_state_dict(Path(weights)),
+                               classifier.head_parameter_names(), weights)
+            new_head = result.head_missing
     config_dict = hf_model.config.to_dict()
     spec = BackboneSpec(name=name, source="hf", weights=note, hf_config=_jsonable(config_dict))
-    return CreatedModel(ImageClassifier(hf_model, "hf"), spec, _hf_preprocessing(processor))
+    return CreatedModel(ImageClassifier(hf_model, "hf"), spec, _hf_preprocessing(processor),
+                        new_head=new_head)
 
 
 def _hf_preprocessing(processor: Any) -> Preprocessing:

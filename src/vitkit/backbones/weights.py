@@ -55,7 +55,7 @@ def _strip_prefixes(key: str) -> str:
 class LoadResult:
     loaded: int
     skipped_head: list[str]
-
+    head_missing: bool  # the head was not in the file, or had another shape
 
 def load_into(
     model: nn.Module,
@@ -91,7 +91,8 @@ def load_into(
             "architecture the weights were trained for."
         )
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
-    return LoadResult(loaded=len(state), skipped_head=skipped_head)
+    head_missing = bool(skipped_head) or any(k not in state for k in head_keys)
+    return LoadResult(loaded=len(state), skipped_head=skipped_head, head_missing=head_missing)
 
 
 def _rename_by_order(

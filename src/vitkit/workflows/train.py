@@ -95,6 +95,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     seed_everything(config.seed)
     created = create(config.model, num_classes=len(classes), weights=config.weights)
+    created.zero_new_head()
     stderr_console.print(f"model {config.model} ({created.spec.weights} weights), "
                          f"{sum(p.numel() for p in created.model.parameters()) / 1e6:.1f}M params")
     class_to_idx = {c: i for i, c in enumerate(classes)}
