@@ -1,2 +1,31 @@
-"""vitkit."""
+"""vitkit: from a folder of images to a light, fast and trustworthy vision model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from vitkit.classify.config import TrainConfig
+    from vitkit.classify.predict import Predictor
+    from vitkit.workflows.train import TrainResult
+
+
+def load(path: str | Path, device: str = "cpu") -> Predictor:
+    """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``."""
+    from vitkit.classify.predict import load as _load
+
+    return _load(path, device=device)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Runs `vitkit train` from Python with a :class:`~vitkit.classify.config.TrainConfig`."""
+    from vitkit.workflows.train import run_training
+
+    return run_training(config, resume=resume, progress=progress)
+
+
+__all__ = ["__version__", "load", "train"]
