@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_model, save_model
 
+import torch
 from torch import nn
 
 from vitkit.errors import BundleError
@@ -54,7 +55,7 @@ def save_bundle(path: Path, model: nn.Module, meta: BundleMeta) -> Path:
     meta = meta.model_copy(update={"vitkit_version": __version__})
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_model(model, str(staging / WEIGHTS_FILE))
+        save_weights(model, staging / WEIGHTS_FILE)
         (staging / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
@@ -67,6 +68,21 @@ def save_bundle(path: Path, model: nn.Module, meta: BundleMeta) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """``safetensors.save_model``, also for channels-last models (safetensors needs contiguous)."""
+    channels_last = any(
+        p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+        and not p.is_contiguous() for p in model.parameters()
+    )
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    try:
+        save_model(model, str(path))
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
 
 
 def read_meta(path: Path | str) -> BundleMeta:

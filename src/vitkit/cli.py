@@ -167,7 +167,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its run.")] = Path("demo-output"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Training epochs (2/3 head, 1/3 top blocks).")] = 3,
 ) -> None:
     """Train efficientnet_lite0 on the embedded textile images, evaluate, predict, report."""
     from vitkit.workflows.demo import run_demo

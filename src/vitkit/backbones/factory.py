@@ -117,13 +117,14 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
         path, entry = found
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         classifier = ImageClassifier(model, "timm")
-        load_into(
+        result = load_into(
             model,
             read_state_dict(path),
             classifier.head_parameter_names(),
             entry.note,
             match_by_order=entry.match_by_order,
         )
+        new_head = result.head_missing
         source_note = f"offline:{entry.package}"
     elif weights == "auto":
         try:
@@ -190,9 +191,8 @@ def _create_hf(name: str, num_classes: int, weights: str) -> CreatedModel:
 
 
 def _hf_preprocessing(processor: Any) -> Preprocessing:
-    size = getattr(processor, "size", None) or {}
-    size = size if isinstance(size, dict) else {"height": size, "width": size}
-    crop = getattr(processor, "crop_size", None)
+    size = _size_dict(getattr(processor, "size", None))
+    crop = _size_dict(getattr(processor, "crop_size", None))
     if crop and getattr(processor, "do_center_crop", False):
         height, width = int(crop["height"]), int(crop["width"])
         shortest = size.get("shortest_edge")
@@ -215,6 +215,19 @@ def _hf_preprocessing(processor: Any) -> Preprocessing:
         crop_pct=min(1.0, crop_pct),
         crop_mode=crop_mode,
     )
+
+
+def _size_dict(value: Any) -> dict[str, int]:
+    """A processor's ``size``/``crop_size`` as a plain dict without unset entries.
+
+    transformers 4 stores a dict (or an int); transformers 5 a ``SizeDict`` dataclass, which is
+    not a dict but iterates as (key, value) pairs of its set fields.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, int | float):
+        return {"height": int(value), "width": int(value)}
+    return {str(k): int(v) for k, v in dict(value).items() if v is not None}
 
 
 def _jsonable(value: Any) -> Any:

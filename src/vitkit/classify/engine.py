@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitkit.backbones import ImageClassifier
+from vitkit.bundle import save_weights
 from vitkit.classify.checkpoint import load_checkpoint, save_checkpoint
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.features import extract_features
@@ -123,7 +124,8 @@ class Trainer:
             gradient_accumulation_steps=config.grad_accum,
         )
         self.device = self.accelerator.device
-        self.model = model.to(self.device)
+        # Channels-last makes CPU convolutions ~1.5x faster (oneDNN); transformers ignore it.
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.stage_epochs = config.stage_epochs()
         self.stages = [s for s in STAGE_ORDER if s in self.stage_epochs]
         self._writer: Any = None
@@ -319,7 +321,7 @@ class Trainer:
             state.bad_epochs = 0
             best = self.ckpt_dir / "best.safetensors"
             tmp = _tmp_then(best)
-            save_model(self.accelerator.unwrap_model(self.model).model, str(tmp))
+            save_weights(self.accelerator.unwrap_model(self.model).model, tmp)
             tmp.replace(best)
         else:
             state.bad_epochs += 1

@@ -44,7 +44,7 @@ class Predictor:
     """``predictor(batch) -> logits`` plus everything needed to feed it real images."""
 
     def __init__(self, model: ImageClassifier, meta: BundleMeta, device: str = "cpu") -> None:
-        self.model = model.eval().to(device)
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
         self.meta = meta
         self.device = torch.device(device)
         self.labels: list[str] = list(meta.labels)
