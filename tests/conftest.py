@@ -117,3 +117,17 @@ def tiny_hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers.ViTForImageClassification(config).save_pretrained(folder)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+class ImageGen:
+    """The generators above, as a fixture for tests in other folders."""
+
+    folder = staticmethod(make_image_folder)
+    broken = staticmethod(write_broken_images)
+    odd = staticmethod(write_odd_images)
+    image = staticmethod(class_image)
+
+
+@pytest.fixture(scope="session")
+def imagegen() -> type[ImageGen]:
+    return ImageGen

@@ -188,11 +188,35 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        usage_errors, aborts = _click_exception_types()
+        if isinstance(exc, usage_errors):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, aborts):
             sys.exit(1)
         raise
+
+
+def _click_exception_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """Usage-error and abort classes of click and of typer's vendored copy of click.
+
+    Recent typer releases ship click as ``typer._click`` and no longer install click itself,
+    so checking only ``click.exceptions`` turned every usage error into a traceback.
+    """
+    usage: list[type[Exception]] = []
+    aborts: list[type[Exception]] = []
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        usage.append(click.exceptions.ClickException)
+        aborts.append(click.exceptions.Abort)
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:
+        pass
+    else:
+        usage.append(VendoredClickException)
+    aborts.append(typer.Abort)
+    return tuple(usage), tuple(aborts)

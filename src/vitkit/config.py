@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -59,6 +59,8 @@ def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         model = field.annotation
+        if not hasattr(model, "model_fields"):  # an optional section: `Section | None`
+            model = next((a for a in get_args(model) if hasattr(a, "model_fields")), model)
     return list(getattr(model, "model_fields", {}))
 
 

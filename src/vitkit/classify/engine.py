@@ -134,6 +134,10 @@ class Trainer:
     def fit(self, resume: bool = False) -> FitResult:
         state = _Progress()
         checkpoint = self._load_resume_state(state) if resume else None
+        if state.epoch == 0:
+            # Features cached by an earlier start that died before its first checkpoint may
+            # come from other data (or be half written): only a resumed run reuses them.
+            self._feature_cache.unlink(missing_ok=True)
         for index in range(state.stage_index, len(self.stages)):
             stage = self.stages[index]
             if index != state.stage_index:
@@ -282,13 +286,17 @@ class Trainer:
         return make_loader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, seed=seed,
                            num_workers=self.config.num_workers)
 
+    @property
+    def _feature_cache(self) -> Path:
+        return self.run_dir / "cache" / "head_features.safetensors"
+
     def _cached_feature_loaders(self, batch_size: int):
         """Features of the frozen backbone for the train and val images, computed once.
 
         They are computed with the evaluation transform: the head-only stage trades
         augmentation for a single forward pass over the data (the later stages augment).
         """
-        cache = self.run_dir / "cache" / "head_features.safetensors"
+        cache = self._feature_cache
         if cache.is_file():
             tensors = load_file(str(cache))
         else:
@@ -301,8 +309,9 @@ class Trainer:
                     loader = self._image_loader(dataset, shuffle=False, seed=0)
                     feats, labels = extract_features(self.model, loader, self.device, step)
                     tensors[f"{name}_features"], tensors[f"{name}_labels"] = feats, labels
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(cache))
+            tmp = _tmp_then(cache)
+            save_file(tensors, str(tmp))
+            tmp.replace(cache)
         generator = torch.Generator().manual_seed(self.config.seed)
         train = TensorDataset(tensors["train_features"], tensors["train_labels"])
         loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)

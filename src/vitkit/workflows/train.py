@@ -75,7 +75,9 @@ def resolve_resume_config(run_dir: Path, given: TrainConfig, changed: set[str]) 
             "run continues with the options it started with. Drop them, or start a new run "
             "with another --out."
         )
-    return saved
+    # The run continues where its checkpoint was found, even if the folder was moved or the
+    # run was started from another working directory with a relative --out.
+    return saved.model_copy(update={"out": str(run_dir)})
 
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
