@@ -97,7 +97,9 @@ def test_bundle_holds_only_json_and_safetensors(saved: tuple[Path, CreatedModel]
     state = created.model.model.state_dict()
     assert tensors.keys() == state.keys()
     assert all(torch.equal(tensors[k], state[k]) for k in state)
-    assert b"\x80\x02" not in (path / WEIGHTS_FILE).read_bytes()[:8], "no pickle header"
+    raw = (path / WEIGHTS_FILE).read_bytes()  # safetensors: u64 header size + JSON header
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert set(header) - {"__metadata__"} == set(state)
 
 
 def _copy(saved: tuple[Path, CreatedModel], tmp_path: Path) -> Path:

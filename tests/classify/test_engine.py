@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,6 @@ def test_head_stage_validation_matches_the_saved_bundle(tiny_image_folder: Path,
     result = run_training(_config(tiny_image_folder, tmp_path / "run", epochs=2), progress=False)
     assert result.epochs_run == 2
     assert result.best_epoch in (1, 2)
-    import csv
-
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     best = rows[result.best_epoch - 1]
