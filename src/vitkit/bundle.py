@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_model, save_model
-
-import torch
 from torch import nn
 
 from vitkit.errors import BundleError
