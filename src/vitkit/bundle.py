@@ -5,6 +5,7 @@ This is the only module that knows the file layout::
     my-model/
       vitkit.json          schema_version, task, backbone, labels, preprocessing, train, variants …
       model.safetensors    weights (no pickle anywhere)
+      anomaly.safetensors  optional: a method's fitted tensors (memory bank, Gaussians, …)
 
 Later stages (quantize, OOD, anomaly) add files and keys; readers keep keys they do not know.
 """
@@ -15,12 +16,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from vitkit.errors import BundleError
@@ -45,8 +48,17 @@ class BundleMeta(BaseModel):
     variants: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def save_bundle(path: Path, model: nn.Module, meta: BundleMeta) -> Path:
-    """Writes a bundle atomically: a half-written bundle never replaces a good one."""
+def save_bundle(path: Path, model: nn.Module | None, meta: BundleMeta,
+                tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+    """Writes a bundle atomically: a half-written bundle never replaces a good one.
+
+    Args:
+        path: The bundle folder; an existing bundle there is replaced as a whole.
+        model: Module whose weights go to ``model.safetensors``; None for methods without
+            network weights (e.g. the patch-statistics anomaly baseline).
+        meta: The contents of ``vitkit.json``.
+        tensors: Extra safetensors files, file name -> tensors (e.g. ``anomaly.safetensors``).
+    """
     from vitkit import __version__
 
     path = Path(path)
@@ -54,7 +66,11 @@ def save_bundle(path: Path, model: nn.Module, meta: BundleMeta) -> Path:
     meta = meta.model_copy(update={"vitkit_version": __version__})
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_weights(model, staging / WEIGHTS_FILE)
+        if model is not None:
+            save_weights(model, staging / WEIGHTS_FILE)
+        for name, named_tensors in (tensors or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in named_tensors.items()},
+                      str(staging / name))
         (staging / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
@@ -121,6 +137,17 @@ def load_weights(path: Path | str, model: nn.Module) -> None:
         raise BundleError(
             f"weights in {weights} do not match the recorded architecture: {exc}"
         ) from exc
+
+
+def load_tensors(path: Path | str, filename: str) -> dict[str, torch.Tensor]:
+    """Reads one of a bundle's extra safetensors files (see :func:`save_bundle`)."""
+    file = Path(path) / filename
+    if not file.is_file():
+        raise BundleError(f"{path} has no {filename}; the bundle is incomplete. Fit it again.")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{file} is damaged ({exc}); fit the bundle again.") from exc
 
 
 def update_meta(path: Path | str, **changes: Any) -> BundleMeta:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +12,8 @@ import torch
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
 from vitkit.bundle import BundleMeta, load_weights, read_meta
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
+from vitkit.data.files import find_images
 from vitkit.errors import VitkitError
-
-IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif",
-}
 
 
 @dataclass
@@ -102,22 +98,6 @@ def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionErro
     Returns the image paths (in a stable order, without duplicates) and an error per input that
     matched nothing.
     """
-    found: list[Path] = []
-    missing: list[PredictionError] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file()
-                             and p.suffix.lower() in IMAGE_SUFFIXES
-                             and not any(part.startswith(".") for part in p.parts[-1:]))
-        elif path.exists():
-            matches = [path]
-        elif any(ch in item for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-        else:
-            matches = []
-        if not matches:
-            missing.append(PredictionError(item, "no such file, or no images matched"))
-        found.extend(matches)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique, missing
+    found, unmatched = find_images(inputs)
+    return found, [PredictionError(item, "no such file, or no images matched")
+                   for item in unmatched]

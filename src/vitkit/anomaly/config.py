@@ -1,0 +1,72 @@
+"""Options of `vitkit anomaly fit`, loadable from YAML; the defaults are the CLI's defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["patchcore", "padim", "patchmean"]
+METHODS: tuple[str, ...] = ("patchcore", "padim", "patchmean")
+
+MIN_FIT_IMAGES = 5
+"""Normal images a method learns from, at the least."""
+MIN_HOLDOUT_IMAGES = 2
+"""Held-out normal images that set the threshold, at the least."""
+
+
+class AnomalyFitConfig(BaseModel):
+    """Everything `vitkit anomaly fit` needs.
+
+    Attributes:
+        data: Folder of normal images (searched recursively), or an MVTec-style root whose
+            ``train/good`` is used.
+        method: ``patchcore`` (memory bank of patch features, best on textures and objects),
+            ``padim`` (a Gaussian per position, for aligned parts) or ``patchmean`` (pixel
+            statistics per patch, no network; for uniform backgrounds with small spots).
+        model: Backbone for patchcore/padim: a timm name (CNN or ViT), ``hf:<id>`` or a
+            local Hugging Face folder.
+        weights: ``auto`` (offline registry, then the hub), ``none`` or a weights file.
+        layers: Feature stages (CNN) or blocks (ViT) to use; default per method and family.
+        image_size: Square input size for CNN backbones; default the backbone's (224 px).
+        coreset_ratio: Share of the patch features PatchCore keeps in its memory bank.
+        projection_dim: Random projection used only to pick the coreset (None: no projection).
+        num_neighbors: PatchCore's image-score re-weighting neighbourhood (1: plain max).
+        padim_channels: Random channel subset PaDiM keeps.
+        patch_size: patchmean patch side in pixels (default: the method's).
+        resolution: patchmean working long side; default the images' own size up to 1024 px.
+        holdout: Share of normal images held out (never memorised) to set the threshold.
+        percentile: Threshold = this percentile of held-out normal scores.
+        batch_size: Images per forward pass.
+        seed: Seeds the held-out split, channel subset and coreset start.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        out: The bundle folder to write.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    method: Method = "patchcore"
+    model: str = "efficientnet_lite0"
+    weights: str = "auto"
+    layers: list[int] | None = None
+    image_size: int | None = Field(default=None, ge=32, le=2048)
+    coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
+    projection_dim: int | None = Field(default=128, ge=1)
+    num_neighbors: int = Field(default=9, ge=1)
+    padim_channels: int = Field(default=100, ge=1)
+    patch_size: int | None = Field(default=None, ge=2, le=256)
+    resolution: int | None = Field(default=None, ge=16, le=8192)
+    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+    percentile: float = Field(default=99.0, gt=0.0, le=100.0)
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: str = "anomaly-model"
+
+    @model_validator(mode="after")
+    def _no_backbone_options_for_patchmean(self) -> AnomalyFitConfig:
+        if self.method != "patchmean" and (self.patch_size or self.resolution):
+            raise ValueError("patch_size and resolution are patchmean options; "
+                             f"{self.method} uses image_size and layers")
+        return self

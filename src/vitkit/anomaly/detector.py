@@ -1,0 +1,182 @@
+"""A fitted anomaly method with its threshold: scores, labels and maps for real image files.
+
+The bundle stores the method's tensors in ``anomaly.safetensors``, the backbone's weights (cut
+after the last layer used) in ``model.safetensors`` and everything else under the ``anomaly``
+key of ``vitkit.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitkit.anomaly.features import rebuild_feature_backbone
+from vitkit.anomaly.maps import upsample_map
+from vitkit.anomaly.methods import AnomalyMethod, PatchMeanMethod, restore_deep
+from vitkit.anomaly.threshold import ScoreScale, label_for
+from vitkit.backbones import BackboneSpec
+from vitkit.bundle import BundleMeta, load_tensors, load_weights, read_meta, save_bundle
+from vitkit.data import ImageProblem, Preprocessing, load_rgb
+from vitkit.errors import BundleError
+
+ANOMALY_FILE = "anomaly.safetensors"
+LABELS = ["normal", "anomaly"]
+
+
+@dataclass
+class AnomalyScore:
+    """One image's verdict.
+
+    Attributes:
+        path: The image file.
+        score: The score normalised to [0, 1]; 0.5 is the threshold.
+        label: ``"anomaly"`` when the raw score passes the threshold, else ``"normal"``.
+        raw_score: The method's own score (comparable only within one bundle).
+        map: Normalised per-pixel map at the image's size (0.5 = threshold), when asked for.
+    """
+
+    path: str
+    score: float
+    label: Literal["normal", "anomaly"]
+    raw_score: float
+    map: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "score": self.score, "label": self.label,
+                "raw_score": self.raw_score}
+
+
+@dataclass
+class ScoreError:
+    """An input that could not be scored, and why."""
+
+    path: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error}
+
+
+class AnomalyDetector:
+    """A fitted method plus its threshold and score scale."""
+
+    def __init__(self, method: AnomalyMethod, threshold: float, scale: ScoreScale,
+                 record: dict[str, Any] | None = None) -> None:
+        self.method = method
+        self.threshold = float(threshold)
+        self.scale = scale
+        self.record: dict[str, Any] = dict(record or {})
+
+    def raw_scores(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores (B,) and low-resolution maps (B, h, w) of RGB images of any size."""
+        batch = torch.stack([self.method.prepare(image) for image in images])
+        return self.method.score(batch)
+
+    def full_maps(self, patch_maps: torch.Tensor, sizes: Sequence[tuple[int, int]]
+                  ) -> list[np.ndarray]:
+        """Normalised maps at each image's (width, height); 0.5 is the threshold."""
+        input_h, input_w = self.input_size
+        maps = []
+        for patch_map, (width, height) in zip(patch_maps, sizes, strict=True):
+            sigma = self.method.map_sigma * max(height / input_h, width / input_w)
+            full = upsample_map(patch_map[None].float(), (height, width), sigma)[0]
+            maps.append(self.scale.normalize(full.numpy()).astype(np.float32))
+        return maps
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        method = self.method
+        if isinstance(method, PatchMeanMethod):
+            if method.size is None:
+                raise RuntimeError("patchmean has no working size")
+            return method.size
+        return tuple(method.preprocessing.input_size)  # type: ignore[attr-defined, return-value]
+
+    def verdicts(self, paths: Sequence[str], raw: torch.Tensor,
+                 maps: Sequence[np.ndarray] | None = None) -> list[AnomalyScore]:
+        normalised = self.scale.normalize(raw.numpy())
+        return [
+            AnomalyScore(path, float(norm), label_for(float(value), self.threshold), float(value),
+                         maps[i] if maps is not None else None)
+            for i, (path, value, norm) in enumerate(zip(paths, raw.tolist(), normalised,
+                                                        strict=True))
+        ]
+
+    def score_paths(self, paths: Sequence[Path], batch_size: int = 16, with_maps: bool = False,
+                    keep_images: bool = False
+                    ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
+        """Scores image files in batches; unreadable files yield a :class:`ScoreError`.
+
+        Yields (result, image) pairs; the image is the decoded RGB file when ``keep_images``
+        (for overlays), else None.
+        """
+        pending: list[tuple[Path, Image.Image]] = []
+
+        def flush() -> Iterator[tuple[AnomalyScore, Image.Image | None]]:
+            images = [image for _, image in pending]
+            raw, patch_maps = self.raw_scores(images)
+            maps = self.full_maps(patch_maps, [im.size for im in images]) if with_maps else None
+            for (_, image), verdict in zip(pending, self.verdicts(
+                    [str(p) for p, _ in pending], raw, maps), strict=True):
+                yield verdict, (image if keep_images else None)
+
+        for path in paths:
+            try:
+                image, _ = load_rgb(path)
+            except ImageProblem as problem:
+                yield ScoreError(str(path), problem.reason), None
+                continue
+            pending.append((path, image))
+            if len(pending) == batch_size:
+                yield from flush()
+                pending = []
+        if pending:
+            yield from flush()
+
+    def save(self, path: Path, meta: BundleMeta, model: torch.nn.Module | None) -> Path:
+        """Writes the bundle: meta with the ``anomaly`` record, weights and method tensors."""
+        record = {**self.record, "method": self.method.name, "options": self.method.options(),
+                  "threshold": self.threshold, "scale": self.scale.to_dict()}
+        meta = meta.model_copy(update={"task": "anomaly", "labels": LABELS, "anomaly": record})
+        return save_bundle(path, model, meta, tensors={ANOMALY_FILE: self.method.tensors()})
+
+
+def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
+    """Loads an anomaly bundle (safetensors and JSON only; nothing is unpickled)."""
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.task != "anomaly":
+        raise BundleError(f"{path} is a '{meta.task}' bundle; `vitkit anomaly` needs a bundle "
+                          "written by `vitkit anomaly fit`.")
+    record: dict[str, Any] = dict(getattr(meta, "anomaly", None) or {})
+    try:
+        name = record["method"]
+        options = dict(record["options"])
+        threshold = float(record["threshold"])
+        scale = ScoreScale.from_dict(record["scale"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}/vitkit.json has an incomplete 'anomaly' record ({exc}); "
+                          "fit the bundle again.") from exc
+    tensors = load_tensors(path, ANOMALY_FILE)
+    method: AnomalyMethod
+    if name == PatchMeanMethod.name:
+        method = PatchMeanMethod.restore(options, tensors)
+    else:
+        pre = Preprocessing.model_validate(meta.preprocessing)
+        extractor = rebuild_feature_backbone(BackboneSpec.from_dict(meta.backbone),
+                                             record["layers"], tuple(pre.input_size))  # type: ignore[arg-type]
+        load_weights(path, extractor)
+        method = restore_deep(name, options, tensors, extractor, pre, resolve_device(device))
+    return AnomalyDetector(method, threshold, scale, record)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

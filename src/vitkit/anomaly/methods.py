@@ -1,0 +1,275 @@
+"""The anomaly methods as strategy classes over the pure math modules.
+
+Each method turns an image into a tensor (``prepare``), learns from batches of normal images
+(``add_normal`` then ``finish_fit``) and scores a batch (``score``: one raw score per image
+and a low-resolution map, higher = more anomalous). Its state is a few JSON options and a
+dict of tensors, so a bundle stores it without pickle. ``METHODS`` is the one table the
+fitting and loading code consult.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from vitkit.anomaly import gray, padim, patchcore, patchmean
+from vitkit.anomaly.features import FeatureExtractor
+from vitkit.anomaly.maps import upsample_map
+from vitkit.data import Preprocessing, eval_transform
+
+
+class AnomalyMethod(ABC):
+    """One anomaly-detection method: fit on normal images, then score any image."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image as this method's input tensor (always the same shape)."""
+
+    @abstractmethod
+    def add_normal(self, batch: torch.Tensor) -> None:
+        """Learns from a batch of prepared normal images."""
+
+    @abstractmethod
+    def finish_fit(self) -> dict[str, Any]:
+        """Ends fitting; returns figures worth recording (e.g. memory-bank sizes)."""
+
+    @abstractmethod
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores (B,) and maps (B, h, w) for a batch of prepared images."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """JSON-able settings needed to rebuild the method."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted state."""
+
+    def setup(self, sizes: Sequence[tuple[int, int]]) -> None:  # noqa: B027 - optional hook
+        """Sees the (width, height) of the normal images before fitting."""
+
+    @property
+    def map_sigma(self) -> float:
+        """Gaussian smoothing of the map in input pixels (the methods' papers use 4)."""
+        return 4.0
+
+
+class PatchMeanMethod(AnomalyMethod):
+    """Per-patch pixel statistics with a diagonal Gaussian per position; no network."""
+
+    name = "patchmean"
+
+    def __init__(self, patch_size: int | None = None, resolution: int | None = None,
+                 size: tuple[int, int] | None = None, model: patchmean.PatchMeanModel | None = None
+                 ) -> None:
+        self.patch_size = patch_size or patchmean.DEFAULT_PATCH_SIZE
+        self.resolution = resolution
+        self.size = size
+        self.model = model
+        self._stats: list[torch.Tensor] = []
+
+    def setup(self, sizes: Sequence[tuple[int, int]]) -> None:
+        self.size = gray.working_size(sizes, self.patch_size, resolution=self.resolution)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        if self.size is None:
+            raise RuntimeError("call setup() with the normal images' sizes before prepare()")
+        return gray.to_canvas(image, self.size)
+
+    def add_normal(self, batch: torch.Tensor) -> None:
+        self._stats.append(patchmean.patch_statistics(batch, self.patch_size))
+
+    def finish_fit(self) -> dict[str, Any]:
+        stats = torch.cat(self._stats)
+        self._stats = []
+        self.model = patchmean.fit_patchmean(stats, self.patch_size)
+        grid = tuple(stats.shape[-2:])
+        return {"grid": list(grid), "statistics": int(stats.shape[1])}
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model is None:
+            raise RuntimeError("the method is not fitted")
+        zmap = patchmean.patchmean_zmap(patchmean.patch_statistics(batch, self.patch_size),
+                                        self.model)
+        return patchmean.image_scores(zmap), zmap
+
+    @property
+    def map_sigma(self) -> float:
+        return 0.0  # a patch is the unit of evidence; smoothing would only spread small spots
+
+    def options(self) -> dict[str, Any]:
+        return {"patch_size": self.patch_size, "resolution": self.resolution,
+                "size": list(self.size) if self.size else None}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.model is None:
+            raise RuntimeError("the method is not fitted")
+        return {"mean": self.model.mean, "std": self.model.std}
+
+    @classmethod
+    def restore(cls, options: dict[str, Any], tensors: dict[str, torch.Tensor]
+                ) -> PatchMeanMethod:
+        size = tuple(options["size"])
+        model = patchmean.PatchMeanModel(tensors["mean"], tensors["std"],
+                                         int(options["patch_size"]))
+        return cls(int(options["patch_size"]), options.get("resolution"), size,  # type: ignore[arg-type]
+                   model)
+
+
+class _DeepMethod(AnomalyMethod):
+    """A method on backbone feature maps: shared preprocessing and feature extraction."""
+
+    def __init__(self, extractor: FeatureExtractor, preprocessing: Preprocessing,
+                 device: torch.device) -> None:
+        self.extractor = extractor.to(device).eval()
+        self.preprocessing = preprocessing
+        self.device = device
+        self._transform = eval_transform(preprocessing)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        return self._transform(image)
+
+    @torch.inference_mode()
+    def features(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return [m.cpu() for m in self.extractor(batch.to(self.device))]
+
+
+class PatchCoreMethod(_DeepMethod):
+    """Nearest-neighbour distance to a coreset of normal patch features (Roth et al. 2022)."""
+
+    name = "patchcore"
+
+    def __init__(self, extractor: FeatureExtractor, preprocessing: Preprocessing,
+                 device: torch.device, coreset_ratio: float = 0.1,
+                 projection_dim: int | None = 128, num_neighbors: int = 9, seed: int = 0,
+                 bank: torch.Tensor | None = None) -> None:
+        super().__init__(extractor, preprocessing, device)
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.num_neighbors = num_neighbors
+        self.seed = seed
+        self.bank = bank
+        self._patches: list[torch.Tensor] = []
+
+    def add_normal(self, batch: torch.Tensor) -> None:
+        patches = patchcore.locally_aware_patches(self.features(batch))
+        self._patches.append(patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]))
+
+    def finish_fit(self) -> dict[str, Any]:
+        features = torch.cat(self._patches)
+        self._patches = []
+        n_select = max(1, math.ceil(self.coreset_ratio * features.shape[0]))
+        if n_select >= features.shape[0]:
+            self.bank = features
+        else:
+            index = patchcore.greedy_coreset(features, n_select, self.projection_dim, self.seed)
+            self.bank = features[index].contiguous()
+        return {"bank_before": int(features.shape[0]), "bank_after": int(self.bank.shape[0]),
+                "feature_dim": int(features.shape[1])}
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bank is None:
+            raise RuntimeError("the method is not fitted")
+        patches = patchcore.locally_aware_patches(self.features(batch))
+        result = patchcore.patchcore_scores(patches, self.bank, self.num_neighbors)
+        return result.image_scores, result.patch_scores
+
+    def options(self) -> dict[str, Any]:
+        return {"coreset_ratio": self.coreset_ratio, "projection_dim": self.projection_dim,
+                "num_neighbors": self.num_neighbors, "seed": self.seed}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.bank is None:
+            raise RuntimeError("the method is not fitted")
+        return {"memory_bank": self.bank}
+
+
+class PadimMethod(_DeepMethod):
+    """A Gaussian of the feature vector at every position; Mahalanobis map (Defard et al.)."""
+
+    name = "padim"
+
+    def __init__(self, extractor: FeatureExtractor, preprocessing: Preprocessing,
+                 device: torch.device, channels: int = 100, seed: int = 0,
+                 model: padim.PadimModel | None = None,
+                 channel_index: torch.Tensor | None = None) -> None:
+        super().__init__(extractor, preprocessing, device)
+        self.channels = channels
+        self.seed = seed
+        self.model = model
+        self.channel_index = channel_index
+        self._accumulator: padim.GaussianAccumulator | None = None
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        embedding = padim.concat_aligned(self.features(batch))
+        if self.channel_index is None:
+            self.channel_index = padim.random_channels(embedding.shape[1], self.channels,
+                                                       self.seed)
+        return embedding[:, self.channel_index]
+
+    def add_normal(self, batch: torch.Tensor) -> None:
+        embedding = self._embed(batch)
+        if self._accumulator is None:
+            height, width = embedding.shape[-2:]
+            self._accumulator = padim.GaussianAccumulator(embedding.shape[1], height * width)
+        self._accumulator.update(embedding)
+
+    def finish_fit(self) -> dict[str, Any]:
+        if self._accumulator is None:
+            raise RuntimeError("no normal images were added")
+        self.model = self._accumulator.finalize()
+        self._accumulator = None
+        positions, channels = self.model.mean.shape
+        return {"positions": int(positions), "channels": int(channels),
+                "grid": list(self.model.grid)}
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model is None:
+            raise RuntimeError("the method is not fitted")
+        distances = padim.padim_distance_map(self._embed(batch), self.model)
+        # The papers' image score is the maximum of the smoothed full-size map: smoothing first
+        # keeps one noisy position from deciding the image.
+        smoothed = upsample_map(distances, tuple(self.preprocessing.input_size), self.map_sigma)
+        return smoothed.flatten(1).amax(dim=1), distances
+
+    def options(self) -> dict[str, Any]:
+        return {"channels": self.channels, "seed": self.seed}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.model is None or self.channel_index is None:
+            raise RuntimeError("the method is not fitted")
+        grid = torch.tensor(self.model.grid, dtype=torch.int64)
+        return {"mean": self.model.mean, "inv_cov": self.model.inv_cov,
+                "channel_index": self.channel_index, "grid": grid}
+
+
+DEEP_METHODS: dict[str, type[_DeepMethod]] = {
+    PatchCoreMethod.name: PatchCoreMethod,
+    PadimMethod.name: PadimMethod,
+}
+
+
+def restore_deep(name: str, options: dict[str, Any], tensors: dict[str, torch.Tensor],
+                 extractor: FeatureExtractor, preprocessing: Preprocessing,
+                 device: torch.device) -> _DeepMethod:
+    """Rebuilds a fitted PatchCore or PaDiM from a bundle's options and tensors."""
+    if name == PatchCoreMethod.name:
+        return PatchCoreMethod(extractor, preprocessing, device,
+                               coreset_ratio=float(options["coreset_ratio"]),
+                               projection_dim=options.get("projection_dim"),
+                               num_neighbors=int(options["num_neighbors"]),
+                               seed=int(options.get("seed", 0)), bank=tensors["memory_bank"])
+    if name == PadimMethod.name:
+        model = padim.PadimModel(tensors["mean"], tensors["inv_cov"],
+                                 tuple(int(v) for v in tensors["grid"].tolist()))  # type: ignore[arg-type]
+        return PadimMethod(extractor, preprocessing, device, channels=int(options["channels"]),
+                           seed=int(options.get("seed", 0)), model=model,
+                           channel_index=tensors["channel_index"])
+    raise ValueError(f"unknown deep anomaly method {name!r}")

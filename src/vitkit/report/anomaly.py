@@ -1,0 +1,186 @@
+"""The anomaly evaluation page: metrics, per-defect table, score histogram, worst images first.
+
+Self-contained like the training report: overlays are embedded as ``data:`` URIs.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitkit import __version__
+from vitkit.report import _format as fmt
+from vitkit.report._images import data_uri
+from vitkit.report._io import atomic_write_text
+from vitkit.report._style import CSS
+
+REPORT_FILE = "report.html"
+MAX_GALLERY = 200
+
+
+def write_anomaly_report(out: Path, evaluation: Mapping[str, Any],
+                         rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Writes ``out/report.html``.
+
+    Args:
+        out: Folder to write into (created if needed).
+        evaluation: What ``eval.json`` holds (metrics, threshold, per-defect figures).
+        rows: Scored test images, worst first: ``path``, ``defect``, ``score`` (normalised),
+            ``raw_score``, ``label`` and ``overlay_png`` (PNG bytes).
+    """
+    out = Path(out)
+    body = "\n".join([
+        _header(evaluation),
+        _overview(evaluation),
+        _per_defect(evaluation),
+        _histogram(rows, evaluation),
+        _gallery(rows),
+        _skipped(evaluation),
+        _footer(),
+    ])
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>vitkit anomaly report</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n<main class=\"page\">\n{body}\n</main>\n</body>\n</html>\n"
+    )
+    return atomic_write_text(out / REPORT_FILE, page)
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _header(ev: Mapping[str, Any]) -> str:
+    facts = [f"data <code>{_e(ev.get('data', '?'))}</code>",
+             f"{fmt.integer(ev.get('n_normal'))} normal · "
+             f"{fmt.integer(ev.get('n_anomalous'))} anomalous test images"]
+    return ("<header class=\"masthead\">\n<div class=\"brand\">vitkit · anomaly report</div>\n"
+            "<h1>Anomaly detection</h1>\n"
+            f"<p class=\"facts\">{' · '.join(facts)}</p>\n</header>")
+
+
+def _card(key: str, label: str, value: str, note: str, primary: bool = False) -> str:
+    css = "metric primary" if primary else "metric"
+    return (f"<div class=\"{css}\"><div class=\"metric-label\">{_e(label)}</div>"
+            f"<div class=\"metric-value\" id=\"metric-{_e(key)}\">{_e(value)}</div>"
+            f"<div class=\"metric-note\">{_e(note)}</div></div>")
+
+
+def _overview(ev: Mapping[str, Any]) -> str:
+    cards = [
+        _card("image-auroc", "Image AUROC", fmt.decimal(ev.get("image_auroc"), 3),
+              "ranking of normal vs anomalous", primary=True),
+        _card("image-ap", "Image AP", fmt.decimal(ev.get("image_ap"), 3), "average precision"),
+        _card("f1", "F1", fmt.decimal(ev.get("f1"), 3), "at the stored threshold"),
+    ]
+    if "pixel_auroc" in ev:
+        cards.append(_card("pixel-auroc", "Pixel AUROC", fmt.decimal(ev.get("pixel_auroc"), 3),
+                           "defect pixels vs normal pixels"))
+    if "pro" in ev:
+        cards.append(_card("pro", "PRO", fmt.decimal(ev.get("pro"), 3),
+                           "per-region overlap, FPR ≤ 30%"))
+    cards.append(_card("threshold", "Threshold", fmt.decimal(ev.get("threshold"), 4),
+                       str(ev.get("threshold_source") or "raw score")))
+    return f"<section class=\"metrics\" id=\"overview\">\n{''.join(cards)}\n</section>"
+
+
+def _section(section_id: str, title: str, body: str, lead: str = "") -> str:
+    lead_html = f"<p class=\"lead\">{lead}</p>" if lead else ""
+    return (f"<section class=\"card\" id=\"{section_id}\">\n<h2>{_e(title)}</h2>\n{lead_html}\n"
+            f"{body}\n</section>")
+
+
+def _per_defect(ev: Mapping[str, Any]) -> str:
+    per_defect = ev.get("per_defect") or {}
+    if not per_defect:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td><td>{fmt.integer(m.get('n'))}</td>"
+        f"<td>{fmt.decimal(m.get('image_auroc'), 3)}</td>"
+        f"<td>{fmt.decimal(m.get('image_ap'), 3)}</td><td>{fmt.decimal(m.get('f1'), 3)}</td></tr>"
+        for name, m in sorted(per_defect.items())
+    )
+    table = ("<div class=\"table-wrap\"><table class=\"data numeric\" id=\"per-defect\">"
+             "<thead><tr><th>Defect type</th><th>Images</th><th>AUROC</th><th>AP</th>"
+             f"<th>F1</th></tr></thead><tbody>{rows}</tbody></table></div>")
+    return _section("per-defect-section", "Per defect type", table,
+                    "Each defect type against the normal test images.")
+
+
+def _histogram(rows: Sequence[Mapping[str, Any]], ev: Mapping[str, Any]) -> str:
+    if not rows:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    normal = np.array([r["score"] for r in rows if r["defect"] == "good"])
+    anomalous = np.array([r["score"] for r in rows if r["defect"] != "good"])
+    fig = Figure(figsize=(7.5, 2.8), dpi=110)
+    ax = fig.add_subplot()
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(normal, bins=bins, alpha=0.65, label=f"normal ({len(normal)})", color="#1a7f37")
+    ax.hist(anomalous, bins=bins, alpha=0.65, label=f"anomalous ({len(anomalous)})",
+            color="#cf222e")
+    ax.axvline(0.5, color="#1f2328", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("normalised anomaly score (0.5 = threshold)")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper center", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    uri = data_uri(buffer.getvalue(), "image/png")
+    return _section("scores-section", "Score distribution",
+                    f"<img class=\"plot\" id=\"score-histogram\" src=\"{uri}\" "
+                    "alt=\"histogram of normal and anomalous scores\">")
+
+
+def _gallery(rows: Sequence[Mapping[str, Any]]) -> str:
+    shown = rows[:MAX_GALLERY]
+    figures = []
+    for row in shown:
+        truth = "normal" if row["defect"] == "good" else "anomaly"
+        correct = truth == row["label"]
+        uri = data_uri(row["overlay_png"], "image/png")
+        name = Path(str(row["path"])).name
+        figures.append(
+            f"<figure class=\"prediction {'correct' if correct else 'wrong'}\" "
+            f"title=\"{_e(row['path'])}\"><div class=\"thumb\"><img src=\"{uri}\" "
+            f"alt=\"anomaly map of {_e(name)}\"></div><figcaption>"
+            f"<span class=\"verdict\">{'✓' if correct else '✗'} {_e(row['label'])}</span>"
+            f"<span class=\"line\"><span class=\"k\">type</span> {_e(row['defect'])}</span>"
+            f"<span class=\"line\"><span class=\"k\">score</span> "
+            f"<span class=\"score\">{row['score']:.3f}</span></span>"
+            f"<span class=\"path\">{_e(name)}</span></figcaption></figure>"
+        )
+    more = len(rows) - len(shown)
+    lead = ("Anomaly maps over the images, most anomalous first; the contour marks the "
+            "threshold. Green frame: the verdict matches the folder; red: it does not.")
+    if more:
+        lead += f" The {more} least anomalous images are not shown."
+    return _section("gallery-section", "Worst images first",
+                    f"<div class=\"grid\" id=\"gallery\">{''.join(figures)}</div>", lead)
+
+
+def _skipped(ev: Mapping[str, Any]) -> str:
+    skipped = ev.get("skipped") or []
+    if not skipped:
+        return ""
+    rows = "".join(f"<tr><td class=\"path\">{_e(s.get('path'))}</td><td>{_e(s.get('error'))}"
+                   "</td></tr>" for s in skipped)
+    return _section("skipped-section", "Skipped files",
+                    f"<div class=\"table-wrap\"><table class=\"data\" id=\"skipped\"><thead><tr>"
+                    f"<th>File</th><th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _footer() -> str:
+    now = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    return f"<footer class=\"footer\">Generated by vitkit {_e(__version__)} on {_e(now)}.</footer>"

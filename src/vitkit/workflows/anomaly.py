@@ -1,0 +1,426 @@
+"""The `vitkit anomaly fit | score | eval` jobs: files, progress and bundles around the methods."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitkit.anomaly.config import MIN_FIT_IMAGES, MIN_HOLDOUT_IMAGES, AnomalyFitConfig
+from vitkit.anomaly.detector import (
+    AnomalyDetector,
+    AnomalyScore,
+    ScoreError,
+    load_detector,
+    resolve_device,
+)
+from vitkit.anomaly.features import build_feature_backbone
+from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchMeanMethod
+from vitkit.anomaly.metrics import evaluate_anomaly
+from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
+from vitkit.anomaly.threshold import ScoreScale, f1_optimal_threshold, percentile_threshold
+from vitkit.bundle import BundleMeta, update_meta, write_json_atomic
+from vitkit.console import make_progress, stderr_console
+from vitkit.data import Sample, validate_samples, write_skipped_csv
+from vitkit.data.files import find_images
+from vitkit.errors import DataError
+
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+
+
+@dataclass
+class FitResult:
+    """What `vitkit anomaly fit` did (its --json output)."""
+
+    bundle: str
+    method: str
+    model: str | None
+    n_fit: int
+    n_holdout: int
+    n_skipped: int
+    threshold: float
+    fit_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normal_images(data: str) -> Path:
+    """The folder of normal images: ``DATA/train/good`` for an MVTec-style root, else DATA."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{data} is not a folder. Give a folder of normal (good) images, or an "
+                        "MVTec-style root with train/good/.")
+    mvtec = root / "train" / GOOD
+    return mvtec if mvtec.is_dir() else root
+
+
+def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
+    """Learns normal from ``config.data``, sets the threshold on held-out images, writes a bundle.
+
+    Raises:
+        DataError: Too few usable images, or none at all.
+    """
+    started = time.perf_counter()
+    folder = normal_images(config.data)
+    paths, _ = find_images([str(folder)])
+    report = validate_samples([Sample(p, GOOD, None) for p in paths], progress=progress)
+    out = Path(config.out)
+    usable = [s.path for s in report.usable]
+    fit_paths, holdout_paths = split_normals(usable, config.holdout, config.seed,
+                                             n_skipped=len(report.skipped), folder=folder)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    method, model, meta = _build_method(config, device)
+    method.setup([_image_size(p) for p in fit_paths])
+    with make_progress(progress) as bar:
+        task = bar.add_task("Learning normal", total=len(fit_paths), stats="") if bar else None
+        for batch in _batches(fit_paths, config.batch_size):
+            method.add_normal(torch.stack([method.prepare(image) for image in batch]))
+            if bar is not None and task is not None:
+                bar.advance(task, len(batch))
+    with stderr_console.status(_finish_message(method.name), spinner="dots") if progress \
+            else _nothing():
+        finish_started = time.perf_counter()
+        details = method.finish_fit()
+        details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
+
+    provisional = AnomalyDetector(method, threshold=0.0, scale=ScoreScale(0.0, 0.0, 1.0))
+    holdout_scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
+    threshold = percentile_threshold(holdout_scores, config.percentile)
+    scale = ScoreScale.from_normal_scores(holdout_scores, threshold)
+    fit_seconds = time.perf_counter() - started
+    record = {
+        "layers": getattr(model, "layers", None),
+        "data": str(folder),
+        "seed": config.seed,
+        "threshold_source": f"percentile {config.percentile:g} of {len(holdout_paths)} "
+                            "held-out normal images",
+        "fit": {"n_fit": len(fit_paths), "n_holdout": len(holdout_paths),
+                "n_skipped": len(report.skipped), "seconds": round(fit_seconds, 3),
+                "holdout_scores": [round(float(s), 6) for s in holdout_scores], **details},
+        "config": config.model_dump(mode="json"),
+    }
+    detector = AnomalyDetector(method, threshold, scale, record)
+    detector.save(out, meta, model)
+    if report.skipped:
+        write_skipped_csv(report.skipped, out / "skipped.csv")
+    return FitResult(str(out), method.name, None if method.name == "patchmean" else config.model,
+                     len(fit_paths), len(holdout_paths), len(report.skipped), threshold,
+                     round(fit_seconds, 3), details)
+
+
+def split_normals(paths: Sequence[Path], holdout: float, seed: int, n_skipped: int = 0,
+                  folder: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Seeded split of the normal images into the ones to learn and the held-out ones.
+
+    Raises:
+        DataError: Fewer than ``MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES`` usable images.
+    """
+    needed = MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES
+    if len(paths) < needed:
+        skipped = f" ({n_skipped} more were skipped as unreadable)" if n_skipped else ""
+        where = f" in {folder}" if folder else ""
+        raise DataError(
+            f"anomaly fit needs at least {needed} usable normal images ({MIN_FIT_IMAGES} to "
+            f"learn from and {MIN_HOLDOUT_IMAGES} held out to set the threshold); found "
+            f"{len(paths)}{where}{skipped}. Add more images of good parts — a few dozen give "
+            "a much more reliable threshold."
+        )
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    n_holdout = max(MIN_HOLDOUT_IMAGES, round(holdout * len(order)))
+    n_holdout = min(n_holdout, len(order) - MIN_FIT_IMAGES)
+    return sorted(order[n_holdout:]), sorted(order[:n_holdout])
+
+
+def _build_method(config: AnomalyFitConfig, device: torch.device
+                  ) -> tuple[AnomalyMethod, torch.nn.Module | None, BundleMeta]:
+    if config.method == PatchMeanMethod.name:
+        method = PatchMeanMethod(config.patch_size, config.resolution)
+        meta = BundleMeta(backbone={}, labels=[], preprocessing={"kind": "patchmean"})
+        return method, None, meta
+    backbone, layers = build_feature_backbone(config.model, config.weights, config.method,
+                                              config.layers, config.image_size)
+    extractor = backbone.extractor
+    deep: AnomalyMethod
+    if config.method == "patchcore":
+        deep = DEEP_METHODS["patchcore"](
+            extractor, backbone.preprocessing, device, coreset_ratio=config.coreset_ratio,
+            projection_dim=config.projection_dim, num_neighbors=config.num_neighbors,
+            seed=config.seed)  # type: ignore[call-arg]
+    else:
+        deep = DEEP_METHODS["padim"](extractor, backbone.preprocessing, device,
+                                     channels=config.padim_channels, seed=config.seed)  # type: ignore[call-arg]
+    meta = BundleMeta(backbone=backbone.spec.to_dict(), labels=[],
+                      preprocessing=backbone.preprocessing.model_dump(mode="json"))
+    return deep, extractor, meta
+
+
+def _finish_message(method: str) -> str:
+    return {"patchcore": "Selecting the memory-bank coreset",
+            "padim": "Inverting the per-position covariances"}.get(method, "Fitting")
+
+
+class _nothing:  # noqa: N801 - a tiny stand-in for contextlib.nullcontext with a status shape
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[Image.Image]]:
+    from vitkit.data import load_rgb
+
+    for start in range(0, len(paths), batch_size):
+        yield [load_rgb(p)[0] for p in paths[start:start + batch_size]]
+
+
+def _raw_scores(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
+                progress: bool) -> np.ndarray:
+    scores: list[float] = []
+    with make_progress(progress) as bar:
+        task = bar.add_task("Scoring held-out", total=len(paths), stats="") if bar else None
+        for batch in _batches(paths, batch_size):
+            raw, _ = detector.raw_scores(batch)
+            scores.extend(raw.tolist())
+            if bar is not None and task is not None:
+                bar.advance(task, len(batch))
+    return np.asarray(scores, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- score
+
+def run_score(bundle: Path, inputs: Sequence[str], maps_dir: Path | None = None,
+              batch_size: int = 16, device: str = "auto", progress: bool = True
+              ) -> list[AnomalyScore | ScoreError]:
+    """Scores images; with ``maps_dir`` also writes one heat-map overlay PNG per image."""
+    detector = load_detector(bundle, device)
+    files, unmatched = find_images(inputs)
+    results: list[AnomalyScore | ScoreError] = [
+        ScoreError(item, "no such file, or no images matched") for item in unmatched]
+    names = _unique_names(files)
+    with make_progress(progress and len(files) > batch_size) as bar:
+        task = bar.add_task("Scoring", total=len(files), stats="") if bar else None
+        for result, image in detector.score_paths(files, batch_size, with_maps=maps_dir is not None,
+                                                  keep_images=maps_dir is not None):
+            if maps_dir is not None and isinstance(result, AnomalyScore) and image is not None:
+                assert result.map is not None
+                overlay = heatmap_overlay(image, result.map, 0.0, 1.0, threshold=0.5)
+                save_png_atomic(overlay, maps_dir / names[Path(result.path)])
+                result.map = None
+            results.append(result)
+            if bar is not None and task is not None:
+                bar.advance(task)
+    return results
+
+
+def _unique_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """``stem.png`` per image, prefixed with parent folders only where stems collide."""
+    names: dict[Path, str] = {}
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    for path in paths:
+        if counts[path.stem] == 1:
+            names[path] = f"{path.stem}.png"
+        else:
+            names[path] = f"{path.parent.name}_{path.stem}.png"
+    seen: set[str] = set()
+    for path, name in names.items():
+        candidate, i = name, 1
+        while candidate in seen:
+            candidate = f"{Path(name).stem}_{i}.png"
+            i += 1
+        seen.add(candidate)
+        names[path] = candidate
+    return names
+
+
+# --------------------------------------------------------------------------- eval
+
+@dataclass
+class TestImage:
+    """One labelled test image of an MVTec-style folder."""
+
+    path: Path
+    defect: str  # "good" for normal images
+    mask: Path | None
+
+
+def mvtec_test_images(root: Path) -> list[TestImage]:
+    """``ROOT/test/<type>/*`` (or ``ROOT/<type>/*``) with masks from ``ROOT/ground_truth``.
+
+    Raises:
+        DataError: No ``good`` folder or no defect folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; give an MVTec-style root with test/good/ and "
+                        "test/<defect>/ folders (optional ground_truth/<defect>/*_mask.png).")
+    test = root / "test" if (root / "test").is_dir() else root
+    types = sorted(p.name for p in test.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if GOOD not in types or len(types) < 2:
+        raise DataError(
+            f"{test} needs a '{GOOD}' folder and at least one defect folder (found: "
+            f"{', '.join(types) or 'no folders'}). Layout: ROOT/test/good/*.png, "
+            "ROOT/test/<defect>/*.png, optional ROOT/ground_truth/<defect>/<name>_mask.png."
+        )
+    images: list[TestImage] = []
+    for defect in types:
+        files, _ = find_images([str(test / defect)])
+        for path in files:
+            mask = root / "ground_truth" / defect / f"{path.stem}{MASK_SUFFIX}.png"
+            images.append(TestImage(path, defect, mask if mask.is_file() else None))
+    return images
+
+
+def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: str = "stored",
+             batch_size: int = 16, device: str = "auto", max_map_side: int = 512,
+             report: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Scores an MVTec-style test set and measures image and pixel metrics.
+
+    Args:
+        bundle: The anomaly bundle.
+        data_root: MVTec-style root (see :func:`mvtec_test_images`).
+        out: Folder for eval.json, overlays and report.html (default BUNDLE/eval).
+        threshold: ``stored`` keeps the bundle's threshold; ``f1`` sets the F1-optimal
+            threshold on this data and stores it in the bundle.
+        max_map_side: Pixel metrics are computed on maps and masks resized to this long side.
+        report: Write overlays and the HTML report.
+    """
+    from vitkit.report.anomaly import write_anomaly_report
+
+    detector = load_detector(bundle, device)
+    tests = mvtec_test_images(data_root)
+    by_path = {t.path: t for t in tests}
+    scored: list[tuple[TestImage, AnomalyScore]] = []
+    skipped: list[ScoreError] = []
+    with make_progress(progress) as bar:
+        task = bar.add_task("Scoring test images", total=len(tests), stats="") if bar else None
+        for result, image in _score_for_eval(detector, [t.path for t in tests], batch_size,
+                                             max_map_side):
+            if isinstance(result, ScoreError):
+                skipped.append(result)
+            else:
+                scored.append((by_path[Path(result.path)], result))
+            if bar is not None and task is not None:
+                bar.advance(task)
+            del image
+    if not any(t.defect == GOOD for t, _ in scored) or all(t.defect == GOOD for t, _ in scored):
+        raise DataError(f"{data_root}: need readable normal and anomalous test images to "
+                        f"evaluate ({len(skipped)} were unreadable).")
+    raw = np.array([r.raw_score for _, r in scored])
+    defects = [t.defect for t, _ in scored]
+    if threshold == "f1":
+        labels = np.array([d != GOOD for d in defects])
+        new_threshold, _ = f1_optimal_threshold(raw, labels)
+        _adopt_threshold(bundle, detector, new_threshold, f"F1-optimal on {data_root}")
+    has_masks = any(t.mask is not None for t, _ in scored)
+    maps = masks = None
+    if has_masks:
+        maps = [r.map for _, r in scored]
+        masks = [_read_mask(t, r.map.shape) for t, r in scored]  # type: ignore[union-attr]
+    evaluation = evaluate_anomaly(raw, defects, detector.threshold, maps=maps, masks=masks)
+    result = evaluation.to_dict()
+    out = Path(out) if out is not None else Path(bundle) / "eval"
+    details = {**result, "data": str(data_root), "n_skipped": len(skipped),
+               "skipped": [s.to_dict() for s in skipped],
+               "threshold_source": detector.record.get("threshold_source")}
+    write_json_atomic(out / "eval.json", details)
+    if report:
+        entries = [(t, r) for t, r in scored]
+        write_anomaly_report(out, details, _report_entries(detector, entries, max_map_side))
+    return result
+
+
+def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
+                    max_map_side: int
+                    ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
+    """Like ``score_paths`` with maps, but maps capped at ``max_map_side`` to bound memory."""
+    from vitkit.data import ImageProblem, load_rgb
+
+    pending: list[tuple[Path, Image.Image]] = []
+
+    def flush() -> Iterator[tuple[AnomalyScore, Image.Image | None]]:
+        images = [im for _, im in pending]
+        raw, patch_maps = detector.raw_scores(images)
+        sizes = [_capped(im.size, max_map_side) for im in images]
+        maps = detector.full_maps(patch_maps, sizes)
+        for verdict in detector.verdicts([str(p) for p, _ in pending], raw, maps):
+            yield verdict, None
+
+    for path in paths:
+        try:
+            image, _ = load_rgb(path)
+        except ImageProblem as problem:
+            yield ScoreError(str(path), problem.reason), None
+            continue
+        pending.append((path, image))
+        if len(pending) == batch_size:
+            yield from flush()
+            pending = []
+    if pending:
+        yield from flush()
+
+
+def _capped(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    width, height = size
+    factor = min(1.0, max_side / max(width, height))
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def _read_mask(test: TestImage, shape: tuple[int, ...]) -> np.ndarray:
+    """The ground-truth mask at the map's (H, W); all-False for images without one."""
+    height, width = shape
+    if test.mask is None:
+        return np.zeros((height, width), dtype=bool)
+    with Image.open(test.mask) as mask:
+        resized = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(resized) > 127
+
+
+def _adopt_threshold(bundle: Path, detector: AnomalyDetector, threshold: float,
+                     source: str) -> None:
+    low = detector.scale.low
+    detector.threshold = threshold
+    detector.scale = ScoreScale(low=min(low, threshold), threshold=threshold,
+                                high=threshold + max(threshold - low, 1e-12))
+    record = {**detector.record, "threshold": threshold, "scale": detector.scale.to_dict(),
+              "threshold_source": source}
+    detector.record = record
+    update_meta(bundle, anomaly=record)
+
+
+def _report_entries(detector: AnomalyDetector, scored: Sequence[tuple[TestImage, AnomalyScore]],
+                    max_side: int) -> list[dict[str, Any]]:
+    """Report rows, worst first, each with an overlay PNG of the normalised map."""
+    from vitkit.anomaly.overlay import png_bytes
+    from vitkit.data import load_rgb
+
+    rows = []
+    for test, verdict in sorted(scored, key=lambda item: -item[1].raw_score):
+        image, _ = load_rgb(test.path)
+        image.thumbnail((max_side, max_side))
+        assert verdict.map is not None
+        overlay = heatmap_overlay(image, verdict.map, 0.0, 1.0, threshold=0.5)
+        overlay.thumbnail((256, 256))
+        rows.append({"path": str(test.path), "defect": test.defect, "score": verdict.score,
+                     "raw_score": verdict.raw_score, "label": verdict.label,
+                     "overlay_png": png_bytes(overlay)})
+    return rows
