@@ -28,6 +28,9 @@ BLUE = (0, 0, 255)
 
 # Distinct streams so that, e.g., normal_canvas(3) and with_dot(..., seed=3) are unrelated.
 _CANVAS, _DOT, _LINE, _COLOURED = 11, 23, 37, 41
+_BLOCK = 10_000  # seeds per set of a scenario
+
+Paste = Callable[[Image.Image, int], tuple[Image.Image, np.ndarray]]
 
 
 def normal_canvas(
@@ -261,14 +264,21 @@ def scenario(
 ) -> Scenario:
     """Disjoint seeded sets: fit normals, calibration normals, fresh normals and three kinds of
     defective canvases (3-pixel white dot, 1-pixel scratch, 4 coloured dots), each drawn on its
-    own fresh canvas."""
-    seeds = iter(range(seed * 100_000, seed * 100_000 + 100_000))
+    own fresh canvas. Each set has its own block of seeds, so changing one count (say
+    ``n_calibrate``) leaves the images of the other sets unchanged."""
+    if max(n_fit, n_calibrate, n_normal, 2 * n_defective) > _BLOCK:
+        raise ValueError(f"a scenario draws at most {_BLOCK} images per set")
+    blocks = iter(range(seed * 6 * _BLOCK, (seed + 1) * 6 * _BLOCK, _BLOCK))
 
     def canvases(count: int) -> list[Image.Image]:
-        return [normal_canvas(next(seeds), size) for _ in range(count)]
+        start = next(blocks)
+        return [normal_canvas(start + i, size) for i in range(count)]
 
-    def defective(paste: Callable[[Image.Image, int], tuple[Image.Image, np.ndarray]]) -> Defective:
-        pairs = [paste(normal_canvas(next(seeds), size), next(seeds)) for _ in range(n_defective)]
+    def defective(paste: Paste) -> Defective:
+        start = next(blocks)
+        pairs = [
+            paste(normal_canvas(start + 2 * i, size), start + 2 * i + 1) for i in range(n_defective)
+        ]
         return Defective([image for image, _ in pairs], [mask for _, mask in pairs])
 
     return Scenario(

@@ -21,6 +21,7 @@ from vitkit.anomaly import gray, padim, patchcore, patchmean
 from vitkit.anomaly.features import FeatureExtractor
 from vitkit.anomaly.maps import upsample_map
 from vitkit.data import Preprocessing, eval_transform
+from vitkit.errors import ConfigError
 
 
 class AnomalyMethod(ABC):
@@ -73,10 +74,13 @@ class PatchMeanMethod(AnomalyMethod):
         self.resolution = resolution
         self.size = size
         self.model = model
-        self._stats: list[torch.Tensor] = []
+        self._accumulator = patchmean.PatchStatsAccumulator(self.patch_size)
 
     def setup(self, sizes: Sequence[tuple[int, int]]) -> None:
-        self.size = gray.working_size(sizes, self.patch_size, resolution=self.resolution)
+        try:
+            self.size = gray.working_size(sizes, self.patch_size, resolution=self.resolution)
+        except ValueError as exc:
+            raise ConfigError(f"patchmean cannot use these settings: {exc}") from exc
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         if self.size is None:
@@ -84,14 +88,13 @@ class PatchMeanMethod(AnomalyMethod):
         return gray.to_canvas(image, self.size)
 
     def add_normal(self, batch: torch.Tensor) -> None:
-        self._stats.append(patchmean.patch_statistics(batch, self.patch_size))
+        self._accumulator.update(patchmean.patch_statistics(batch, self.patch_size))
 
     def finish_fit(self) -> dict[str, Any]:
-        stats = torch.cat(self._stats)
-        self._stats = []
-        self.model = patchmean.fit_patchmean(stats, self.patch_size)
-        grid = tuple(stats.shape[-2:])
-        return {"grid": list(grid), "statistics": int(stats.shape[1])}
+        self.model = self._accumulator.finalize()
+        n_stats, grid_h, grid_w = self.model.mean.shape
+        return {"grid": [int(grid_h), int(grid_w)], "statistics": int(n_stats),
+                "working_size": list(self.size or ())}
 
     def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model is None:

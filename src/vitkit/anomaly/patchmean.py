@@ -3,14 +3,15 @@
 Learned from normal images only. Each canvas (B, C, H, W) is cut into P x P patches; every
 patch gets S = 4 C statistics (per channel: mean, std, max, min). Over the normal set each
 (statistic, patch position) gets a Gaussian: a mean and a variance, the variance shrunk toward
-the statistic's pooled variance over all positions and floored. A new image's patch scores
-the largest |z| over its statistics and the image scores its **most anomalous patch**.
+the statistic's pooled variance over all positions and floored. A patch scores the largest |z|
+over its statistics and an image scores its **most anomalous patch**.
 
 Why the max over patches and not the sum: a 3-pixel dot changes one patch out of thousands, so
-its z-score drowns in the summed noise of all the others; the max keeps it. Why max/min and
-std beside the mean: on a dark noisy canvas a 3-pixel dot moves a 16 x 16 patch mean by about
-2.6 grey levels, less than the image-to-image change of background level, but it moves the
-patch max from about 60 to 255 and the patch std from about 7 to about 25.
+its z-score drowns in the summed noise of all the others; the max keeps it. Why std, max and
+min beside the mean: on a dark canvas (level 20-40, pixel noise 7) a white 3-pixel dot moves an
+8 x 8 patch mean by about 10 grey levels, no more than the image-to-image change of background
+level, but it moves the patch max from about 50 to 255 and the patch std from about 7 to about
+48.
 
 Pure torch: tensors in, tensors out; fitting also streams through :class:`PatchStatsAccumulator`.
 """
@@ -21,12 +22,20 @@ from typing import NamedTuple
 
 import torch
 
-DEFAULT_PATCH_SIZE = 16
+# Measured on 1024 x 768 canvases (level 20-40, noise 7, 40 normal images, threshold at the
+# 99th percentile of 100 held-out normals): of 160 faint defects (3-pixel dots of grey 60-80,
+# 1-pixel scratches of grey 50-60, 3-pixel dim blue dots) 8 px patches flagged 154, 16 px 145,
+# 32 px 117; every setting flagged all the white 3-pixel dots.
+DEFAULT_PATCH_SIZE = 8
 STATISTICS = ("mean", "std", "max", "min")
-# The std floor is 0.001 (a quarter of one 8-bit grey level): it only matters where normal images
-# do not vary at all, and there it keeps z finite without hiding a one-level change.
-DEFAULT_VAR_FLOOR = (1.0 / 255.0) ** 2
+# Only keeps z finite where no normal image varied at all (identical images); a std of 1e-4 is
+# a fortieth of a grey level, below the smallest real spread measured (the patch std's own
+# spread across images, ~0.5 grey levels at 8 px), so it never masks a statistic. A floor of
+# one grey level, by contrast, hid most faint scratches and dim blue dots.
+DEFAULT_VAR_FLOOR = 1e-8
 # Weight of the pooled variance in each position's variance (0 = per position, 1 = pooled).
+# 0.5 bounds the cost where positions truly differ: a position keeps at least half its own
+# variance, so its z is inflated by at most sqrt(2).
 DEFAULT_SHRINKAGE = 0.5
 
 
@@ -162,7 +171,12 @@ def fit_patchmean(
     Each position's variance v is replaced by ``(1 - shrinkage) * v + shrinkage * pooled``,
     where ``pooled`` is the statistic's mean variance over all positions, then floored at
     ``var_floor``. With a few dozen images the per-position variances are noisy and the
-    max over thousands of patches would otherwise be decided by the worst-estimated ones.
+    max over thousands of patches would otherwise be decided by the worst-estimated ones, and
+    positions that never vary (pixels clipped to black in every normal image) would get the
+    floor and explode on the first grey level. Measured with 40 normal 1024 x 768 canvases:
+    0.5 flagged 154 of 160 faint defects against 142 per position (0.0); with a noisy,
+    partly clipped region in every image 0.0 missed all 100 defects (threshold z = 549), 0.5
+    flagged 35 and 1.0 (fully pooled, blind to the noisy region) only 3.
 
     Args:
         stats: (N, S, gh, gw) statistics of N >= 2 normal images.

@@ -94,7 +94,7 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
         details = method.finish_fit()
         details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
 
-    provisional = AnomalyDetector(method, threshold=0.0, scale=ScoreScale(0.0, 0.0, 1.0))
+    provisional = AnomalyDetector(method, threshold=0.5, scale=ScoreScale(0.0, 0.5, 1.0))
     holdout_scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
     threshold = percentile_threshold(holdout_scores, config.percentile)
     scale = ScoreScale.from_normal_scores(holdout_scores, threshold)
