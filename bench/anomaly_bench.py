@@ -5,7 +5,7 @@ MVTec-style data sets and prints one table (and JSON with --json). All figures o
 from the same run on the same machine, so compare rows, not absolute numbers across days.
 
     .venv/bin/python bench/anomaly_bench.py                       # deeppcb + piped_paper
-    .venv/bin/python bench/anomaly_bench.py --data ../shared/datasets/deeppcb --methods patchcore
+    .venv/bin/python bench/anomaly_bench.py --data ../shared/datasets/deeppcb --runs patchcore
     .venv/bin/python bench/anomaly_bench.py --textile 200         # PatchCore fit on 200 textile
 
 The anomalib reference figures come from bench/anomalib_reference.py (a separate venv).
@@ -34,7 +34,7 @@ DEFAULT_DATA = [SHARED / "deeppcb", SHARED / "piped_paper" / "PA_BDP01_TL",
 DEFAULT_RUNS = ["patchmean", "padim:efficientnet_lite0", "patchcore:efficientnet_lite0"]
 
 
-def score_latency_ms(bundle: Path, paths: list[Path], repeats: int = 1) -> float:
+def score_latency_ms(bundle: Path, paths: list[Path], repeats: int = 3) -> float:
     """Mean batch-1 latency per image (decode excluded, preprocessing and model included)."""
     detector = load_detector(bundle, "cpu")
     images = [load_rgb(p)[0] for p in paths]
@@ -121,7 +121,8 @@ def _line(row: dict[str, Any]) -> str:
     def f(value: Any, digits: int = 3) -> str:
         return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float)
                                           else str(value))
-    return (f"{row['data']:<28} {row['method']:<10} {f(row['model']):<22} fit {f(row['fit_s'], 1)} s"
+    return (f"{row['data']:<28} {row['method']:<10} {f(row['model']):<22} "
+            f"fit {f(row['fit_s'], 1)} s"
             f" (finish {f(row.get('finish_s'), 1)} s) n={row['n_fit']} bank "
             f"{f(row.get('bank_before'))}->{f(row.get('bank_after'))} score {f(row['score_ms'], 1)}"
             f" ms/img  image AUROC {f(row.get('image_auroc'))}  pixel AUROC "

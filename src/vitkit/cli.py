@@ -38,12 +38,15 @@ def _print_json(data: Any) -> None:
 def train(
     data: Annotated[str, typer.Argument(help="Image folder (class-per-folder, or train/ val/ "
                                         "[test/] splits) or a CSV manifest path,label[,split].")],
-    model: Annotated[str | None, typer.Option(help="timm name, hf:<org>/<model>, or a local "
-                                              "Hugging Face folder. [default: efficientnet_lite0]")] = None,
-    weights: Annotated[str | None, typer.Option(help="auto (offline registry, then hub), none "
-                                                "(random init) or a .safetensors/state-dict file.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs over all stages together "
-                                               "(split by the stage shares). [default: 10]")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="timm name, hf:<org>/<model>, or a local Hugging Face folder. "
+             "[default: efficientnet_lite0]")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="auto (offline registry, then hub), none (random init) or a "
+             ".safetensors/state-dict file.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs over all stages together (split by the stage shares). "
+             "[default: 10]")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "[default: runs/train]")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "

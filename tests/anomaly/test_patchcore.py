@@ -33,11 +33,14 @@ def test_locally_aware_patches_average_neighbours_and_align_grids() -> None:
     expected = torch.zeros(5, 5)
     expected[1:4, 1:4] = 1.0
     torch.testing.assert_close(patches[0, 0], expected)
-    # Border cells average only the cells that exist: a constant map stays constant.
-    constant = locally_aware_patches([torch.full((2, 3, 4, 6), 2.5)])
-    torch.testing.assert_close(constant, torch.full((2, 3, 4, 6), 2.5))
-    # The 2x2 coarse map is pooled first (every cell sees all four: 1.5 everywhere) ...
-    torch.testing.assert_close(patches[0, 1], torch.full((5, 5), 1.5))
+    # Border cells count the missing cells as zeros (the reference code's zero padding):
+    # a constant map keeps its value inside, 6/9 of it on edges and 4/9 in corners.
+    constant = locally_aware_patches([torch.full((1, 1, 4, 6), 9.0)])[0, 0]
+    assert constant[1:-1, 1:-1].eq(9.0).all()
+    assert constant[0, 1:-1].eq(6.0).all() and constant[1:-1, 0].eq(6.0).all()
+    assert constant[0, 0] == constant[-1, -1] == 4.0
+    # The 2x2 coarse map is pooled first (each cell sees the 4 values, 0+1+2+3 = 6, over 9) ...
+    torch.testing.assert_close(patches[0, 1], torch.full((5, 5), 6.0 / 9.0))
     # ... and upsampled bilinearly (half-pixel centres), seen here without the pooling.
     aligned = locally_aware_patches([torch.zeros(1, 1, 4, 4), coarse], neighbourhood=1)
     torch.testing.assert_close(aligned[0, 1, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from tests.anomaly.canvas import normal_canvas, with_dot, with_line
 from tests.e2e.test_cli_train import json_out, ok, run_cli
 

@@ -78,15 +78,17 @@ class AnomalyDetector:
         batch = torch.stack([self.method.prepare(image) for image in images])
         return self.method.score(batch)
 
-    def full_maps(self, patch_maps: torch.Tensor, sizes: Sequence[tuple[int, int]]
-                  ) -> list[np.ndarray]:
-        """Normalised maps at each image's (width, height); 0.5 is the threshold."""
+    def full_maps(self, patch_maps: torch.Tensor, sizes: Sequence[tuple[int, int]],
+                  normalized: bool = True) -> list[np.ndarray]:
+        """Maps at each image's (width, height), smoothed: normalised to [0, 1] with 0.5 at
+        the threshold (what overlays show), or in raw score units (``normalized=False``,
+        not clipped, so the peak of a strong defect stays visible)."""
         input_h, input_w = self.input_size
         maps = []
         for patch_map, (width, height) in zip(patch_maps, sizes, strict=True):
             sigma = self.method.map_sigma * max(height / input_h, width / input_w)
-            full = upsample_map(patch_map[None].float(), (height, width), sigma)[0]
-            maps.append(self.scale.normalize(full.numpy()).astype(np.float32))
+            full = upsample_map(patch_map[None].float(), (height, width), sigma)[0].numpy()
+            maps.append((self.scale.normalize(full) if normalized else full).astype(np.float32))
         return maps
 
     @property

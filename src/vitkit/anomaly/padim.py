@@ -6,9 +6,10 @@ extracted, largest grid first.
 
 The fit streams: :class:`GaussianAccumulator` keeps per-position sums and sums of outer products
 in float64, so hundreds of training images never need to be held at once. The covariance is
-shrunk toward a scaled identity, by a fixed amount or by the Oracle Approximating Shrinkage
-(OAS) formula computed per position; a small floor on the diagonal keeps it invertible even for
-fewer images than channels or a set of identical images.
+shrunk toward ``m I``, ``m`` the average per-channel variance of the whole fit (one target for
+every position, like the paper's fixed ``0.01 I``), by a fixed amount or by the Oracle
+Approximating Shrinkage (OAS) coefficient of each position; a small floor on the diagonal keeps
+it invertible even for fewer images than channels or a set of identical images.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import torch.nn.functional as F
 # fit: negligible for real data, but it keeps a zero-variance position (identical images, a
 # constant border) invertible with a finite, data-scaled precision.
 _RELATIVE_FLOOR = 1e-6
+# Default shrinkage toward m I. Measured on DeepPCB (efficientnet_lite0, 224 px, image / pixel
+# AUROC): 0.01 -> 0.949 / 0.909, 0 -> 0.965 / 0.892, 0.1 -> 0.952 / 0.920, OAS -> 0.939 / 0.898;
+# a target per position (its own trace / C) instead of the fit's m fell to 0.864 / 0.765 at
+# 0.001 and 0.798 / 0.707 with OAS, because positions of low variance (the borders) then get
+# almost no ridge and their noise decides the image score.
+DEFAULT_SHRINKAGE = 0.01
 # Used only when even the raw second moment is zero (all-zero embeddings).
 _ABSOLUTE_FLOOR = 1e-12
 # Positions per chunk when finalising, so that temporary (chunk, C, C) float64 copies stay small.
@@ -143,18 +150,19 @@ class GaussianAccumulator:
         self._outer += torch.bmm(centred.transpose(1, 2), centred)
         self._count += embeddings.shape[0]
 
-    def finalize(self, shrinkage: float | None = None) -> PadimModel:
+    def finalize(self, shrinkage: float | None = DEFAULT_SHRINKAGE) -> PadimModel:
         """Mean and inverse shrunk covariance per position.
 
-        The covariance is ``(1 - a) S + (a * trace(S) / C + floor) I`` with ``S`` the maximum-
-        likelihood covariance. ``a`` is ``shrinkage`` when given, else the OAS estimate per
-        position (Chen et al. 2010, eq. 23). OAS rather than Ledoit-Wolf: it needs only ``S``
-        and the count, which the streamed sums give exactly, whereas Ledoit-Wolf needs fourth
-        moments of every sample; and it is derived for Gaussian data, which is PaDiM's own
-        model, where it beats Ledoit-Wolf for few samples.
+        The covariance is ``(1 - a) S + (a * m + floor) I`` with ``S`` the maximum-likelihood
+        covariance and ``m`` the fit's average per-channel variance. ``a`` is ``shrinkage``
+        when given, else the OAS coefficient of each position (Chen et al. 2010, eq. 23).
+        OAS rather than Ledoit-Wolf: it needs only ``S`` and the count, which the streamed
+        sums give exactly, whereas Ledoit-Wolf needs fourth moments of every sample; and it is
+        derived for Gaussian data, which is PaDiM's own model, where it beats Ledoit-Wolf for
+        few samples.
 
         Args:
-            shrinkage: Fixed shrinkage in ``[0, 1]``, or ``None`` for OAS.
+            shrinkage: Fixed shrinkage in ``[0, 1]``, or ``None`` for OAS per position.
 
         Returns:
             The fitted :class:`PadimModel`.
@@ -169,12 +177,13 @@ class GaussianAccumulator:
             raise ValueError(f"shrinkage must be in [0, 1] or None (automatic OAS), got "
                              f"{shrinkage}")
         mean_offset = self._sum / self._count
-        floor = self._diagonal_floor(mean_offset)
+        target = self._average_variance(mean_offset)
+        floor = max(_RELATIVE_FLOOR * target, _ABSOLUTE_FLOOR)
         inv_cov = torch.empty(self.positions, self.channels, self.channels, dtype=torch.float32)
         for start in range(0, self.positions, _FINALIZE_CHUNK):
             chunk = slice(start, start + _FINALIZE_CHUNK)
             covariance = self._covariance(chunk, mean_offset[chunk])
-            regularised = _shrink(covariance, self._count, shrinkage, floor)
+            regularised = _shrink(covariance, self._count, shrinkage, target, floor)
             inv_cov[chunk] = _spd_inverse(regularised).to(torch.float32)
         mean = (self._shift + mean_offset).to(torch.float32)
         return PadimModel(mean=mean, inv_cov=inv_cov, grid=self._grid)
@@ -184,16 +193,16 @@ class GaussianAccumulator:
         covariance = second_moment - mean_offset.unsqueeze(2) * mean_offset.unsqueeze(1)
         return 0.5 * (covariance + covariance.transpose(1, 2))
 
-    def _diagonal_floor(self, mean_offset: torch.Tensor) -> float:
-        """The ridge: a millionth of the fit's average per-channel variance (or raw second
-        moment when every variance is zero)."""
+    def _average_variance(self, mean_offset: torch.Tensor) -> float:
+        """The fit's average per-channel variance (the raw second moment when every variance
+        is zero, so that identical images still get a data-scaled ridge)."""
         second_moment = torch.diagonal(self._outer, dim1=1, dim2=2) / self._count
         variance = (second_moment - mean_offset**2).clamp_min(0.0)
         scale = float(variance.mean())
         if scale <= 0.0:
             raw = (self._shift + mean_offset) ** 2
             scale = float(raw.mean())
-        return max(_RELATIVE_FLOOR * scale, _ABSOLUTE_FLOOR)
+        return scale
 
     def _check_batch(self, embeddings: torch.Tensor) -> None:
         if embeddings.dim() != 4:
@@ -211,13 +220,13 @@ class GaussianAccumulator:
         self._grid = (height, width)
 
 
-def fit_padim(embeddings: torch.Tensor, shrinkage: float | None = None,
+def fit_padim(embeddings: torch.Tensor, shrinkage: float | None = DEFAULT_SHRINKAGE,
               batch_size: int = 32) -> PadimModel:
     """Fits PaDiM on embeddings held in memory (a convenience over the accumulator).
 
     Args:
         embeddings: ``(N, C, h, w)`` training embeddings.
-        shrinkage: Fixed shrinkage in ``[0, 1]`` or ``None`` for OAS (see
+        shrinkage: Fixed shrinkage in ``[0, 1]`` or ``None`` for OAS per position (see
             :meth:`GaussianAccumulator.finalize`).
         batch_size: Images per accumulator update (bounds the float64 temporaries).
 
@@ -282,18 +291,16 @@ def _per_position(embeddings: torch.Tensor) -> torch.Tensor:
     return embeddings.reshape(batch, channels, -1).permute(2, 0, 1)
 
 
-def _shrink(covariance: torch.Tensor, count: int, shrinkage: float | None,
+def _shrink(covariance: torch.Tensor, count: int, shrinkage: float | None, target: float,
             floor: float) -> torch.Tensor:
-    """``(1 - a) S + (a mu + floor) I`` per position, ``mu = trace(S) / C``."""
+    """``(1 - a) S + (a * target + floor) I`` per position."""
     channels = covariance.shape[-1]
-    trace = torch.diagonal(covariance, dim1=1, dim2=2).sum(dim=1)
-    mu = trace / channels
     if shrinkage is None:
         amount = oas_shrinkage(covariance, count)
     else:
-        amount = torch.full_like(mu, float(shrinkage))
+        amount = torch.full(covariance.shape[:1], float(shrinkage), dtype=covariance.dtype)
     eye = torch.eye(channels, dtype=covariance.dtype)
-    diagonal = (amount * mu + floor)[:, None, None] * eye
+    diagonal = (amount * target + floor)[:, None, None] * eye
     return (1.0 - amount)[:, None, None] * covariance + diagonal
 
 

@@ -146,7 +146,8 @@ class Trainer:
             checkpoint = None
         self._close_writer()
         history = [EpochRecord(**row) for row in state.history]
-        return FitResult(history, state.best_epoch, state.best_acc, state.epoch, state.stopped_early)
+        return FitResult(history, state.best_epoch, state.best_acc, state.epoch,
+                         state.stopped_early)
 
     def _run_stage(self, stage: str, state: _Progress, checkpoint: dict[str, Any] | None) -> None:
         n_epochs = self.stage_epochs[stage]

@@ -21,7 +21,8 @@ def select_eval_split(samples: list[Sample]) -> tuple[str, list[Sample]]:
     return "all", list(samples)
 
 
-def run_eval(bundle: Path, data: str, batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+def run_eval(bundle: Path, data: str, batch_size: int = 32,
+             progress: bool = True) -> dict[str, Any]:
     """Returns the `eval --json` document: metrics plus n, split and skipped files."""
     predictor = load(bundle)
     split, samples = select_eval_split(scan(data).samples)
