@@ -204,6 +204,11 @@ def anomaly_fit(
                                                    "no crop). [default: the backbone's]")] = None,
     coreset_ratio: Annotated[float | None, typer.Option(help="PatchCore memory-bank share "
                                                         "kept. [default: 0.1]")] = None,
+    global_stats: Annotated[bool | None, typer.Option(
+        "--global-stats/--no-global-stats",
+        help="PatchCore: also score each image's feature statistics as a whole, to catch "
+             "defects that change the whole image a little (finer weave, lower contrast, a "
+             "colour cast) and that no single patch shows. [default: off]")] = None,
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
                                                    "[default: native, up to 1024]")] = None,
@@ -231,7 +236,8 @@ def anomaly_fit(
 
     given = {"data": normal_dir, "method": method, "model": model, "weights": weights,
              "layers": _int_list(layers, "--layers"), "image_size": image_size,
-             "coreset_ratio": coreset_ratio, "patch_size": patch_size, "resolution": resolution,
+             "coreset_ratio": coreset_ratio, "global_stats": global_stats,
+             "patch_size": patch_size, "resolution": resolution,
              "holdout": holdout, "percentile": percentile, "out": out, "batch_size": batch_size,
              "seed": seed, "device": device}
     cfg = load_config(AnomalyFitConfig, config, given)

@@ -17,13 +17,13 @@ SIZE = 192  # the generated textures; the deep methods squash them to their inpu
 N_NORMAL = 14
 
 
-def woven_texture(seed: int, size: int = SIZE) -> np.ndarray:
+def woven_texture(seed: int, size: int = SIZE, contrast: float = 45.0) -> np.ndarray:
     """A regular weave with a random phase, per-image brightness and pixel noise: (H, W, 3)."""
     rng = np.random.default_rng([7, seed])
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, 2)
     weave = np.sin(x * 2 * np.pi / 12 + phase[0]) * np.sin(y * 2 * np.pi / 12 + phase[1])
-    grey = 120 + 45 * weave + rng.uniform(-8, 8) + rng.normal(0, 6, (size, size))
+    grey = 120 + contrast * weave + rng.uniform(-8, 8) + rng.normal(0, 6, (size, size))
     rgb = np.stack([grey, grey * 0.9, grey * 0.75], axis=2)
     return np.clip(rgb, 0, 255)
 
@@ -50,9 +50,11 @@ def normal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fit(normal_dir: Path, out: Path, method: str, model: str = "efficientnet_lite0",
-        weights: str = "auto") -> Path:
+        weights: str = "auto", global_stats: bool = False) -> Path:
     # patchmean: one patch per weave period, so patch statistics do not depend on the phase.
-    extra = {"patch_size": 12} if method == "patchmean" else {}
+    extra: dict[str, object] = {"patch_size": 12} if method == "patchmean" else {}
+    if global_stats:
+        extra["global_stats"] = True
     config = AnomalyFitConfig(data=str(normal_dir), method=method,  # type: ignore[arg-type]
                               model=model, weights=weights, out=str(out), holdout=0.3,
                               batch_size=8, **extra)
@@ -122,6 +124,22 @@ def test_bundle_round_trip_gives_identical_scores(normal_dir: Path, tmp_path: Pa
     detector = load_detector(bundle, "cpu")
     raw, _ = detector.raw_scores(queries)
     np.testing.assert_allclose(raw.numpy(), [r.raw_score for r in first], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_global_statistics_flag_a_whole_image_change(normal_dir: Path, tmp_path: Path) -> None:
+    bundle = fit(normal_dir, tmp_path / "global", "patchcore", global_stats=True)
+    detector = load_detector(bundle, "cpu")
+    assert detector.record["fit"]["global_stats_dim"] == 2 * (40 + 112)
+    normals = [to_image(woven_texture(500 + i)) for i in range(4)]
+    flatter = [to_image(woven_texture(510 + i, contrast=25.0)) for i in range(4)]
+    scores, _ = raw_maps(bundle, normals + flatter)
+    assert scores[4:].min() > scores[:4].max()
+    results = score_images(bundle, flatter, tmp_path)
+    assert all(r.label == "anomaly" for r in results)
+    # A local defect still counts, through the patch part.
+    stained, _ = raw_maps(bundle, [with_stain(woven_texture(520), BOXES[1])])
+    assert stained[0] > scores[:4].max()
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ class AnomalyFitConfig(BaseModel):
         projection_dim: Random projection used only to pick the coreset (None: no projection).
         num_neighbors: PatchCore's image-score re-weighting neighbourhood (1: plain max).
         padim_channels: Random channel subset PaDiM keeps.
+        global_stats: PatchCore also scores each image's feature statistics as a whole (see
+            :mod:`vitkit.anomaly.global_stats`).
         patch_size: patchmean patch side in pixels (default: the method's).
         resolution: patchmean working long side; default the images' own size up to 1024 px.
         holdout: Share of normal images held out (never memorised) to set the threshold.
@@ -54,6 +56,7 @@ class AnomalyFitConfig(BaseModel):
     coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
     projection_dim: int | None = Field(default=128, ge=1)
     num_neighbors: int = Field(default=9, ge=1)
+    global_stats: bool = False
     padim_channels: int = Field(default=100, ge=1)
     patch_size: int | None = Field(default=None, ge=2, le=256)
     resolution: int | None = Field(default=None, ge=16, le=8192)
@@ -69,4 +72,6 @@ class AnomalyFitConfig(BaseModel):
         if self.method != "patchmean" and (self.patch_size or self.resolution):
             raise ValueError("patch_size and resolution are patchmean options; "
                              f"{self.method} uses image_size and layers")
+        if self.global_stats and self.method != "patchcore":
+            raise ValueError("global_stats is a patchcore option")
         return self

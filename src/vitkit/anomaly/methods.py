@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from vitkit.anomaly import gray, padim, patchcore, patchmean
+from vitkit.anomaly import global_stats, gray, padim, patchcore, patchmean
 from vitkit.anomaly.features import FeatureExtractor
 from vitkit.anomaly.maps import upsample_map
 from vitkit.data import Preprocessing, eval_transform
@@ -55,6 +55,11 @@ class AnomalyMethod(ABC):
 
     def setup(self, sizes: Sequence[tuple[int, int]]) -> None:  # noqa: B027 - optional hook
         """Sees the (width, height) of the normal images before fitting."""
+
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
+        """Sees prepared held-out normal images after fitting, before the threshold is set
+        (a method whose score combines parts uses them to put the parts on one scale)."""
+        return {}
 
     @property
     def map_sigma(self) -> float:
@@ -152,18 +157,29 @@ class PatchCoreMethod(_DeepMethod):
     def __init__(self, extractor: FeatureExtractor, preprocessing: Preprocessing,
                  device: torch.device, coreset_ratio: float = 0.1,
                  projection_dim: int | None = 128, num_neighbors: int = 9, seed: int = 0,
-                 bank: torch.Tensor | None = None) -> None:
+                 bank: torch.Tensor | None = None, global_stats: bool = False,
+                 global_model: global_stats.GlobalGaussian | None = None,
+                 references: tuple[float, float] | None = None) -> None:
         super().__init__(extractor, preprocessing, device)
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.seed = seed
         self.bank = bank
+        self.global_stats = global_stats
+        self.global_model = global_model
+        # (patch, global) scores of a typical held-out normal image: the units in which the
+        # two parts are compared when global statistics are on.
+        self.references = references
         self._patches: list[torch.Tensor] = []
+        self._statistics: list[torch.Tensor] = []
 
     def add_normal(self, batch: torch.Tensor) -> None:
-        patches = patchcore.locally_aware_patches(self.features(batch))
+        maps = self.features(batch)
+        patches = patchcore.locally_aware_patches(maps)
         self._patches.append(patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]))
+        if self.global_stats:
+            self._statistics.append(global_stats.image_statistics(maps))
 
     def finish_fit(self) -> dict[str, Any]:
         features = torch.cat(self._patches)
@@ -174,24 +190,71 @@ class PatchCoreMethod(_DeepMethod):
         else:
             index = patchcore.greedy_coreset(features, n_select, self.projection_dim, self.seed)
             self.bank = features[index].contiguous()
-        return {"bank_before": int(features.shape[0]), "bank_after": int(self.bank.shape[0]),
-                "feature_dim": int(features.shape[1])}
+        details: dict[str, Any] = {"bank_before": int(features.shape[0]),
+                                   "bank_after": int(self.bank.shape[0]),
+                                   "feature_dim": int(features.shape[1])}
+        if self.global_stats:
+            self.global_model = global_stats.fit_global_gaussian(torch.cat(self._statistics))
+            self._statistics = []
+            details["global_stats_dim"] = int(self.global_model.mean.shape[0])
+        return details
 
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
+        if not self.global_stats:
+            return {}
+        local, overall = [], []
+        for batch in batches:
+            patch_part, _, global_part = self._parts(batch)
+            local.append(patch_part)
+            overall.append(global_part)
+        if not local:
+            raise RuntimeError("global statistics need held-out normal images to calibrate")
+        self.references = (global_stats.reference_level(torch.cat(local)),
+                           global_stats.reference_level(torch.cat(overall)))
+        return {"global_references": [round(v, 6) for v in self.references]}
+
+    def _parts(self, batch: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Patch image scores, patch maps and (with global statistics) global distances."""
         if self.bank is None:
             raise RuntimeError("the method is not fitted")
-        patches = patchcore.locally_aware_patches(self.features(batch))
-        result = patchcore.patchcore_scores(patches, self.bank, self.num_neighbors)
-        return result.image_scores, result.patch_scores
+        maps = self.features(batch)
+        result = patchcore.patchcore_scores(patchcore.locally_aware_patches(maps), self.bank,
+                                            self.num_neighbors)
+        overall = None
+        if self.global_stats:
+            if self.global_model is None:
+                raise RuntimeError("the global statistics are not fitted")
+            overall = global_stats.global_distances(global_stats.image_statistics(maps),
+                                                    self.global_model)
+        return result.image_scores, result.patch_scores, overall
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patch_part, patch_map, global_part = self._parts(batch)
+        if global_part is None:
+            return patch_part, patch_map
+        if self.references is None:
+            raise RuntimeError("call calibrate() with held-out normal images first")
+        local_ref, global_ref = self.references
+        # Both parts in units of a typical normal image; the worse one decides. The map shows
+        # the patch part only (a global change has no place), in the same units.
+        scores = torch.maximum(patch_part / local_ref, global_part / global_ref)
+        return scores, patch_map / local_ref
 
     def options(self) -> dict[str, Any]:
         return {"coreset_ratio": self.coreset_ratio, "projection_dim": self.projection_dim,
-                "num_neighbors": self.num_neighbors, "seed": self.seed}
+                "num_neighbors": self.num_neighbors, "seed": self.seed,
+                "global_stats": self.global_stats,
+                "references": list(self.references) if self.references else None}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self.bank is None:
             raise RuntimeError("the method is not fitted")
-        return {"memory_bank": self.bank}
+        tensors = {"memory_bank": self.bank}
+        if self.global_model is not None:
+            tensors["global_mean"] = self.global_model.mean
+            tensors["global_precision"] = self.global_model.precision
+        return tensors
 
 
 class PadimMethod(_DeepMethod):
@@ -264,11 +327,19 @@ def restore_deep(name: str, options: dict[str, Any], tensors: dict[str, torch.Te
                  device: torch.device) -> _DeepMethod:
     """Rebuilds a fitted PatchCore or PaDiM from a bundle's options and tensors."""
     if name == PatchCoreMethod.name:
+        global_model = None
+        if options.get("global_stats"):
+            global_model = global_stats.GlobalGaussian(tensors["global_mean"],
+                                                       tensors["global_precision"])
+        references = options.get("references")
         return PatchCoreMethod(extractor, preprocessing, device,
                                coreset_ratio=float(options["coreset_ratio"]),
                                projection_dim=options.get("projection_dim"),
                                num_neighbors=int(options["num_neighbors"]),
-                               seed=int(options.get("seed", 0)), bank=tensors["memory_bank"])
+                               seed=int(options.get("seed", 0)), bank=tensors["memory_bank"],
+                               global_stats=bool(options.get("global_stats", False)),
+                               global_model=global_model,
+                               references=tuple(references) if references else None)  # type: ignore[arg-type]
     if name == PadimMethod.name:
         model = padim.PadimModel(tensors["mean"], tensors["inv_cov"],
                                  tuple(int(v) for v in tensors["grid"].tolist()))  # type: ignore[arg-type]

@@ -94,6 +94,9 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
         details = method.finish_fit()
         details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
 
+    details.update(method.calibrate(
+        torch.stack([method.prepare(image) for image in batch])
+        for batch in _batches(holdout_paths, config.batch_size)))
     provisional = AnomalyDetector(method, threshold=0.5, scale=ScoreScale(0.0, 0.5, 1.0))
     holdout_scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
     threshold = percentile_threshold(holdout_scores, config.percentile)
@@ -157,7 +160,7 @@ def _build_method(config: AnomalyFitConfig, device: torch.device
         deep = DEEP_METHODS["patchcore"](
             extractor, backbone.preprocessing, device, coreset_ratio=config.coreset_ratio,
             projection_dim=config.projection_dim, num_neighbors=config.num_neighbors,
-            seed=config.seed)  # type: ignore[call-arg]
+            seed=config.seed, global_stats=config.global_stats)  # type: ignore[call-arg]
     else:
         deep = DEEP_METHODS["padim"](extractor, backbone.preprocessing, device,
                                      channels=config.padim_channels, seed=config.seed)  # type: ignore[call-arg]

@@ -90,7 +90,14 @@ def run_anomaly_demo(root: Path, out: Path, n_fit: int = 200, n_test: int = 100,
         files = sorted((root / defect).iterdir())
         rng.shuffle(files)
         _link_all(files[:n_test], data / "test" / defect)
+    # The local defects are ~10-px speckles on 250-px images: at the default 224 px they cover
+    # about one stride-8 feature cell and PatchCore scores them at chance (image AUROC 0.47);
+    # at 448 px, 0.80. The larger grid quadruples the patches, so a 2% coreset keeps the fit
+    # and scoring fast (the coreset ratio barely moved AUROC here: 0.51-0.53 from 1% to 10%).
+    # The global defects are a finer, flatter weave that no single patch shows (patch score
+    # alone: 0.32); the image statistics catch them.
     fit = run_fit(AnomalyFitConfig(data=str(data), method="patchcore", out=str(bundle),
+                                   image_size=448, coreset_ratio=0.02, global_stats=True,
                                    seed=seed))
     stderr_console.print(f"PatchCore learned {fit.n_fit} nominal images in "
                          f"{fit.fit_seconds:.1f} s; memory bank {fit.details['bank_before']} -> "

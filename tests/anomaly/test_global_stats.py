@@ -1,0 +1,53 @@
+"""Image-level feature statistics: values, the Gaussian fit and its distances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitkit.anomaly.global_stats import (
+    fit_global_gaussian,
+    global_distances,
+    image_statistics,
+    reference_level,
+)
+
+
+def test_statistics_are_per_channel_mean_and_spread_of_every_map() -> None:
+    first = torch.tensor([[[[1.0, 3.0], [1.0, 3.0]], [[2.0, 2.0], [2.0, 2.0]]]])  # (1, 2, 2, 2)
+    second = torch.full((1, 1, 1, 1), 5.0)
+    stats = image_statistics([first, second])
+    # first: means (2, 2), spreads (1, 0); second: mean 5, spread 0.
+    torch.testing.assert_close(stats, torch.tensor([[2.0, 2.0, 1.0, 0.0, 5.0, 0.0]]))
+
+
+def test_a_whole_image_change_is_far_and_normal_images_are_near() -> None:
+    gen = torch.Generator().manual_seed(0)
+    normal = torch.randn(60, 4, 8, 8, generator=gen)
+    model = fit_global_gaussian(image_statistics([normal]))
+    fresh = image_statistics([torch.randn(20, 4, 8, 8, generator=gen)])
+    flatter = image_statistics([0.6 * torch.randn(20, 4, 8, 8, generator=gen)])  # less contrast
+    near, far = global_distances(fresh, model), global_distances(flatter, model)
+    assert float(far.min()) > float(near.max())
+
+
+def test_fewer_images_than_dimensions_and_identical_images_stay_finite() -> None:
+    gen = torch.Generator().manual_seed(1)
+    few = fit_global_gaussian(image_statistics([torch.randn(5, 40, 4, 4, generator=gen)]))
+    assert torch.isfinite(few.precision).all()
+    same = torch.randn(1, 3, 4, 4, generator=gen).repeat(6, 1, 1, 1)
+    model = fit_global_gaussian(image_statistics([same]))
+    assert float(global_distances(image_statistics([same[:1]]), model)[0]) == pytest.approx(0.0)
+    moved = global_distances(image_statistics([same[:1] + 0.1]), model)
+    assert float(moved[0]) > 10.0
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="N >= 2"):
+        fit_global_gaussian(torch.zeros(1, 3))
+    model = fit_global_gaussian(torch.randn(10, 3))
+    with pytest.raises(ValueError, match="layers of the fit"):
+        global_distances(torch.zeros(2, 4), model)
+    with pytest.raises(ValueError, match="non-empty"):
+        image_statistics([])
+    assert reference_level(torch.tensor([0.0, 0.0])) > 0.0
