@@ -157,3 +157,38 @@ def test_vit_patch_tokens_work_as_features(method: str, normal_dir: Path,
     assert tuple(patch_maps.shape) == (2, 10, 10)  # 160 px / patch 16
     maps = detector.full_maps(patch_maps, [image.size for image in odd_sizes])
     assert [m.shape for m in maps] == [(97, 97), (300, 300)]
+
+
+@pytest.mark.slow
+def test_eval_pixel_metrics_use_unclipped_maps(normal_dir: Path, tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from vitkit.workflows.anomaly import run_eval
+
+    root = tmp_path / "mvtec"
+    (root / "test" / "good").mkdir(parents=True)
+    (root / "test" / "stain").mkdir()
+    (root / "ground_truth" / "stain").mkdir(parents=True)
+    images, masks = [], []
+    for i in range(3):
+        image = to_image(woven_texture(600 + i))
+        image.save(root / "test" / "good" / f"g{i}.png")
+        images.append(image)
+        masks.append(np.zeros((SIZE, SIZE), bool))
+    for i, box in enumerate(BOXES):
+        image = with_stain(woven_texture(610 + i), box)
+        image.save(root / "test" / "stain" / f"s{i}.png")
+        mask = np.zeros((SIZE, SIZE), bool)
+        mask[box[1]:box[3], box[0]:box[2]] = True
+        Image.fromarray(mask.astype(np.uint8) * 255).save(
+            root / "ground_truth" / "stain" / f"s{i}_mask.png")
+        images.append(image)
+        masks.append(mask)
+    bundle = fit(normal_dir, tmp_path / "bundle", "patchcore")
+    result = run_eval(bundle, root, report=False, progress=False)
+    _, maps = raw_maps(bundle, images)
+    expected = roc_auc_score(np.concatenate([m.ravel() for m in masks]),
+                             np.concatenate([m.ravel() for m in maps]))
+    # Strong stains saturate the normalised maps at 1; on those, the AUROC would be lower.
+    assert result["pixel_auroc"] == pytest.approx(expected, abs=0.01)
+    assert result["image_auroc"] == 1.0

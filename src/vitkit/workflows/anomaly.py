@@ -355,7 +355,9 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
 def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
                     max_map_side: int
                     ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
-    """Like ``score_paths`` with maps, but maps capped at ``max_map_side`` to bound memory."""
+    """Like ``score_paths`` with maps, but maps capped at ``max_map_side`` to bound memory and
+    in raw score units: the normalised maps saturate at 1, and ties there would understate
+    pixel AUROC and PRO (and make them depend on the hold-out set that set the scale)."""
     from vitkit.data import ImageProblem, load_rgb
 
     pending: list[tuple[Path, Image.Image]] = []
@@ -364,7 +366,7 @@ def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size
         images = [im for _, im in pending]
         raw, patch_maps = detector.raw_scores(images)
         sizes = [_capped(im.size, max_map_side) for im in images]
-        maps = detector.full_maps(patch_maps, sizes)
+        maps = detector.full_maps(patch_maps, sizes, normalized=False)
         for verdict in detector.verdicts([str(p) for p, _ in pending], raw, maps):
             yield verdict, None
 
@@ -412,7 +414,8 @@ def _adopt_threshold(bundle: Path, detector: AnomalyDetector, threshold: float,
 
 def _report_entries(detector: AnomalyDetector, scored: Sequence[tuple[TestImage, AnomalyScore]],
                     max_side: int) -> list[dict[str, Any]]:
-    """Report rows, worst first, each with an overlay PNG of the normalised map."""
+    """Report rows, worst first, each with an overlay PNG of the normalised map (the verdicts
+    carry raw maps, see ``_score_for_eval``)."""
     from vitkit.anomaly.overlay import png_bytes
     from vitkit.data import load_rgb
 
@@ -421,7 +424,8 @@ def _report_entries(detector: AnomalyDetector, scored: Sequence[tuple[TestImage,
         image, _ = load_rgb(test.path)
         image.thumbnail((max_side, max_side))
         assert verdict.map is not None
-        overlay = heatmap_overlay(image, verdict.map, 0.0, 1.0, threshold=0.5)
+        overlay = heatmap_overlay(image, detector.scale.normalize(verdict.map), 0.0, 1.0,
+                                  threshold=0.5)
         overlay.thumbnail((256, 256))
         rows.append({"path": str(test.path), "defect": test.defect, "score": verdict.score,
                      "raw_score": verdict.raw_score, "label": verdict.label,
