@@ -14,11 +14,16 @@ if TYPE_CHECKING:
     from vitkit.workflows.train import TrainResult
 
 
-def load(path: str | Path, device: str = "cpu") -> Predictor:
-    """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``."""
+def load(path: str | Path, device: str = "cpu", variant: str | None = None,
+         threads: int | None = None) -> Predictor:
+    """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``.
+
+    ``variant`` picks the runtime and precision (``torch-fp32`` by default; ``onnx-fp32``,
+    ``openvino-int8``, … once exported or quantized): the Predictor is the same either way.
+    """
     from vitkit.classify.predict import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, variant=variant, threads=threads)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:

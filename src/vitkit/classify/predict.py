@@ -1,4 +1,4 @@
-"""The Predictor: a bundle's model with its labels and preprocessing, ready to call."""
+"""The Predictor: a bundle's model, on any runtime, with its labels and preprocessing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
 from vitkit.bundle import BundleMeta, load_weights, read_meta
+from vitkit.compress.runtimes import Runtime, TorchRuntime, open_runtime
+from vitkit.compress.variants import Variant, find_variant
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
 from vitkit.data.files import find_images
 from vitkit.errors import VitkitError
@@ -37,20 +39,33 @@ class PredictionError:
 
 
 class Predictor:
-    """``predictor(batch) -> logits`` plus everything needed to feed it real images."""
+    """``predictor(batch) -> logits`` plus everything needed to feed it real images.
 
-    def __init__(self, model: ImageClassifier, meta: BundleMeta, device: str = "cpu") -> None:
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
+    The same interface whatever runs the model (see :mod:`vitkit.compress.runtimes`);
+    ``model`` is the torch model when the bundle's weights were loaded (explanations need it),
+    else None.
+    """
+
+    def __init__(self, model: ImageClassifier | None, meta: BundleMeta, device: str = "cpu",
+                 runtime: Runtime | None = None, variant: Variant | None = None) -> None:
         self.meta = meta
         self.device = torch.device(device)
+        self.model = None
+        if model is not None:
+            self.model = model.eval().to(device, memory_format=torch.channels_last)
+        if runtime is None:
+            if self.model is None:
+                raise ValueError("a Predictor needs a model or a runtime")
+            runtime = TorchRuntime(self.model, "fp32", device)
+        self.runtime = runtime
+        self.variant = variant or find_variant(meta, None)
         self.labels: list[str] = list(meta.labels)
         self.preprocessing = Preprocessing.model_validate(meta.preprocessing)
         self.transform = eval_transform(self.preprocessing)
 
-    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) for a preprocessed batch (B, 3, H, W)."""
-        return self.model(batch.to(self.device)).float().cpu()
+        """Logits (B, num_classes), float32 on the CPU, for a preprocessed batch (B, 3, H, W)."""
+        return self.runtime(batch)
 
     def predict_paths(
         self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 32
@@ -82,14 +97,26 @@ class Predictor:
             yield Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
 
 
-def load(path: str | Path, device: str = "cpu") -> Predictor:
-    """Loads a bundle as a :class:`Predictor` (safetensors weights; nothing is unpickled)."""
+def load(path: str | Path, device: str = "cpu", variant: str | None = None,
+         threads: int | None = None) -> Predictor:
+    """Loads a bundle as a :class:`Predictor` on the runtime of ``variant`` (default
+    ``torch-fp32``; see ``vitkit bench BUNDLE`` for the list). Weights come from safetensors;
+    nothing is unpickled. A TorchScript variant runs the graph stored in the bundle: load
+    those only from bundles you trust, as with any program."""
     meta = read_meta(path)
     if meta.task != "classify":
         raise VitkitError(f"{path} is a '{meta.task}' bundle, not a classifier.")
-    model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
-    load_weights(path, model.model)
-    return Predictor(model, meta, device=device)
+    chosen = find_variant(meta, variant, path)
+    model = None
+    if chosen.runtime == "torch":
+        model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
+        load_weights(path, model.model)
+        if chosen.name == "torch-fp32":
+            return Predictor(model, meta, device=device, variant=chosen)
+        model = model.eval()
+    runtime = open_runtime(path, chosen, model, device=device, threads=threads)
+    return Predictor(model if chosen.precision != "int8" else None, meta, device=device,
+                     runtime=runtime, variant=chosen)
 
 
 def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionError]]:

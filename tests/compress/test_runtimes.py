@@ -1,0 +1,82 @@
+"""The Predictor over runtimes: built-in torch variants, variant records, clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.bundle import read_meta
+from vitkit.compress.reference import compare, image_batches, reference_images
+from vitkit.compress.runtimes import RuntimeMissing, require
+from vitkit.compress.variants import Variant, find_variant, list_variants, record_variant
+from vitkit.errors import BundleError
+
+
+@pytest.mark.parametrize("family", ["cnn", "vit"])
+def test_builtin_torch_variants_agree_with_fp32(family: str,
+                                                trained_bundles: dict[str, Path]) -> None:
+    bundle = trained_bundles[family]
+    meta = read_meta(bundle)
+    reference = reference_images(meta)
+    assert reference is not None and reference.samples
+    batches = list(image_batches(reference.samples, meta, batch_size=8))
+    fp32 = vitkit.load(bundle)
+    assert fp32.variant.name == "torch-fp32" and fp32.model is not None
+    for name in ("torch-bf16", "torch-dynamic-int8"):
+        variant = vitkit.load(bundle, variant=name)
+        assert variant.variant.name == name
+        result = compare(fp32, variant, batches)
+        assert result.n_images == len(reference.samples)
+        assert result.top1_agreement >= 0.9, (name, result)
+        assert result.max_abs_diff < 0.5, (name, result)
+    same = compare(fp32, vitkit.load(bundle), batches)
+    assert same.max_abs_diff == 0.0 and same.top1_agreement == 1.0
+    assert same.accuracy == same.reference_accuracy and same.accuracy_drop == 0.0
+
+
+def test_variant_records_replace_by_name_and_unknown_names_list_the_options(
+        fresh_bundle: Callable[[str], Path]) -> None:
+    bundle = fresh_bundle("cnn")
+    record_variant(bundle, Variant(name="onnx-fp32", runtime="onnxruntime", precision="fp32",
+                                   file="variants/model.onnx", accuracy=0.5))
+    record_variant(bundle, Variant(name="onnx-fp32", runtime="onnxruntime", precision="fp32",
+                                   file="variants/model.onnx", accuracy=0.75))
+    meta = read_meta(bundle)
+    names = [v.name for v in list_variants(meta)]
+    assert names.count("onnx-fp32") == 1 and names[0] == "torch-fp32"
+    assert find_variant(meta, "onnx-fp32").accuracy == 0.75
+    assert find_variant(meta, "onnx-fp32").created
+    with pytest.raises(BundleError, match="Available: torch-fp32"):
+        find_variant(meta, "tflite-int4", bundle)
+    with pytest.raises(BundleError, match="missing; export it again"):
+        vitkit.load(bundle, variant="onnx-fp32")
+
+
+def test_a_missing_runtime_names_the_extra_to_install() -> None:
+    with pytest.raises(RuntimeMissing, match=r"pip install 'vitkit\[openvino\]'"):
+        _raise_for("nncf")
+
+
+def _raise_for(module: str) -> None:
+    import sys
+
+    saved = sys.modules.get(module)
+    sys.modules[module] = None  # type: ignore[assignment]  # makes the import fail
+    try:
+        require(module)
+    finally:
+        if saved is not None:
+            sys.modules[module] = saved
+        else:
+            del sys.modules[module]
+
+
+def test_predictions_are_float32_cpu_logits(trained_bundles: dict[str, Path]) -> None:
+    predictor = vitkit.load(trained_bundles["cnn"], variant="torch-bf16")
+    size = predictor.preprocessing.input_size
+    logits = predictor(torch.randn(2, 3, *size))
+    assert logits.dtype == torch.float32 and logits.shape == (2, 3)
