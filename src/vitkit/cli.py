@@ -94,13 +94,16 @@ def eval_(
     data: Annotated[str, typer.Argument(help="Labelled images: uses test/ if present, else "
                                         "val/, else every image.")],
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    variant: Annotated[str | None, typer.Option(
+        help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
+             "[default: torch-fp32]")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix, ECE."""
     from vitkit.workflows.evaluate import run_eval
 
-    result = run_eval(bundle, data, batch_size=batch_size, progress=not quiet)
+    result = run_eval(bundle, data, batch_size=batch_size, progress=not quiet, variant=variant)
     if json_out:
         _print_json(result)
         return
@@ -123,12 +126,15 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
+    variant: Annotated[str | None, typer.Option(
+        help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
+             "[default: torch-fp32]")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images; unreadable files are reported, never fatal."""
     from vitkit.classify.predict import Prediction, expand_paths, load
 
-    predictor = load(bundle)
+    predictor = load(bundle, variant=variant)
     files, missing = expand_paths(paths)
     results = [*missing, *predictor.predict_paths(files, top_k=top_k, batch_size=batch_size)]
     if csv_file is not None:

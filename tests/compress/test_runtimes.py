@@ -80,3 +80,14 @@ def test_predictions_are_float32_cpu_logits(trained_bundles: dict[str, Path]) ->
     size = predictor.preprocessing.input_size
     logits = predictor(torch.randn(2, 3, *size))
     assert logits.dtype == torch.float32 and logits.shape == (2, 3)
+
+
+def test_eval_and_predict_run_on_a_chosen_variant(trained_bundles: dict[str, Path],
+                                                  tiny_image_folder: Path) -> None:
+    from vitkit.workflows.evaluate import run_eval
+
+    fp32 = run_eval(trained_bundles["cnn"], str(tiny_image_folder), progress=False)
+    int8 = run_eval(trained_bundles["cnn"], str(tiny_image_folder), progress=False,
+                    variant="torch-dynamic-int8")
+    assert fp32["variant"] == "torch-fp32" and int8["variant"] == "torch-dynamic-int8"
+    assert int8["n"] == fp32["n"] and abs(int8["accuracy"] - fp32["accuracy"]) <= 0.1

@@ -21,10 +21,10 @@ def select_eval_split(samples: list[Sample]) -> tuple[str, list[Sample]]:
     return "all", list(samples)
 
 
-def run_eval(bundle: Path, data: str, batch_size: int = 32,
-             progress: bool = True) -> dict[str, Any]:
-    """Returns the `eval --json` document: metrics plus n, split and skipped files."""
-    predictor = load(bundle)
+def run_eval(bundle: Path, data: str, batch_size: int = 32, progress: bool = True,
+             variant: str | None = None) -> dict[str, Any]:
+    """Returns the `eval --json` document: metrics plus n, split, variant and skipped files."""
+    predictor = load(bundle, variant=variant)
     split, samples = select_eval_split(scan(data).samples)
     unknown = sorted({s.label for s in samples} - set(predictor.labels))
     if unknown:
@@ -42,5 +42,6 @@ def run_eval(bundle: Path, data: str, batch_size: int = 32,
     return {
         **evaluation.metrics.to_dict(),
         "split": split,
+        "variant": predictor.variant.name,
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
     }
