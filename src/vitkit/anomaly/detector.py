@@ -111,19 +111,25 @@ class AnomalyDetector:
         ]
 
     def score_paths(self, paths: Sequence[Path], batch_size: int = 16, with_maps: bool = False,
-                    keep_images: bool = False
+                    keep_images: bool = False, max_map_side: int | None = None,
+                    normalized_maps: bool = True
                     ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
         """Scores image files in batches; unreadable files yield a :class:`ScoreError`.
 
         Yields (result, image) pairs; the image is the decoded RGB file when ``keep_images``
-        (for overlays), else None.
+        (for overlays), else None. Maps come at the image's size, or with the long side capped
+        at ``max_map_side`` (bounds memory over many large images); ``normalized_maps=False``
+        keeps them in raw score units (see :meth:`full_maps`).
         """
         pending: list[tuple[Path, Image.Image]] = []
 
         def flush() -> Iterator[tuple[AnomalyScore, Image.Image | None]]:
             images = [image for _, image in pending]
             raw, patch_maps = self.raw_scores(images)
-            maps = self.full_maps(patch_maps, [im.size for im in images]) if with_maps else None
+            maps = None
+            if with_maps:
+                sizes = [_capped(im.size, max_map_side) for im in images]
+                maps = self.full_maps(patch_maps, sizes, normalized=normalized_maps)
             for (_, image), verdict in zip(pending, self.verdicts(
                     [str(p) for p, _ in pending], raw, maps), strict=True):
                 yield verdict, (image if keep_images else None)
@@ -147,6 +153,15 @@ class AnomalyDetector:
                   "threshold": self.threshold, "scale": self.scale.to_dict()}
         meta = meta.model_copy(update={"task": "anomaly", "labels": LABELS, "anomaly": record})
         return save_bundle(path, model, meta, tensors={ANOMALY_FILE: self.method.tensors()})
+
+
+def _capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` (width, height) scaled down so its long side is at most ``max_side``."""
+    if max_side is None:
+        return size
+    width, height = size
+    factor = min(1.0, max_side / max(width, height))
+    return max(1, round(width * factor)), max(1, round(height * factor))
 
 
 def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:

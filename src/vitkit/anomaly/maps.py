@@ -112,3 +112,15 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     if not valid or height < 1 or width < 1:
         raise ValueError(f"size must be (H, W) with two positive ints, got {size!r}")
     return height, width
+
+
+def check_feature_maps(feature_maps: list[torch.Tensor]) -> None:
+    """Raises ValueError unless ``feature_maps`` is a non-empty list of ``(B, C, h, w)`` maps
+    with one batch size (the input contract of PaDiM's and PatchCore's math)."""
+    if not feature_maps:
+        raise ValueError("feature_maps is empty: pass at least one (B, C, h, w) map.")
+    shapes = [tuple(fmap.shape) for fmap in feature_maps]
+    if any(len(shape) != 4 for shape in shapes):
+        raise ValueError(f"every feature map must be (B, C, h, w), got shapes {shapes}")
+    if len({shape[0] for shape in shapes}) != 1:
+        raise ValueError(f"feature maps disagree on the batch size: shapes {shapes}")

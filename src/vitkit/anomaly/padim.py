@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from vitkit.anomaly.maps import check_feature_maps
+
 # Ridge added to every covariance, relative to the average per-channel variance of the whole
 # fit: negligible for real data, but it keeps a zero-variance position (identical images, a
 # constant border) invertible with a finite, data-scaled precision.
@@ -64,7 +66,7 @@ def concat_aligned(feature_maps: list[torch.Tensor]) -> torch.Tensor:
     Raises:
         ValueError: If the list is empty, a map is not 4-D or the batch sizes differ.
     """
-    _check_feature_maps(feature_maps)
+    check_feature_maps(feature_maps)
     height, width = feature_maps[0].shape[-2:]
     aligned = [
         fmap if fmap.shape[-2:] == (height, width)
@@ -329,13 +331,3 @@ def _spd_inverse(matrices: torch.Tensor) -> torch.Tensor:
     """Inverse of symmetric positive-definite matrices through their Cholesky factors."""
     factors = torch.linalg.cholesky(matrices)
     return torch.cholesky_inverse(factors)
-
-
-def _check_feature_maps(feature_maps: list[torch.Tensor]) -> None:
-    if not feature_maps:
-        raise ValueError("feature_maps is empty: pass at least one (B, C, h, w) map.")
-    shapes = [tuple(fmap.shape) for fmap in feature_maps]
-    if any(len(shape) != 4 for shape in shapes):
-        raise ValueError(f"every feature map must be (B, C, h, w), got shapes {shapes}")
-    if len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(f"feature maps disagree on the batch size: shapes {shapes}")

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitkit.anomaly.maps import check_feature_maps
+
 # Points the greedy loop works on between two full updates: large enough that one round
 # selects hundreds of points (so the full update is a real matrix product), small enough that
 # the per-selection pass over the candidates stays cheap. 2048 measured best of 1k-4k on the
@@ -73,7 +75,7 @@ def locally_aware_patches(feature_maps: list[torch.Tensor],
         ValueError: If the list is empty, a map is not 4-D, batch sizes differ or ``k`` is not
             a positive odd number.
     """
-    _check_feature_maps(feature_maps)
+    check_feature_maps(feature_maps)
     if neighbourhood < 1 or neighbourhood % 2 == 0:
         raise ValueError(f"neighbourhood must be a positive odd number (3 in the paper), got "
                          f"{neighbourhood}")
@@ -436,13 +438,3 @@ def _check_matrix(name: str, tensor: torch.Tensor) -> None:
     if tensor.dim() != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty (N, D) matrix, got shape "
                          f"{tuple(tensor.shape)}")
-
-
-def _check_feature_maps(feature_maps: list[torch.Tensor]) -> None:
-    if not feature_maps:
-        raise ValueError("feature_maps is empty: pass at least one (B, C, h, w) map.")
-    shapes = [tuple(fmap.shape) for fmap in feature_maps]
-    if any(len(shape) != 4 for shape in shapes):
-        raise ValueError(f"every feature map must be (B, C, h, w), got shapes {shapes}")
-    if len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(f"feature maps disagree on the batch size: shapes {shapes}")

@@ -355,39 +355,11 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
 def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
                     max_map_side: int
                     ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
-    """Like ``score_paths`` with maps, but maps capped at ``max_map_side`` to bound memory and
-    in raw score units: the normalised maps saturate at 1, and ties there would understate
-    pixel AUROC and PRO (and make them depend on the hold-out set that set the scale)."""
-    from vitkit.data import ImageProblem, load_rgb
-
-    pending: list[tuple[Path, Image.Image]] = []
-
-    def flush() -> Iterator[tuple[AnomalyScore, Image.Image | None]]:
-        images = [im for _, im in pending]
-        raw, patch_maps = detector.raw_scores(images)
-        sizes = [_capped(im.size, max_map_side) for im in images]
-        maps = detector.full_maps(patch_maps, sizes, normalized=False)
-        for verdict in detector.verdicts([str(p) for p, _ in pending], raw, maps):
-            yield verdict, None
-
-    for path in paths:
-        try:
-            image, _ = load_rgb(path)
-        except ImageProblem as problem:
-            yield ScoreError(str(path), problem.reason), None
-            continue
-        pending.append((path, image))
-        if len(pending) == batch_size:
-            yield from flush()
-            pending = []
-    if pending:
-        yield from flush()
-
-
-def _capped(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    width, height = size
-    factor = min(1.0, max_side / max(width, height))
-    return max(1, round(width * factor)), max(1, round(height * factor))
+    """``score_paths`` with maps capped at ``max_map_side`` to bound memory and in raw score
+    units: the normalised maps saturate at 1, and ties there would understate pixel AUROC and
+    PRO (and make them depend on the hold-out set that set the scale)."""
+    return detector.score_paths(paths, batch_size, with_maps=True, max_map_side=max_map_side,
+                                normalized_maps=False)
 
 
 def _read_mask(test: TestImage, shape: tuple[int, ...]) -> np.ndarray:
