@@ -104,7 +104,9 @@ class TorchScriptRuntime:
     def __init__(self, path: Path, precision: str = "fp32", name: str = "torchscript-fp32"
                  ) -> None:
         self.name, self.precision = name, precision
-        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit; it still works
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
