@@ -40,20 +40,20 @@ def train(
                                         "[test/] splits) or a CSV manifest path,label[,split].")],
     model: Annotated[str | None, typer.Option(
         help="timm name, hf:<org>/<model>, or a local Hugging Face folder. "
-             "[default: efficientnet_lite0]")] = None,
+             "(default: efficientnet_lite0)")] = None,
     weights: Annotated[str | None, typer.Option(
         help="auto (offline registry, then hub), none (random init) or a "
              ".safetensors/state-dict file.")] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Epochs over all stages together (split by the stage shares). "
-             "[default: 10]")] = None,
+             "(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
-                                            "[default: runs/train]")] = None,
+                                            "(default: runs/train)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "
                                                 "flags given here override it.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 32]")] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto: fp32 on "
                                                   "CPU, bf16/fp16 on CUDA).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last "
@@ -95,27 +95,27 @@ def distill(
                                         "its classes must be the teacher's.")],
     student: Annotated[str | None, typer.Option(
         help="Student: timm name, hf:<org>/<model> or a local Hugging Face folder; a "
-             "*_distilled_* DeiT for --mode token. [default: deit_tiny_patch16_224]")] = None,
+             "*_distilled_* DeiT for --mode token. (default: deit_tiny_patch16_224)")] = None,
     weights: Annotated[str | None, typer.Option(
-        help="Student's initial weights: auto, none or a file. [default: auto]")] = None,
+        help="Student's initial weights: auto, none or a file. (default: auto)")] = None,
     mode: Annotated[str | None, typer.Option(
         help="soft (KL to the teacher's softened probabilities), hard (CE to the teacher's top "
-             "class) or token (DeiT distillation token). [default: soft]")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Soft mode. [default: 4]")] = None,
+             "class) or token (DeiT distillation token). (default: soft)")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Soft mode. (default: 4)")] = None,
     alpha: Annotated[float | None, typer.Option(
-        help="Teacher's share of the loss; the labels get 1-alpha. [default: 0.5]")] = None,
+        help="Teacher's share of the loss; the labels get 1-alpha. (default: 0.5)")] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Random crops and flips; without them the teacher runs "
                                        "once per image and its logits are cached. "
-                                       "[default: augment]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="[default: 10]")] = None,
+                                       "(default: augment)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
-                                            "[default: runs/distill]")] = None,
+                                            "(default: runs/distill)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any distill or training "
                                                 "option; flags given here override it.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 32]")] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -152,7 +152,7 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
-             "[default: torch-fp32]")] = None,
+             "(default: torch-fp32)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -184,7 +184,7 @@ def predict(
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
-             "[default: torch-fp32]")] = None,
+             "(default: torch-fp32)")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images; unreadable files are reported, never fatal."""
@@ -304,10 +304,10 @@ def bench(
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes for throughput; "
                                        "latency is always at batch 1.")] = "1,8,32",
     data: Annotated[str | None, typer.Option(help="Labelled validation images for accuracy. "
-                                             "[default: the bundle's validation split]")
+                                             "(default: the bundle's validation split)")
                     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch, ONNX Runtime and "
-                                                "OpenVINO. [default: torch's default]")] = None,
+                                                "OpenVINO. (default: torch's default)")] = None,
     tome: Annotated[str | None, typer.Option(help="ViT only: also measure torch fp32 with token "
                                              "merging, R tokens merged per block, e.g. 4,8,13.")
                     ] = None,
@@ -362,10 +362,10 @@ def export_(
              "litert-torch), coreml (not built in: says why), or all (the first four); "
              "comma-separate several.")] = "all",
     data: Annotated[str | None, typer.Option(
-        help="Labelled images for the parity check. [default: the bundle's validation "
-             "split]")] = None,
+        help="Labelled images for the parity check. (default: the bundle's validation "
+             "split)")] = None,
     opset: Annotated[int | None, typer.Option(
-        help="ONNX opset. [default: 18 (17 when the legacy exporter is needed)]")] = None,
+        help="ONNX opset. (default: 18 (17 when the legacy exporter is needed))")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch in the parity check.")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -415,35 +415,35 @@ def anomaly_fit(
     method: Annotated[str | None, typer.Option(help="patchcore (textures and objects), padim "
                                                "(aligned parts) or patchmean (uniform "
                                                "backgrounds, tiny spots; no network). "
-                                               "[default: patchcore]")] = None,
+                                               "(default: patchcore)")] = None,
     model: Annotated[str | None, typer.Option(help="Backbone: a timm CNN or ViT name, "
                                               "hf:<org>/<model> or a local Hugging Face folder. "
-                                              "[default: efficientnet_lite0]")] = None,
+                                              "(default: efficientnet_lite0)")] = None,
     weights: Annotated[str | None, typer.Option(help="auto, none or a weights file.")] = None,
     layers: Annotated[str | None, typer.Option(help="Comma-separated feature stages (CNN) or "
-                                               "blocks (ViT), e.g. 2,3. [default: per method]")
+                                               "blocks (ViT), e.g. 2,3. (default: per method)")
                       ] = None,
     image_size: Annotated[int | None, typer.Option(help="CNN input size in px (whole image, "
-                                                   "no crop). [default: the backbone's]")] = None,
+                                                   "no crop). (default: the backbone's)")] = None,
     coreset_ratio: Annotated[float | None, typer.Option(help="PatchCore memory-bank share "
-                                                        "kept. [default: 0.1]")] = None,
+                                                        "kept. (default: 0.1)")] = None,
     global_stats: Annotated[bool | None, typer.Option(
         "--global-stats/--no-global-stats",
         help="PatchCore: also score each image's feature statistics as a whole, to catch "
              "defects that change the whole image a little (finer weave, lower contrast, a "
-             "colour cast) and that no single patch shows. [default: off]")] = None,
+             "colour cast) and that no single patch shows. (default: off)")] = None,
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
-                                                   "[default: native, up to 1024]")] = None,
+                                                   "(default: native, up to 1024)")] = None,
     holdout: Annotated[float | None, typer.Option(help="Share of normal images held out to "
-                                                  "set the threshold. [default: 0.2]")] = None,
+                                                  "set the threshold. (default: 0.2)")] = None,
     percentile: Annotated[float | None, typer.Option(help="Threshold percentile of held-out "
-                                                     "normal scores. [default: 99]")] = None,
+                                                     "normal scores. (default: 99)")] = None,
     out: Annotated[str | None, typer.Option(help="Bundle folder to write. "
-                                            "[default: anomaly-model]")] = None,
+                                            "(default: anomaly-model)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any fit option.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 16]")] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 0]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 16)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -525,7 +525,7 @@ def anomaly_eval(
                                            "the bundle (the figures are then optimistic).")
                          ] = "stored",
     out: Annotated[Path | None, typer.Option(help="Folder for eval.json and report.html. "
-                                             "[default: BUNDLE/eval]")] = None,
+                                             "(default: BUNDLE/eval)")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: JsonOpt = False,
