@@ -260,6 +260,10 @@ def quantize(
         help="Largest accepted accuracy drop vs torch-fp32, in points; a bigger drop exits "
              "2 and writes nothing.")] = 1.0,
     calib_limit: Annotated[int, typer.Option(help="Most calibration images used.")] = 300,
+    tome: Annotated[int, typer.Option(
+        help="ViTs: merge this many similar tokens per block (ToMe) before quantizing; the "
+             "variant is named …-tomeR. Less work per image for a little accuracy; compare "
+             "rates first with `vitkit bench --tome`. (default: 0, off)")] = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -275,7 +279,8 @@ def quantize(
 
     try:
         result = run_quantize(bundle, method=method, runtime=runtime, calib=calib, data=data,
-                              max_drop=max_drop, calib_limit=calib_limit, progress=not quiet)
+                              max_drop=max_drop, calib_limit=calib_limit, tome=tome,
+                              progress=not quiet)
     except QuantizationRefused as refused:
         if json_out:
             _print_json(refused.details)

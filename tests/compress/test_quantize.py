@@ -156,3 +156,19 @@ def test_without_validation_images_accuracy_is_unknown_not_invented(
     assert variant.accuracy is None and variant.accuracy_drop is None and variant.parity is None
     assert result.to_dict()["accuracy"] is None
     assert _recorded_names(bundle) == ["torch-dynamic-int8"]
+
+
+@pytest.mark.slow
+def test_token_merging_is_baked_into_a_quantized_vit_variant(
+        fresh_bundle: Callable[[str], Path]) -> None:
+    bundle = fresh_bundle("vit")
+    result = quantize_bundle(bundle, method="static", runtime="openvino", tome=2,
+                             max_drop=100.0)
+    assert result.variant.name == "openvino-int8-tome2"
+    assert result.variant.options["tome_r"] == 2
+    predictor = vitkit.load(bundle, variant="openvino-int8-tome2")
+    size = predictor.preprocessing.input_size
+    for batch in (1, 3):  # the merged graph keeps a dynamic batch
+        assert predictor(torch.randn(batch, 3, *size)).shape == (batch, 3)
+    with pytest.raises(VitkitError, match="file-based runtime"):
+        quantize_bundle(bundle, method="dynamic", runtime="torch", tome=2)

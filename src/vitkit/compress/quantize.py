@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import sys
@@ -204,7 +205,7 @@ def is_transformer(model: nn.Module) -> bool:
 def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str | None = None,
                     calib: str | None = None, data: str | None = None, max_drop: float = 1.0,
                     calib_limit: int = CALIBRATION_LIMIT, batch_size: int = 32,
-                    log: Callable[[str], None] | None = None) -> QuantizeResult:
+                    tome: int = 0, log: Callable[[str], None] | None = None) -> QuantizeResult:
     """Builds, measures and (when the drop is within ``max_drop`` points) records a variant.
 
     Args:
@@ -215,6 +216,8 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         data: Validation images (default: the bundle's validation split).
         max_drop: Largest accepted accuracy drop, in points, vs the fp32 torch model.
         calib_limit: Most calibration images used (class-balanced, seeded).
+        tome: Tokens merged per block (ToMe, ViTs only) in the quantized graph; the variant
+            is named ``<variant>-tome<r>``. Needs a file-based runtime (OpenVINO, ONNX Runtime).
         log: Receives one-line progress messages.
 
     Raises:
@@ -226,6 +229,11 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
     say = log or (lambda _message: None)
     bundle = Path(bundle)
     plan = resolve_plan(method, runtime)
+    if tome:
+        if plan.builtin:
+            raise VitkitError("token merging needs a file-based runtime: use --runtime openvino "
+                              "or onnxruntime (`vitkit bench --tome R` measures it on torch).")
+        plan = dataclasses.replace(plan, variant=f"{plan.variant}-tome{tome}")
     meta = read_meta(bundle)
     if meta.task != "classify":
         raise VitkitError(f"{bundle} is a '{meta.task}' bundle; quantize works on classifiers.")
@@ -234,6 +242,10 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
     reference = load(bundle)
     assert reference.model is not None
     model = copy.deepcopy(reference.model).eval()
+    if tome:
+        from vitkit.compress.tome import apply_tome
+
+        model = apply_tome(model, tome)
     notes: list[str] = []
     if validation is None:
         notes.append("no validation images (the bundle's training data is not where it was; "
@@ -252,7 +264,7 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         size_mb = _size_mb(staging) if file is not None else None
         final_file = _commit(bundle, staging, plan, file)
     variant = _variant_record(plan, final_file, comparison, options | {
-        "method": plan.method, "max_drop": max_drop,
+        "method": plan.method, "max_drop": max_drop, "tome_r": tome,
         "validation": validation.source if validation else None})
     record_variant(bundle, variant)
     return QuantizeResult(bundle, variant, comparison, plan.method, max_drop, calibration,
