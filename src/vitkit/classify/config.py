@@ -108,3 +108,39 @@ class TrainConfig(_Strict):
             largest = max(counts, key=lambda n: (counts[n], list(shares).index(n)))
             counts[largest] -= 1
         return {n: c for n, c in counts.items() if c > 0}
+
+
+def _end_to_end() -> Stages:
+    return Stages.model_validate({"head": {"share": 0.0}, "top": {"share": 0.0},
+                                  "full": {"share": 1.0}})
+
+
+class DistillConfig(TrainConfig):
+    """Everything `vitkit distill` does: a training run whose loss also listens to a teacher.
+
+    ``model`` is the student. The defaults follow Hinton et al. (2015) and DeiT: the student
+    learns end to end (one ``full`` stage; a pretrained student may still be staged), from
+    the teacher's softened distribution at temperature 4 — high enough that a confident
+    teacher's second choices still carry signal, and the usual value in the KD literature —
+    and from the labels, weighted equally (``alpha`` 0.5) so that the labels correct the
+    teacher's mistakes instead of the student copying them.
+    """
+
+    teacher: str = Field("", description="bundle folder of the teacher classifier")
+    model: str = Field("deit_tiny_patch16_224", description="the student")
+    mode: Literal["soft", "hard", "token"] = Field(
+        "soft", description="soft: KL to the teacher's softened probabilities; hard: CE to the "
+        "teacher's top class; token: DeiT distillation token (a *_distilled_* student)")
+    temperature: float = Field(4.0, gt=0, description="softens both distributions (soft mode)")
+    alpha: float = Field(0.5, ge=0, le=1, description="teacher share of the loss; 1-alpha: labels")
+    augment: bool = Field(True, description="random crops/flips; off: the teacher's logits are "
+                          "computed once per image and cached")
+    stages: Stages = Field(default_factory=_end_to_end)
+    out: str = "runs/distill"
+
+    @model_validator(mode="after")
+    def _token_needs_no_head_stage(self) -> DistillConfig:
+        if self.mode == "token" and self.stages.head.share > 0:
+            raise ValueError("mode 'token' trains two heads on two tokens, which a head-only "
+                             "stage on cached pooled features cannot: set stages.head.share to 0")
+        return self

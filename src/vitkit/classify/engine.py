@@ -4,6 +4,8 @@ One generic loop serves all stages; a stage only decides which parameters train,
 rates, and whether the backbone runs (it does not in the head stage: features are cached).
 Every epoch ends with a checkpoint, so a killed run resumes where it stopped and, because each
 epoch reseeds from (seed, epoch), ends exactly where an uninterrupted run would.
+A :class:`LossHook` replaces the cross-entropy (distillation uses it); it gets each training
+image's position in the training set, so it can cache per-image values.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vitkit.backbones import ImageClassifier
 from vitkit.bundle import save_weights
@@ -52,6 +54,25 @@ class EpochRecord:
     val_acc: float
     images_per_s: float
     seconds: float
+
+
+@dataclass
+class TrainBatch:
+    """One training step's batch, as a :class:`LossHook` sees it."""
+
+    stage: str
+    inputs: torch.Tensor  # what the model saw: images (mixed under mixup), features in "head"
+    targets: torch.Tensor  # (B,) class indices
+    soft_targets: torch.Tensor | None  # (B, C) mixup/cutmix targets, else None
+    indices: torch.Tensor  # (B,) positions of the images in the training set
+
+
+class LossHook(Protocol):
+    """Replaces the engine's cross-entropy, e.g. with a distillation loss."""
+
+    def __call__(self, outputs: Any, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (the scalar loss, (B, C) logits the training accuracy is measured on)."""
+        ...
 
 
 @dataclass
@@ -109,8 +130,10 @@ class Trainer:
         val_set: ImageDataset,
         run_dir: Path,
         show_progress: bool = True,
+        loss_hook: LossHook | None = None,
     ) -> None:
         self.config = config
+        self.loss_hook = loss_hook
         self.train_set, self.train_eval_set, self.val_set = train_set, train_eval_set, val_set
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -165,7 +188,7 @@ class Trainer:
         if stage == "head":
             train_loader, val_data = self._cached_feature_loaders(stage_cfg.batch_size)
         else:
-            train_loader = self._image_loader(self.train_set, shuffle=True, seed=0)
+            train_loader = self._image_loader(_Indexed(self.train_set), shuffle=True, seed=0)
             val_data = None
         steps_per_epoch = math.ceil(len(train_loader) / self.config.grad_accum)
         factor = warmup_cosine(n_epochs * steps_per_epoch, self.config.warmup,
@@ -180,7 +203,8 @@ class Trainer:
             seed_everything(epoch_seed)
             if stage != "head":
                 train_loader = self.accelerator.prepare(
-                    self._image_loader(self.train_set, shuffle=True, seed=epoch_seed)
+                    self._image_loader(_Indexed(self.train_set), shuffle=True,
+                                       seed=epoch_seed)
                 )
             record = self._run_epoch(stage, model, optimizer, scheduler, train_loader, val_data,
                                      state.epoch + 1, n_epochs, state.stage_epoch + 1)
@@ -213,15 +237,20 @@ class Trainer:
         head = self.model.head
         with make_progress(self.show_progress and self.accelerator.is_main_process) as bar:
             task = bar.add_task(description, total=len(train_loader), stats="") if bar else None
-            for inputs, targets in train_loader:
+            for inputs, targets, indices in train_loader:
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 with self.accelerator.accumulate(model):
+                    soft = None
                     if mixer is not None and len(targets) % 2 == 0:
-                        mixed, soft = mixer(inputs, targets)
-                        logits = model(mixed)
-                        loss = soft_loss(logits, soft)
+                        inputs, soft = mixer(inputs, targets)
+                    outputs = head(inputs) if stage == "head" else model(inputs)
+                    if self.loss_hook is not None:
+                        loss, logits = self.loss_hook(
+                            outputs, TrainBatch(stage, inputs, targets, soft, indices))
+                    elif soft is not None:
+                        logits, loss = outputs, soft_loss(outputs, soft)
                     else:
-                        logits = head(inputs) if stage == "head" else model(inputs)
+                        logits = outputs
                         loss = F.cross_entropy(logits, targets,
                                                label_smoothing=self.config.label_smoothing)
                     self.accelerator.backward(loss)
@@ -283,7 +312,7 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- data
-    def _image_loader(self, dataset: ImageDataset, shuffle: bool, seed: int) -> DataLoader:
+    def _image_loader(self, dataset: Dataset, shuffle: bool, seed: int) -> DataLoader:
         return make_loader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, seed=seed,
                            num_workers=self.config.num_workers)
 
@@ -314,7 +343,8 @@ class Trainer:
             save_file(tensors, str(tmp))
             tmp.replace(cache)
         generator = torch.Generator().manual_seed(self.config.seed)
-        train = TensorDataset(tensors["train_features"], tensors["train_labels"])
+        train = TensorDataset(tensors["train_features"], tensors["train_labels"],
+                              torch.arange(len(tensors["train_labels"])))
         loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
         return _ReseededLoader(loader, generator, self), (tensors["val_features"],
                                                           tensors["val_labels"])
@@ -389,6 +419,20 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _Indexed(Dataset[tuple[torch.Tensor, int, int]]):
+    """Adds each item's position, so a loss hook can look up what it cached per image."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image, target = self.dataset[i]
+        return image, target, i
 
 
 class _ReseededLoader:

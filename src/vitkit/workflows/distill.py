@@ -1,0 +1,316 @@
+"""`vitkit distill`: a student trained on DATA with a teacher bundle's logits in its loss.
+
+The run is a normal training run (same engine, stages, checkpoints, run folder and bundle);
+only the loss changes, through the engine's :class:`~vitkit.classify.engine.LossHook`.
+
+What the teacher sees:
+    * Augmented batches (and every mixup/cutmix batch): the student's batch itself,
+      un-normalised, resized to the teacher's input size and normalised with the teacher's
+      mean/std (:func:`~vitkit.classify.distill.renormalize`), so both see the same crop, flip
+      and mix. The teacher runs once per training image per epoch.
+    * Unaugmented batches (``augment: false``, and the head stage's cached features): every
+      training image goes through the teacher once, with the teacher's own evaluation
+      transform from its bundle, and the logits are cached by the image's position in the
+      training set. Later epochs never run the teacher again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model
+from torch import nn
+
+from vitkit.backbones import CreatedModel, ImageClassifier, create
+from vitkit.bundle import BundleMeta, read_meta, save_bundle, update_meta, write_json_atomic
+from vitkit.classify.config import DistillConfig
+from vitkit.classify.distill import (
+    distillation_loss,
+    hard_distillation_loss,
+    renormalize,
+    token_distillation_loss,
+)
+from vitkit.classify.engine import TrainBatch, Trainer, seed_everything
+from vitkit.classify.predict import Predictor, load
+from vitkit.config import dump_config
+from vitkit.console import make_progress, stderr_console
+from vitkit.data import (
+    ImageDataset,
+    Preprocessing,
+    class_counts,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
+from vitkit.errors import ConfigError, DataError
+from vitkit.evaluate.classification import evaluate_samples
+from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
+from vitkit.workflows.train import (
+    CONFIG_FILE,
+    TrainResult,
+    _describe_counts,
+    _prepare_data,
+    data_fingerprint,
+)
+
+
+@dataclass
+class DistillResult(TrainResult):
+    """`vitkit distill --json`: the keys of `vitkit train --json` plus ``teacher``."""
+
+    teacher: dict[str, Any] = field(default_factory=dict)
+
+
+class DistilledStudent(ImageClassifier):
+    """A timm DeiT with a distillation token: two heads, ``head`` (class token) and
+    ``head_dist`` (distillation token). In training mode with distilled training on it returns
+    both logits; in eval mode timm averages them, so the bundle predicts like any classifier.
+    """
+
+    @property
+    def head(self) -> nn.Module:
+        heads = [self.model.get_submodule("head"), self.model.get_submodule("head_dist")]
+        return nn.ModuleList(heads)
+
+
+class TeacherLoss:
+    """The engine's loss hook: the configured distillation loss against a teacher.
+
+    Args:
+        teacher: The teacher bundle's predictor (``predictor(batch) -> logits``).
+        config: The run's config (mode, temperature, alpha, augment, label smoothing).
+        student_pre: The student's preprocessing (its batches are normalised with it).
+        columns: For each of the student's classes, the teacher's logit column.
+        device: Where the loss is computed (the student's device).
+    """
+
+    def __init__(self, teacher: Predictor, config: DistillConfig, student_pre: Preprocessing,
+                 columns: list[int], device: torch.device) -> None:
+        self.teacher = teacher
+        self.config = config
+        self.student_pre = student_pre
+        self.columns = torch.tensor(columns)
+        self.device = device
+        self.cache: torch.Tensor | None = None  # (N, C) teacher logits per training image
+        self.teacher_images = 0  # images the teacher has run on, for the record and tests
+
+    def fill_cache(self, train_images: ImageDataset, progress: bool = True) -> None:
+        """Runs the teacher once over ``train_images`` (in the training set's order)."""
+        dataset = ImageDataset(train_images.samples, train_images.class_to_idx,
+                               self.teacher.transform, train_images.max_pixels)
+        loader = make_loader(dataset, batch_size=self.config.batch_size, shuffle=False, seed=0,
+                             num_workers=self.config.num_workers)
+        chunks = []
+        with make_progress(progress) as bar:
+            task = bar.add_task("teacher logits", total=len(dataset), stats="") if bar else None
+            for images, _ in loader:
+                chunks.append(self._teacher(images).cpu())
+                if bar is not None and task is not None:
+                    bar.update(task, advance=len(images))
+        self.cache = torch.cat(chunks)
+
+    def uses_cache(self, batch: TrainBatch) -> bool:
+        unmixed = batch.soft_targets is None
+        return batch.stage == "head" or (not self.config.augment and unmixed)
+
+    def teacher_logits(self, batch: TrainBatch) -> torch.Tensor:
+        """(B, C) teacher logits, in the student's class order, on the loss's device."""
+        if self.uses_cache(batch):
+            if self.cache is None:
+                raise RuntimeError("teacher cache is empty: call fill_cache() before training")
+            return self.cache[batch.indices.cpu()].to(self.device)
+        pre = self.teacher.preprocessing
+        images = renormalize(batch.inputs.detach(), self.student_pre.mean, self.student_pre.std,
+                             pre.mean, pre.std, pre.input_size)  # (B, 3, h, w)
+        return self._teacher(images)
+
+    def _teacher(self, images: torch.Tensor) -> torch.Tensor:
+        self.teacher_images += len(images)
+        logits = self.teacher(images)  # (B, C_teacher), an inference tensor on the CPU
+        # index_select makes a normal tensor: inference tensors cannot be saved for backward.
+        return logits.index_select(1, self.columns).to(self.device)
+
+    def __call__(self, outputs: Any, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher = self.teacher_logits(batch)
+        targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
+        cfg = self.config
+        if isinstance(outputs, tuple):  # a distilled DeiT in training mode: (cls, dist)
+            cls_logits, dist_logits = outputs
+            loss = token_distillation_loss(cls_logits, dist_logits, teacher, targets, cfg.alpha,
+                                           cfg.label_smoothing)
+            return loss, (cls_logits.detach() + dist_logits.detach()) / 2
+        if cfg.mode == "hard":
+            loss = hard_distillation_loss(outputs, teacher, targets, cfg.alpha,
+                                          cfg.label_smoothing)
+        else:
+            loss = distillation_loss(outputs, teacher, targets, cfg.temperature, cfg.alpha,
+                                     cfg.label_smoothing)
+        return loss, outputs
+
+
+def run_distill(config: DistillConfig, progress: bool = True) -> DistillResult:
+    """Distils the teacher bundle into the configured student and writes the run and bundle."""
+    started = time.perf_counter()
+    run_dir = Path(config.out)
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a training run; choose another --out.")
+    teacher_meta = _read_teacher(config.teacher)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run_dir / CONFIG_FILE)
+
+    samples, skipped = _prepare_data(config, run_dir, progress)
+    classes = sorted({s.label for s in samples})
+    columns = _teacher_columns(config.teacher, teacher_meta.labels, classes)
+    by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
+    stderr_console.print(_describe_counts(class_counts(samples)))
+
+    seed_everything(config.seed)
+    created = create(config.model, num_classes=len(classes), weights=config.weights)
+    student = _student(created, config)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    pre = created.preprocessing
+    evaluation_tf = eval_transform(pre)
+    training_tf = train_transform(pre, config.augmentation) if config.augment else evaluation_tf
+    train_eval_set = ImageDataset(by_split["train"], class_to_idx, evaluation_tf,
+                                  config.max_pixels)
+    trainer = Trainer(
+        student, config,
+        train_set=ImageDataset(by_split["train"], class_to_idx, training_tf, config.max_pixels),
+        train_eval_set=train_eval_set,
+        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
+        run_dir=run_dir, show_progress=progress,
+    )
+    teacher = load(config.teacher, device=str(trainer.device))
+    teacher_val = evaluate_samples(teacher, by_split["val"], config.batch_size,
+                                   config.num_workers, progress, "evaluating teacher on val")
+    teacher_acc = teacher_val.metrics.accuracy
+    stderr_console.print(f"teacher {teacher_meta.backbone.get('name')} "
+                         f"val accuracy {teacher_acc:.3f}; student {config.model} "
+                         f"({created.spec.weights} weights), mode {config.mode}")
+    hook = TeacherLoss(teacher, config, pre, columns, trainer.device)
+    if "head" in trainer.stages or not config.augment:
+        hook.fill_cache(train_eval_set, progress)
+    trainer.loss_hook = hook
+    fit = trainer.fit()
+    teacher_record = {
+        "bundle": str(config.teacher), "model": teacher_meta.backbone.get("name"),
+        "val_accuracy": teacher_acc, "mode": config.mode, "temperature": config.temperature,
+        "alpha": config.alpha, "cached": hook.cache is not None,
+        "forward_images": hook.teacher_images,
+    }
+    if not trainer.accelerator.is_main_process:
+        return DistillResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped),
+                             str(run_dir), "", fit.best_epoch, len(by_split["train"]),
+                             len(by_split["val"]), teacher=teacher_record)
+
+    model = trainer.accelerator.unwrap_model(trainer.model).cpu()
+    load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
+    meta = BundleMeta(
+        backbone=created.spec.to_dict(),
+        labels=classes,
+        preprocessing=pre.model_dump(mode="json"),
+        train={
+            "config": config.model_dump(mode="json"),
+            "data_fingerprint": data_fingerprint(samples),
+            "images": {k: len(v) for k, v in by_split.items()},
+            "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run,
+            "precision": trainer.precision,
+            "distilled_from": {
+                **teacher_record,
+                "bundle": str(Path(config.teacher).resolve()),
+                "bundle_val_accuracy": _stored_val_accuracy(teacher_meta),
+            },
+        },
+    )
+    bundle_dir = save_bundle(run_dir / "bundle", model.model, meta)
+
+    predictor = load(bundle_dir)
+    val_eval = evaluate_samples(predictor, by_split["val"], config.batch_size, config.num_workers,
+                                progress, "evaluating val")
+    metrics: dict[str, Any] = {"val": val_eval.metrics.to_dict()}
+    test_accuracy = None
+    if by_split["test"]:
+        test_eval = evaluate_samples(predictor, by_split["test"], config.batch_size,
+                                     config.num_workers, progress, "evaluating test")
+        metrics["test"] = test_eval.metrics.to_dict()
+        test_accuracy = test_eval.metrics.accuracy
+    update_meta(bundle_dir, train={**meta.train, "metrics": metrics})
+
+    write_json_atomic(run_dir / "eval.json", {**val_eval.metrics.to_dict(), "split": "val"})
+    write_json_atomic(run_dir / "predictions.json", val_eval.sample_predictions(classes))
+    plot_learning_curves([asdict(r) for r in fit.history], run_dir / "learning_curves.png")
+    plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
+                          run_dir / "confusion_matrix.png")
+    result = DistillResult(
+        bundle=str(bundle_dir), val_accuracy=val_eval.metrics.accuracy,
+        epochs_run=fit.epochs_run, skipped=len(skipped), run_dir=str(run_dir),
+        report=str(run_dir / "report.html"), best_epoch=fit.best_epoch,
+        train_images=len(by_split["train"]), val_images=len(by_split["val"]),
+        test_accuracy=test_accuracy, stopped_early=fit.stopped_early,
+        seconds=round(time.perf_counter() - started, 1), teacher=teacher_record,
+    )
+    write_json_atomic(run_dir / "summary.json", {
+        **result.to_dict(), "model": config.model, "data": config.data, "classes": classes,
+        "precision": trainer.precision,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+    write_report(run_dir)
+    return result
+
+
+def _read_teacher(path: str) -> BundleMeta:
+    if not path:
+        raise ConfigError("no teacher given: pass the teacher's bundle folder as TEACHER_BUNDLE.")
+    meta = read_meta(path)
+    if meta.task != "classify":
+        raise ConfigError(f"the teacher {path} is a '{meta.task}' bundle; distillation needs a "
+                          "classifier bundle, such as the one `vitkit train` writes.")
+    return meta
+
+
+def _teacher_columns(path: str, teacher_labels: list[str], classes: list[str]) -> list[int]:
+    """For each of DATA's classes (in the student's order), the teacher's logit column."""
+    if sorted(teacher_labels) != classes:
+        only_teacher = sorted(set(teacher_labels) - set(classes))
+        only_data = sorted(set(classes) - set(teacher_labels))
+        raise DataError(
+            f"the teacher {path} knows the classes {', '.join(teacher_labels)}, but the data "
+            f"has {', '.join(classes)} (only the teacher: {', '.join(only_teacher) or 'none'}; "
+            f"only the data: {', '.join(only_data) or 'none'}). Distil on data with the "
+            "teacher's classes, or train a teacher on this data first."
+        )
+    return [teacher_labels.index(c) for c in classes]
+
+
+def _student(created: CreatedModel, config: DistillConfig) -> ImageClassifier:
+    timm_model = created.model.model
+    distilled = created.model.source == "timm" and hasattr(timm_model, "head_dist")
+    if config.mode == "token" and not distilled:
+        raise ConfigError(
+            f"--mode token needs a student with a distillation token, such as "
+            f"deit_tiny_distilled_patch16_224; {config.model} has none. Use --mode soft or hard."
+        )
+    if not distilled:
+        created.zero_new_head()
+        return created.model
+    if config.stage_epochs().get("head"):
+        raise ConfigError(f"{config.model} has two heads (class and distillation token), which "
+                          "a head-only stage cannot train: set stages.head.share to 0.")
+    student = DistilledStudent(timm_model, "timm")
+    if created.new_head:
+        with torch.no_grad():
+            for param in student.head.parameters():
+                param.zero_()
+    timm_model.set_distilled_training(config.mode == "token")  # type: ignore[operator]
+    return student
+
+
+def _stored_val_accuracy(meta: BundleMeta) -> float | None:
+    value = meta.train.get("metrics", {}).get("val", {}).get("accuracy")
+    return float(value) if isinstance(value, int | float) else None
