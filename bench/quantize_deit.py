@@ -27,9 +27,8 @@ import timm
 import torch
 from torch import nn
 
+from vitkit.compress.export import export_onnx, to_openvino
 from vitkit.compress.quantize import (
-    convert_openvino,
-    export_onnx_fp32,
     pre_process_onnx,
     quantize_onnx_dynamic,
     quantize_onnx_static,
@@ -83,7 +82,8 @@ def build_variants(model: nn.Module, work: Path, threads: int, calib_n: int
         "torch dynamic int8": TorchRuntime(model, "int8"),
         "torch bf16 autocast": TorchRuntime(model, "bf16"),
     }
-    fp32_onnx = export_onnx_fp32(model, example, work / "model.onnx")
+    fp32_onnx = work / "model.onnx"
+    export_onnx(model, fp32_onnx, tuple(example.shape[-2:]))
     prepared = pre_process_onnx(fp32_onnx, work)
     quantize_onnx_dynamic(prepared, work / "model.dyn.onnx")
     quantize_onnx_static(prepared, work / "model.qdq.onnx", calib, transformer=True)
@@ -92,7 +92,7 @@ def build_variants(model: nn.Module, work: Path, threads: int, calib_n: int
                                                         threads=threads)
     variants["ONNX Runtime static int8 (QDQ)"] = OnnxRuntime(work / "model.qdq.onnx", "int8",
                                                              threads=threads)
-    ov_model = convert_openvino(model, example)
+    ov_model = to_openvino(model, tuple(example.shape[-2:]))
     ov.save_model(ov_model, str(work / "ov.xml"), compress_to_fp16=False)
     ov.save_model(quantize_openvino(ov_model, calib, transformer=True), str(work / "ov8.xml"),
                   compress_to_fp16=False)

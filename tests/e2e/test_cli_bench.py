@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from vitkit.classify.config import TrainConfig
-from vitkit.workflows.train import run_training
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=300, check=False)
+from tests.e2e.cli import run_cli, train_tiny
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli-bench") / "run"
-    config = TrainConfig(data=str(tiny_image_folder), model="test_resnet", weights="none",
-                         epochs=1, batch_size=8, out=str(out))
-    return Path(run_training(config, progress=False).bundle)
+    return train_tiny(tiny_image_folder, out, "test_resnet")
 
 
 @pytest.mark.slow

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tests.e2e.cli import run_cli
 
 import vitkit
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def run_cli(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vitkit", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, cwd=cwd, timeout=300, check=False)
 
 
 def json_out(result: subprocess.CompletedProcess[str]) -> Any:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitkit.compress.runtimes import RuntimeMissing
+from vitkit.compress.runtimes import RuntimeMissing, require
 from vitkit.errors import VitkitError
 
 ONNX_OPSET = 18  # the dynamo exporter's native opset; ORT >= 1.14 and OpenVINO read it
@@ -73,7 +73,8 @@ COREML_MESSAGE = (
 
 
 def require_module(module: str, install: str) -> Any:
-    """Imports an optional exporter, or raises :class:`RuntimeMissing` saying what to install."""
+    """Imports an exporter that no vitkit extra installs (LiteRT), or raises
+    :class:`RuntimeMissing` with ``install``; the extras go through :func:`runtimes.require`."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -105,12 +106,12 @@ def export_onnx(model: nn.Module, path: Path, input_size: Sequence[int],
 
     The ``torch.export``-based exporter first; the TorchScript-based one if that fails.
     """
-    require_module("onnx", "pip install 'vitkit[onnx]'")
+    require("onnx")
     model = model.eval()
     x = example_input(input_size)
     external = _parameter_bytes(model) > _PROTOBUF_LIMIT
     try:
-        require_module("onnxscript", "pip install 'vitkit[onnx]'")
+        require("onnxscript")
         chosen = opset or ONNX_OPSET
         with _quiet(), torch.no_grad():
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
@@ -150,19 +151,25 @@ def export_openvino(model: nn.Module, path_xml: Path, input_size: Sequence[int],
     From ``onnx_file`` when one was just exported (its batch axis is already dynamic; this is
     3-5x faster here than tracing again), else from the torch model.
     """
-    ov = require_module("openvino", "pip install 'vitkit[openvino]'")
-    model = model.eval()
+    ov = require("openvino")
     with _quiet(), torch.no_grad():
         if onnx_file is not None:
             converted = ov.convert_model(str(onnx_file))
         else:
-            converted = ov.convert_model(model, example_input=example_input(input_size),
-                                         input=[(-1, 3, *input_size)])
+            converted = to_openvino(model, input_size)
         converted.inputs[0].get_tensor().set_names({INPUT_NAME})
         converted.outputs[0].get_tensor().set_names({OUTPUT_NAME})
         ov.save_model(converted, str(path_xml), compress_to_fp16=False)
     return {"dynamic_batch": True, "frontend": "onnx" if onnx_file else "pytorch",
             "compress_to_fp16": False, "openvino": str(ov.__version__).split("-")[0]}
+
+
+def to_openvino(model: nn.Module, input_size: Sequence[int]) -> Any:
+    """The torch model as an in-memory OpenVINO model with a dynamic batch axis."""
+    ov = require("openvino")
+    with _quiet(), torch.no_grad():
+        return ov.convert_model(model.float().eval(), example_input=example_input(input_size),
+                                input=[(-1, 3, *input_size)])
 
 
 # -------------------------------------------------------------------------- TorchScript

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from vitkit.bundle import BundleMeta, read_meta
+from vitkit.compress.export import INPUT_NAME, export_onnx, to_openvino
 from vitkit.compress.reference import (
     Comparison,
     ReferenceImages,
@@ -72,7 +73,6 @@ RuntimeChoice = Literal["openvino", "onnxruntime", "torch"]
 METHODS: tuple[str, ...] = ("static", "dynamic", "bf16", "fp16")
 RUNTIMES: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
 CALIBRATION_LIMIT = 300
-ONNX_OPSET = 17
 
 # (runtime, method) -> (variant name, precision); a missing pair is not supported.
 RECIPES: dict[tuple[str, str], tuple[str, Precision]] = {
@@ -424,7 +424,7 @@ def _build_openvino(plan: Plan, model: nn.Module, example: torch.Tensor,
                     calib: Sequence[np.ndarray], built: Path
                     ) -> tuple[Runtime, str, dict[str, Any]]:
     ov = require("openvino")
-    ov_model = convert_openvino(model, example)
+    ov_model = to_openvino(model, tuple(example.shape[-2:]))
     options: dict[str, Any] = {}
     if plan.method == "static":
         transformer = is_transformer(model)
@@ -437,14 +437,6 @@ def _build_openvino(plan: Plan, model: nn.Module, example: torch.Tensor,
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
     runtime = OpenVinoRuntime(path, plan.precision, plan.variant)
     return runtime, path.name, options | {"inference_precision_hint": "bf16"}
-
-
-def convert_openvino(model: nn.Module, example: torch.Tensor) -> Any:
-    """A torch model as an OpenVINO model with a dynamic batch dimension."""
-    ov = require("openvino")
-    shape = [-1, *example.shape[1:]]
-    with _quiet(), torch.no_grad():
-        return ov.convert_model(model.float().eval(), example_input=example, input=[shape])
 
 
 def quantize_openvino(ov_model: Any, calib: Sequence[np.ndarray], transformer: bool) -> Any:
@@ -469,7 +461,8 @@ def _build_onnx(plan: Plan, model: nn.Module, example: torch.Tensor,
                 ) -> tuple[Runtime, str, dict[str, Any]]:
     scratch = staging / "scratch"
     scratch.mkdir()
-    fp32 = export_onnx_fp32(model, example, scratch / "model.fp32.onnx")
+    fp32 = scratch / "model.fp32.onnx"
+    exported = export_onnx(model, fp32, tuple(example.shape[-2:]))
     path = built / "model.onnx"
     if plan.method == "dynamic":
         quantize_onnx_dynamic(pre_process_onnx(fp32, scratch), path)
@@ -481,24 +474,7 @@ def _build_onnx(plan: Plan, model: nn.Module, example: torch.Tensor,
                    "op_types": ops, "calibration_images": len(calib)}
     shutil.rmtree(scratch)
     return OnnxRuntime(path, plan.precision, plan.variant), path.name, options | {
-        "opset": ONNX_OPSET}
-
-
-def export_onnx_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """A single-file fp32 ONNX graph with a dynamic batch dimension."""
-    names = {"input_names": ["pixel_values"], "output_names": ["logits"]}
-    with _quiet(), torch.no_grad():
-        try:
-            torch.onnx.export(model.float().eval(), (example,), str(path), dynamo=False,
-                              opset_version=ONNX_OPSET,
-                              dynamic_axes={"pixel_values": {0: "batch"},
-                                            "logits": {0: "batch"}}, **names)
-        except (TypeError, RuntimeError, NotImplementedError):  # legacy exporter gone
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            torch.onnx.export(model.float().eval(), (example,), str(path), dynamo=True,
-                              opset_version=max(ONNX_OPSET, 18), external_data=False,
-                              dynamic_shapes=({0: batch},), **names)
-    return path
+        "opset": exported["opset"]}
 
 
 def quantize_onnx_dynamic(source: Path, target: Path) -> None:
@@ -543,7 +519,7 @@ def quantize_onnx_static(source: Path, target: Path, calib: Sequence[np.ndarray]
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._items = iter([{"pixel_values": array} for array in calib])
+            self._items = iter([{INPUT_NAME: array} for array in calib])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._items, None)

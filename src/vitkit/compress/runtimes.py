@@ -28,6 +28,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "onnx"),
     "openvino": ("openvino", "openvino"),
     "onnx": ("onnx", "onnx"),
+    "onnxscript": ("onnxscript", "onnx"),
     "nncf": ("nncf", "openvino"),
 }
 

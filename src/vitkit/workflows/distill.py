@@ -17,17 +17,15 @@ What the teacher sees:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 from torch import nn
 
 from vitkit.backbones import CreatedModel, ImageClassifier, create
-from vitkit.bundle import BundleMeta, read_meta, save_bundle, update_meta, write_json_atomic
+from vitkit.bundle import BundleMeta, read_meta
 from vitkit.classify.config import DistillConfig
 from vitkit.classify.distill import (
     distillation_loss,
@@ -49,13 +47,12 @@ from vitkit.data import (
 )
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
-from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
 from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,
     _describe_counts,
     _prepare_data,
-    data_fingerprint,
+    finish_run,
 )
 
 
@@ -208,60 +205,11 @@ def run_distill(config: DistillConfig, progress: bool = True) -> DistillResult:
                              str(run_dir), "", fit.best_epoch, len(by_split["train"]),
                              len(by_split["val"]), teacher=teacher_record)
 
-    model = trainer.accelerator.unwrap_model(trainer.model).cpu()
-    load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
-    meta = BundleMeta(
-        backbone=created.spec.to_dict(),
-        labels=classes,
-        preprocessing=pre.model_dump(mode="json"),
-        train={
-            "config": config.model_dump(mode="json"),
-            "data_fingerprint": data_fingerprint(samples),
-            "images": {k: len(v) for k, v in by_split.items()},
-            "best_epoch": fit.best_epoch,
-            "epochs_run": fit.epochs_run,
-            "precision": trainer.precision,
-            "distilled_from": {
-                **teacher_record,
-                "bundle": str(Path(config.teacher).resolve()),
-                "bundle_val_accuracy": _stored_val_accuracy(teacher_meta),
-            },
-        },
-    )
-    bundle_dir = save_bundle(run_dir / "bundle", model.model, meta)
-
-    predictor = load(bundle_dir)
-    val_eval = evaluate_samples(predictor, by_split["val"], config.batch_size, config.num_workers,
-                                progress, "evaluating val")
-    metrics: dict[str, Any] = {"val": val_eval.metrics.to_dict()}
-    test_accuracy = None
-    if by_split["test"]:
-        test_eval = evaluate_samples(predictor, by_split["test"], config.batch_size,
-                                     config.num_workers, progress, "evaluating test")
-        metrics["test"] = test_eval.metrics.to_dict()
-        test_accuracy = test_eval.metrics.accuracy
-    update_meta(bundle_dir, train={**meta.train, "metrics": metrics})
-
-    write_json_atomic(run_dir / "eval.json", {**val_eval.metrics.to_dict(), "split": "val"})
-    write_json_atomic(run_dir / "predictions.json", val_eval.sample_predictions(classes))
-    plot_learning_curves([asdict(r) for r in fit.history], run_dir / "learning_curves.png")
-    plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
-                          run_dir / "confusion_matrix.png")
-    result = DistillResult(
-        bundle=str(bundle_dir), val_accuracy=val_eval.metrics.accuracy,
-        epochs_run=fit.epochs_run, skipped=len(skipped), run_dir=str(run_dir),
-        report=str(run_dir / "report.html"), best_epoch=fit.best_epoch,
-        train_images=len(by_split["train"]), val_images=len(by_split["val"]),
-        test_accuracy=test_accuracy, stopped_early=fit.stopped_early,
-        seconds=round(time.perf_counter() - started, 1), teacher=teacher_record,
-    )
-    write_json_atomic(run_dir / "summary.json", {
-        **result.to_dict(), "model": config.model, "data": config.data, "classes": classes,
-        "precision": trainer.precision,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    })
-    write_report(run_dir)
-    return result
+    distilled_from = {**teacher_record, "bundle": str(Path(config.teacher).resolve()),
+                      "bundle_val_accuracy": _stored_val_accuracy(teacher_meta)}
+    return finish_run(trainer, fit, created, config, samples, len(skipped), run_dir, started,
+                      progress, extra_train={"distilled_from": distilled_from},
+                      result_type=DistillResult, teacher=teacher_record)
 
 
 def _read_teacher(path: str) -> BundleMeta:

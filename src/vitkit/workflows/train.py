@@ -9,15 +9,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from safetensors.torch import load_model
 
-from vitkit.backbones import create
+from vitkit.backbones import CreatedModel, create
 from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.engine import Trainer, seed_everything
+from vitkit.classify.engine import FitResult, Trainer, seed_everything
 from vitkit.classify.predict import load
 from vitkit.config import dump_config
 from vitkit.console import stderr_console
@@ -117,12 +117,30 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
         return TrainResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped), str(run_dir),
                            "", fit.best_epoch, len(by_split["train"]), len(by_split["val"]))
 
+    return finish_run(trainer, fit, created, config, samples, len(skipped), run_dir, started,
+                      progress)
+
+
+ResultT = TypeVar("ResultT", bound=TrainResult)
+
+
+def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: TrainConfig,
+               samples: list[Sample], n_skipped: int, run_dir: Path, started: float,
+               progress: bool, extra_train: dict[str, Any] | None = None,
+               result_type: type[ResultT] = TrainResult,  # type: ignore[assignment]
+               **result_fields: Any) -> ResultT:
+    """After training: the best weights into a bundle, the saved bundle measured on val (and
+    test), eval/predictions/summary JSON, plots and the report. Shared by train and distill;
+    ``extra_train`` adds keys to the bundle's ``train`` record, ``result_fields`` to the
+    result (of ``result_type``)."""
+    classes = sorted({s.label for s in samples})
+    by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     model = trainer.accelerator.unwrap_model(trainer.model).cpu()
     load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
     meta = BundleMeta(
         backbone=created.spec.to_dict(),
         labels=classes,
-        preprocessing=pre.model_dump(mode="json"),
+        preprocessing=created.preprocessing.model_dump(mode="json"),
         train={
             "config": config.model_dump(mode="json"),
             "data_fingerprint": data_fingerprint(samples),
@@ -130,6 +148,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
             "precision": trainer.precision,
+            **(extra_train or {}),
         },
     )
     bundle_dir = save_bundle(run_dir / "bundle", model.model, meta)
@@ -149,17 +168,16 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     write_json_atomic(run_dir / "eval.json", {**val_eval.metrics.to_dict(), "split": "val"})
     write_json_atomic(run_dir / "predictions.json", val_eval.sample_predictions(classes))
-    rows = [asdict(r) for r in fit.history]
-    plot_learning_curves(rows, run_dir / "learning_curves.png")
+    plot_learning_curves([asdict(r) for r in fit.history], run_dir / "learning_curves.png")
     plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
                           run_dir / "confusion_matrix.png")
-    result = TrainResult(
+    result = result_type(
         bundle=str(bundle_dir), val_accuracy=val_eval.metrics.accuracy,
-        epochs_run=fit.epochs_run, skipped=len(skipped), run_dir=str(run_dir),
+        epochs_run=fit.epochs_run, skipped=n_skipped, run_dir=str(run_dir),
         report=str(run_dir / "report.html"), best_epoch=fit.best_epoch,
         train_images=len(by_split["train"]), val_images=len(by_split["val"]),
         test_accuracy=test_accuracy, stopped_early=fit.stopped_early,
-        seconds=round(time.perf_counter() - started, 1),
+        seconds=round(time.perf_counter() - started, 1), **result_fields,
     )
     write_json_atomic(run_dir / "summary.json", {
         **result.to_dict(), "model": config.model, "data": config.data, "classes": classes,
