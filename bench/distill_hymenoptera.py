@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--mode", default="soft")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--mixup", type=float, default=0.0,
+                        help="mixup alpha for both students (the teacher labels each mixed image)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-distill")
     args = parser.parse_args()
@@ -59,6 +61,7 @@ def main() -> None:
     common: dict[str, Any] = {
         "data": args.data, "model": args.student, "weights": "none", "epochs": args.epochs,
         "stages": END_TO_END, "early_stopping": None, "num_workers": 2, "seed": args.seed,
+        "mixup": args.mixup,
     }
     if args.no_augment:
         # The baseline must not augment either: the same images each epoch for both.
@@ -77,7 +80,7 @@ def main() -> None:
     summary = {
         "student": args.student, "epochs": args.epochs, "seed": args.seed,
         "mode": args.mode, "temperature": args.temperature, "alpha": args.alpha,
-        "augment": not args.no_augment,
+        "augment": not args.no_augment, "mixup": args.mixup,
         "teacher_val_accuracy": distilled.teacher["val_accuracy"],
         "student_without_teacher": plain.val_accuracy,
         "student_with_teacher": distilled.val_accuracy,

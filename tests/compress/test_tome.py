@@ -32,6 +32,32 @@ def test_the_protected_token_is_never_merged_and_r_is_clipped() -> None:
     assert out[:, 0].flatten().tolist() == [0.0, 0.0]
 
 
+def _reference_merge(metric: torch.Tensor, x: torch.Tensor, r: int, protected: int
+                     ) -> torch.Tensor:
+    """ToMe as the paper's code writes it (strided A/B split, scatter_add): the merge must
+    equal it, whatever ops the export-friendly version uses."""
+    free = metric[:, protected:] / metric[:, protected:].norm(dim=-1, keepdim=True)
+    best, partner = (free[:, ::2] @ free[:, 1::2].transpose(-1, -2)).max(dim=-1)
+    order = best.argsort(dim=-1, descending=True)[..., None]
+    head, rest = x[:, :protected], x[:, protected:]
+    src, dst = rest[:, ::2], rest[:, 1::2]
+    batch, n_a, channels = src.shape
+    kept = src.gather(1, order[:, r:].expand(batch, n_a - r, channels))
+    moved = src.gather(1, order[:, :r].expand(batch, r, channels))
+    to = partner[..., None].gather(1, order[:, :r])
+    return torch.cat([head, kept, dst.scatter_add(1, to.expand(batch, r, channels), moved)], 1)
+
+
+@pytest.mark.parametrize(("tokens", "r", "protected"), [(197, 8, 1), (185, 13, 1), (50, 5, 2)])
+def test_the_merge_equals_the_papers_formulation(tokens: int, r: int, protected: int) -> None:
+    generator = torch.Generator().manual_seed(tokens)
+    metric = torch.randn(3, tokens, 16, generator=generator)
+    x = torch.randn(3, tokens, 8, generator=generator)
+    merged = bipartite_soft_matching(metric, r, protected)(x)
+    assert merged.shape == (3, tokens - r, 8)
+    torch.testing.assert_close(merged, _reference_merge(metric, x, r, protected))
+
+
 @pytest.fixture(scope="module")
 def vit() -> torch.nn.Module:
     torch.manual_seed(0)
