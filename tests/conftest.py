@@ -7,12 +7,16 @@ separable but no two images are identical. Nothing here touches the network.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from vitkit.classify.config import TrainConfig
+from vitkit.workflows.train import run_training
 
 # Never reach the Hugging Face hub from tests, even when a developer forgets the variable.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,3 +135,30 @@ class ImageGen:
 @pytest.fixture(scope="session")
 def imagegen() -> type[ImageGen]:
     return ImageGen
+
+
+@pytest.fixture(scope="session")
+def trained_bundles(tiny_image_folder: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> dict[str, Path]:
+    """``{"cnn": bundle, "vit": bundle}``: test_resnet and test_vit, 2 epochs on the tiny
+    3-class folder (read-only: copy one with ``fresh_bundle`` before adding variants)."""
+    root = tmp_path_factory.mktemp("trained-bundles")
+    bundles = {}
+    for family, model in (("cnn", "test_resnet"), ("vit", "test_vit")):
+        config = TrainConfig(data=str(tiny_image_folder), model=model, weights="none",
+                             epochs=2, batch_size=8, out=str(root / family))
+        result = run_training(config, progress=False)
+        bundles[family] = Path(result.bundle)
+    return bundles
+
+
+@pytest.fixture
+def fresh_bundle(trained_bundles: dict[str, Path], tmp_path: Path) -> Callable[[str], Path]:
+    """A private copy of a trained bundle (``"cnn"`` or ``"vit"``) that a test may change."""
+
+    def copy(family: str) -> Path:
+        target = tmp_path / f"{family}-bundle"
+        shutil.copytree(trained_bundles[family], target)
+        return target
+
+    return copy

@@ -47,8 +47,10 @@ class Predictor:
     """
 
     def __init__(self, model: ImageClassifier | None, meta: BundleMeta, device: str = "cpu",
-                 runtime: Runtime | None = None, variant: Variant | None = None) -> None:
+                 runtime: Runtime | None = None, variant: Variant | None = None,
+                 source: Path | None = None) -> None:
         self.meta = meta
+        self.source = source  # the bundle folder, when loaded from one
         self.device = torch.device(device)
         self.model = None
         if model is not None:
@@ -62,6 +64,19 @@ class Predictor:
         self.labels: list[str] = list(meta.labels)
         self.preprocessing = Preprocessing.model_validate(meta.preprocessing)
         self.transform = eval_transform(self.preprocessing)
+
+    def torch_model(self) -> ImageClassifier:
+        """The bundle's fp32 torch model (features, gradients): the one this predictor runs, or,
+        for a variant on another runtime or in int8, loaded from the bundle on first use."""
+        if self.model is None:
+            if self.source is None:
+                raise VitkitError("this predictor has no torch model and no bundle to load "
+                                  "one from; load it with vitkit.load(bundle).")
+            model = rebuild(BackboneSpec.from_dict(self.meta.backbone),
+                            num_classes=len(self.meta.labels))
+            load_weights(self.source, model.model)
+            self.model = model.eval().to(self.device)
+        return self.model
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes), float32 on the CPU, for a preprocessed batch (B, 3, H, W)."""
@@ -112,11 +127,11 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
         model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
         load_weights(path, model.model)
         if chosen.name == "torch-fp32":
-            return Predictor(model, meta, device=device, variant=chosen)
+            return Predictor(model, meta, device=device, variant=chosen, source=Path(path))
         model = model.eval()
     runtime = open_runtime(path, chosen, model, device=device, threads=threads)
     return Predictor(model if chosen.precision != "int8" else None, meta, device=device,
-                     runtime=runtime, variant=chosen)
+                     runtime=runtime, variant=chosen, source=Path(path))
 
 
 def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionError]]:
