@@ -299,3 +299,15 @@ def test_expand_paths(tmp_path: Path) -> None:
     assert [m.path for m in missing] == [str(tmp_path / "missing.png"),
                                          str(tmp_path / "none-*.png")]
     assert all("no such file" in m.error for m in missing)
+
+
+def test_save_tensors_adds_a_file_to_a_bundle_and_refuses_other_folders(tmp_path: Path) -> None:
+    from vitkit.bundle import load_tensors, save_tensors
+
+    bundle = save_bundle(tmp_path / "b", torch.nn.Linear(2, 2), BundleMeta(
+        backbone={"name": "x"}, labels=["a", "b"], preprocessing={}))
+    save_tensors(bundle, "ood.safetensors", {"mean": torch.arange(3.0)})
+    assert load_tensors(bundle, "ood.safetensors")["mean"].tolist() == [0.0, 1.0, 2.0]
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]
+    with pytest.raises(BundleError):
+        save_tensors(tmp_path, "ood.safetensors", {"mean": torch.zeros(1)})

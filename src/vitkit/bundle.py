@@ -150,6 +150,23 @@ def load_tensors(path: Path | str, filename: str) -> dict[str, torch.Tensor]:
         raise BundleError(f"{file} is damaged ({exc}); fit the bundle again.") from exc
 
 
+def save_tensors(path: Path | str, filename: str, tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Adds (or replaces) one extra safetensors file in an existing bundle, atomically: a
+    reader sees the old file or the new one, never half of one. Record what it holds in
+    ``vitkit.json`` with :func:`update_meta` afterwards."""
+    path = Path(path)
+    read_meta(path)  # refuse to write into something that is not a bundle
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=path)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path / filename)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path / filename
+
+
 def update_meta(path: Path | str, **changes: Any) -> BundleMeta:
     """Rewrites ``vitkit.json`` with some keys changed (atomically)."""
     path = Path(path)

@@ -58,6 +58,13 @@ def train(
                                                   "CPU, bf16/fp16 on CUDA).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last "
                                          "checkpoint.")] = False,
+    ood: Annotated[bool | None, typer.Option(
+        "--ood/--no-ood", help="Fit out-of-distribution statistics into the bundle at the end, "
+                               "so predict answers 'unknown' for unfamiliar images. "
+                               "(default: on)")] = None,
+    calibrate: Annotated[bool | None, typer.Option(
+        "--calibrate/--no-calibrate", help="Fit temperature scaling on the validation images "
+                                           "into the bundle at the end. (default: on)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -72,10 +79,12 @@ def train(
     from vitkit.workflows.train import resolve_resume_config, run_training
 
     given = {"data": data, "model": model, "weights": weights, "epochs": epochs, "out": out,
-             "batch_size": batch_size, "seed": seed, "device": device, "precision": precision}
+             "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+             "trust": {"ood": ood, "calibrate": calibrate}}
     cfg = load_config(TrainConfig, config, given)
     if resume:
-        changed = {k for k, v in given.items() if v is not None}
+        changed = {k for k, v in given.items()
+                   if v is not None and not (isinstance(v, dict) and set(v.values()) == {None})}
         cfg = resolve_resume_config(Path(cfg.out), cfg, changed)
     result = run_training(cfg, resume=resume, progress=not quiet)
     if json_out:

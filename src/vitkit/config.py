@@ -31,7 +31,13 @@ def load_config(cls: type[ConfigT], path: Path | None, overrides: dict[str, Any]
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of option names to values.")
         data.update(loaded)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if isinstance(value, dict):  # a section: only the keys given, over the file's
+            given = {k: v for k, v in value.items() if v is not None}
+            if given:
+                data[key] = {**(data.get(key) or {}), **given}
+        elif value is not None:
+            data[key] = value
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -374,3 +374,11 @@ def test_damaged_or_foreign_checkpoint(tmp_path: Path) -> None:
     torch.save({"format": CHECKPOINT_FORMAT + 1}, foreign)
     with pytest.raises(VitkitError, match="another vitkit version"):
         load_checkpoint(foreign)
+
+
+def test_a_flag_in_a_section_keeps_the_sections_other_keys_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("trust:\n  calibrate: false\n  explain_examples: 2\n")
+    cfg = load_config(TrainConfig, path, {"trust": {"ood": False, "calibrate": None}})
+    assert (cfg.trust.ood, cfg.trust.calibrate, cfg.trust.explain_examples) == (False, False, 2)
+    assert load_config(TrainConfig, None, {"trust": {"ood": None}}).trust.ood is True

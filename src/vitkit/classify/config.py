@@ -48,6 +48,16 @@ class EarlyStopping(_Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
+class TrustConfig(_Strict):
+    """What training measures and stores after the weights are final (see workflows/trust)."""
+
+    ood: bool = Field(True, description="fit out-of-distribution statistics into the bundle")
+    calibrate: bool = Field(True, description="fit temperature scaling on val into the bundle")
+    explain_examples: int = Field(8, ge=0, description="validation images explained in the "
+                                                       "report (0: none)")
+    feature_map: bool = Field(True, description="2-D t-SNE view of val features in the report")
+
+
 class TrainConfig(_Strict):
     """Everything `vitkit train` does; save it with the run to repeat it exactly."""
 
@@ -74,6 +84,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     num_workers: int = Field(2, ge=0)
     max_pixels: int = Field(50_000_000, gt=0)
+    trust: TrustConfig = TrustConfig()
     out: str = "runs/train"
 
     @model_validator(mode="after")

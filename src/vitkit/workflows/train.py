@@ -36,6 +36,7 @@ from vitkit.data import (
 from vitkit.errors import ConfigError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
+from vitkit.workflows.trust import TrustContext, after_training
 
 CONFIG_FILE = "config.yaml"
 
@@ -171,6 +172,7 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
     plot_learning_curves([asdict(r) for r in fit.history], run_dir / "learning_curves.png")
     plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
                           run_dir / "confusion_matrix.png")
+    after_training(TrustContext(bundle_dir, run_dir, config, by_split, progress))
     result = result_type(
         bundle=str(bundle_dir), val_accuracy=val_eval.metrics.accuracy,
         epochs_run=fit.epochs_run, skipped=n_skipped, run_dir=str(run_dir),
