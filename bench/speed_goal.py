@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="a deit_tiny_patch16_224 classifier bundle")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vitkit-speed-goal"))
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--tome", type=int, default=8, help="tokens merged per block; 0 = skip")
+    parser.add_argument("--tome", default="8,16",
+                        help="tokens merged per block, comma-separated rates; 0 = skip")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
@@ -88,8 +89,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bundle = args.bundle or train_deit(args.out, args.epochs)
     made = [quantize_bundle(bundle, max_drop=100.0)]  # checked against the goal below
-    if args.tome:
-        made.append(quantize_bundle(bundle, tome=args.tome, max_drop=100.0))
+    for rate in [int(r) for r in args.tome.split(",") if int(r) > 0]:
+        made.append(quantize_bundle(bundle, tome=rate, max_drop=100.0))
     names = ["torch-fp32", *[m.variant.name for m in made]]
     timings = measure(bundle, names, args.rounds,
                       Budget(warmup_runs=3, min_runs=20, min_seconds=2.0, max_seconds=6.0,
