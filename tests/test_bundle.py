@@ -191,11 +191,11 @@ def test_other_task_is_not_loaded_as_classifier(saved: tuple[Path, CreatedModel]
 def test_unknown_keys_survive_reads_and_updates(saved: tuple[Path, CreatedModel],
                                                 tmp_path: Path) -> None:
     path = _copy(saved, tmp_path)
-    _edit_meta(path, ood={"threshold": 0.5})
+    _edit_meta(path, future_section={"threshold": 0.5})
     meta = update_meta(path, train={"epochs_run": 4})
     assert meta.train == {"epochs_run": 4}
     raw = json.loads((path / META_FILE).read_text())
-    assert raw["ood"] == {"threshold": 0.5}
+    assert raw["future_section"] == {"threshold": 0.5}
     assert raw["train"] == {"epochs_run": 4}
     assert [p.name for p in path.iterdir() if p.name.startswith(".")] == []
     load(path)
@@ -311,3 +311,10 @@ def test_save_tensors_adds_a_file_to_a_bundle_and_refuses_other_folders(tmp_path
     assert not [p for p in bundle.iterdir() if p.name.startswith(".")]
     with pytest.raises(BundleError):
         save_tensors(tmp_path, "ood.safetensors", {"mean": torch.zeros(1)})
+
+
+def test_files_written_atomically_are_readable_by_others(tmp_path: Path) -> None:
+    from vitkit.bundle import write_json_atomic
+
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044  # group/other read (umask 022)

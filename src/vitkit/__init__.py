@@ -15,15 +15,17 @@ if TYPE_CHECKING:
 
 
 def load(path: str | Path, device: str = "cpu", variant: str | None = None,
-         threads: int | None = None) -> Predictor:
+         threads: int | None = None, ood: bool = True) -> Predictor:
     """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``.
 
     ``variant`` picks the runtime and precision (``torch-fp32`` by default; ``onnx-fp32``,
     ``openvino-int8``, … once exported or quantized): the Predictor is the same either way.
+    With ``ood`` (default) and an OOD fit in the bundle, images unlike the training data are
+    predicted as "unknown" (``ood=False``: always a class).
     """
     from vitkit.classify.predict import load as _load
 
-    return _load(path, device=device, variant=variant, threads=threads)
+    return _load(path, device=device, variant=variant, threads=threads, ood=ood)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:

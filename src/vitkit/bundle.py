@@ -159,6 +159,7 @@ def save_tensors(path: Path | str, filename: str, tensors: Mapping[str, torch.Te
     fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=path)
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
         os.replace(tmp, path / filename)
     except BaseException:
@@ -180,6 +181,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode())
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
@@ -187,3 +189,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0644 under the usual umask):
+    ``mkstemp`` makes files private (0600), which would hide a bundle from a service account."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

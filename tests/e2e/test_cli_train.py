@@ -98,8 +98,9 @@ def test_train_writes_the_run_folder(trained: TrainedRun) -> None:
                  "bundle/vitkit.json", "bundle/model.safetensors"):
         assert (run / name).is_file(), name
         assert (run / name).stat().st_size > 0, name
-    assert sorted(p.name for p in (run / "bundle").iterdir()) == ["model.safetensors",
-                                                                   "vitkit.json"]
+    assert sorted(p.name for p in (run / "bundle").iterdir()) == [
+        "model.safetensors", "ood.safetensors", "vitkit.json"]
+    assert (run / "ood.json").is_file() and (run / "feature_map.png").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     metrics = read_csv(run / "metrics.csv")
@@ -166,7 +167,7 @@ def test_predict_files_folders_globs_and_errors(trained: TrainedRun, tmp_path: P
     out_csv = tmp_path / "predictions.csv"
     proc = run_cli("predict", trained.result["bundle"], red[0], trained.data / "green",
                    str(trained.data / "blue" / "*.png"), missing, broken, "--json",
-                   "--top-k", 2, "--csv", out_csv)
+                   "--top-k", 2, "--csv", out_csv, "--no-ood")  # "unknown": tests/e2e/test_cli_ood
     results = json_out(proc)
     assert isinstance(results, list)
     errors = [r for r in results if "error" in r]

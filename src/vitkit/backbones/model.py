@@ -61,6 +61,22 @@ class ImageClassifier(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-logits embedding (B, num_features) and logits from one backbone pass. The
+        logits are the model's own (a distilled DeiT averages two heads over two tokens, which
+        no single head on the pooled embedding reproduces)."""
+        if self.source == "timm":
+            tokens = self.model.forward_features(x)  # type: ignore[operator]
+            features = self.model.forward_head(tokens, pre_logits=True)  # type: ignore[operator]
+            return features, self.model.forward_head(tokens)  # type: ignore[operator]
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0]))
+        try:
+            logits = self.model(pixel_values=x).logits
+        finally:
+            handle.remove()
+        return captured[0].flatten(1), logits
+
     def head_parameter_names(self) -> set[str]:
         head_ids = {id(p) for p in self.head.parameters()}
         return {n for n, p in self.model.named_parameters() if id(p) in head_ids}

@@ -38,12 +38,11 @@ class Embeddings:
 @torch.no_grad()
 def embed_batch(model: ImageClassifier, images: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, D), logits (B, C)) of a preprocessed batch, float32 on the CPU; the logits
-    are the head applied to exactly these features."""
+    """(features (B, D), logits (B, C)) of a preprocessed batch, float32 on the CPU, from one
+    backbone pass."""
     device = next(model.parameters()).device
-    features = model.forward_features(images.to(device)).float()
-    logits = model.forward_head(features).float()
-    return features.cpu(), logits.cpu()
+    features, logits = model.features_and_logits(images.to(device))
+    return features.float().cpu(), logits.float().cpu()
 
 
 def embed_paths(predictor: Predictor, paths: Sequence[Path | str], batch_size: int = 32,

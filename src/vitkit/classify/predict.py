@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
 from vitkit.bundle import BundleMeta, load_weights, read_meta
+from vitkit.classify.tta import TtaTiming, check_tta, views
 from vitkit.compress.runtimes import Runtime, TorchRuntime, open_runtime
 from vitkit.compress.variants import Variant, find_variant
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
 from vitkit.data.files import find_images
 from vitkit.errors import VitkitError
+
+if TYPE_CHECKING:
+    from vitkit.ood import OodDetector
+
+UNKNOWN = "unknown"
+"""The label of an image the bundle's OOD detector flags as unlike the training data."""
 
 
 @dataclass
@@ -24,9 +32,14 @@ class Prediction:
     label: str
     score: float
     topk: list[dict[str, Any]] = field(default_factory=list)
+    ood_score: float | None = None  # set when the bundle has an OOD fit; higher = less familiar
+    ood: bool | None = None  # True: out of distribution, and ``label`` is "unknown"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "label": self.label, "score": self.score, "topk": self.topk}
+        out = {"path": self.path, "label": self.label, "score": self.score, "topk": self.topk}
+        if self.ood_score is not None:
+            out.update(ood=self.ood, ood_score=self.ood_score)
+        return out
 
 
 @dataclass
@@ -64,6 +77,12 @@ class Predictor:
         self.labels: list[str] = list(meta.labels)
         self.preprocessing = Preprocessing.model_validate(meta.preprocessing)
         self.transform = eval_transform(self.preprocessing)
+        # Temperature scaling fitted into the bundle (`vitkit calibrate`); 1.0 when none.
+        self.temperature = float(((meta.model_extra or {}).get("calibration") or {})
+                                 .get("temperature", 1.0))
+        self.tta = "none"  # test-time augmentation of predict_proba: none, flip, flip-scale
+        # The bundle's OOD detector (`load(..., ood=True)`); None: every image gets a class.
+        self.ood: OodDetector | None = None
 
     def torch_model(self) -> ImageClassifier:
         """The bundle's fp32 torch model (features, gradients): the one this predictor runs, or,
@@ -82,10 +101,37 @@ class Predictor:
         """Logits (B, num_classes), float32 on the CPU, for a preprocessed batch (B, 3, H, W)."""
         return self.runtime(batch)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from raw logits: ``softmax(logits / temperature)``."""
+        return (logits.float() / self.temperature).softmax(dim=1)
+
+    def predict_proba(self, batch: torch.Tensor, timing: TtaTiming | None = None
+                      ) -> torch.Tensor:
+        """Calibrated probabilities (B, num_classes) of a preprocessed batch, averaged over the
+        test-time augmentation views of ``self.tta``; ``timing`` collects what they cost."""
+        if timing is not None and not timing.warmed_up:
+            self(batch)  # first calls pay for lazy setup; keep that out of the comparison
+            timing.warmed_up = True
+        started = time.perf_counter()
+        remaining = views(batch, self.tta)
+        total = self.probabilities(self(next(remaining)))
+        if timing is not None:
+            timing.plain_seconds += time.perf_counter() - started
+        n_views = 1
+        for view in remaining:
+            total = total + self.probabilities(self(view))
+            n_views += 1
+        if timing is not None:
+            timing.total_seconds += time.perf_counter() - started
+            timing.images += len(batch)
+        return total / n_views
+
     def predict_paths(
-        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 32
+        self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 32,
+        timing: TtaTiming | None = None,
     ) -> Iterator[Prediction | PredictionError]:
-        """Predicts images in batches; an unreadable file yields an error, not an exception."""
+        """Predicts images in batches; an unreadable file yields an error, not an exception.
+        Scores are calibrated probabilities, averaged over the views of ``self.tta``."""
         k = max(1, min(top_k, len(self.labels)))
         pending: list[tuple[Path, torch.Tensor]] = []
         for path in paths:
@@ -96,28 +142,71 @@ class Predictor:
                 continue
             pending.append((path, self.transform(image)))
             if len(pending) == batch_size:
-                yield from self._predict_batch(pending, k)
+                yield from self._predict_batch(pending, k, timing)
                 pending = []
         if pending:
-            yield from self._predict_batch(pending, k)
+            yield from self._predict_batch(pending, k, timing)
 
     def _predict_batch(
-        self, items: list[tuple[Path, torch.Tensor]], k: int
+        self, items: list[tuple[Path, torch.Tensor]], k: int, timing: TtaTiming | None = None
     ) -> Iterator[Prediction]:
-        probs = self(torch.stack([t for _, t in items])).softmax(dim=1)
+        batch = torch.stack([t for _, t in items])
+        ood_scores = None
+        if self.ood is None:
+            probs = self.predict_proba(batch, timing)
+        else:
+            probs, ood_scores = self._proba_and_ood_scores(batch, timing)
         scores, indices = probs.topk(k, dim=1)
-        for (path, _), row_scores, row_idx in zip(items, scores, indices, strict=True):
+        for row, ((path, _), row_scores, row_idx) in enumerate(
+                zip(items, scores, indices, strict=True)):
             topk = [{"label": self.labels[int(i)], "score": float(s)}
                     for s, i in zip(row_scores, row_idx, strict=True)]
-            yield Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
+            prediction = Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
+            if ood_scores is not None and self.ood is not None:
+                prediction.ood_score = float(ood_scores[row])
+                prediction.ood = bool(self.ood.is_unknown([ood_scores[row]])[0])
+                if prediction.ood:
+                    prediction.label = UNKNOWN
+            yield prediction
+
+    def _proba_and_ood_scores(self, batch: torch.Tensor, timing: TtaTiming | None
+                              ) -> tuple[torch.Tensor, Any]:
+        """Probabilities and OOD scores of a batch. One forward pass gives both features and
+        logits when this predictor runs the fp32 torch model without test-time augmentation;
+        otherwise the runtime gives the probabilities and the fp32 model the features."""
+        from vitkit.classify.embed import embed_batch  # embed imports this module
+
+        assert self.ood is not None
+        if (timing is None and self.tta == "none" and self.model is not None
+                and self.variant.name == "torch-fp32"):
+            features, logits = embed_batch(self.model, batch)
+            probs = self.probabilities(logits)
+        else:
+            probs = self.predict_proba(batch, timing)
+            features, logits = embed_batch(self.torch_model(), batch)
+        return probs, self.ood.score(features, logits)
 
 
 def load(path: str | Path, device: str = "cpu", variant: str | None = None,
-         threads: int | None = None) -> Predictor:
+         threads: int | None = None, tta: str = "none", ood: bool = True) -> Predictor:
     """Loads a bundle as a :class:`Predictor` on the runtime of ``variant`` (default
     ``torch-fp32``; see ``vitkit bench BUNDLE`` for the list). Weights come from safetensors;
     nothing is unpickled. A TorchScript variant runs the graph stored in the bundle: load
-    those only from bundles you trust, as with any program."""
+    those only from bundles you trust, as with any program. ``tta`` sets the test-time
+    augmentation of :meth:`Predictor.predict_proba` (none, flip or flip-scale). With ``ood``
+    (default) and an OOD fit in the bundle, :meth:`Predictor.predict_paths` labels images
+    unlike the training data "unknown" (see :mod:`vitkit.ood`)."""
+    predictor = _load(path, device, variant, threads)
+    predictor.tta = check_tta(tta)
+    if ood:
+        from vitkit.ood import load_detector  # ood sits beside classify: loaded on demand
+
+        predictor.ood = load_detector(path)
+    return predictor
+
+
+def _load(path: str | Path, device: str, variant: str | None, threads: int | None
+          ) -> Predictor:
     meta = read_meta(path)
     if meta.task != "classify":
         raise VitkitError(f"{path} is a '{meta.task}' bundle, not a classifier.")

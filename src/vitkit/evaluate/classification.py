@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vitkit.classify.predict import Predictor
+from vitkit.classify.tta import TtaTiming
 from vitkit.console import make_progress
 from vitkit.data import ImageDataset, Sample, make_loader
 from vitkit.evaluate.metrics import ClassificationMetrics, classification_metrics
@@ -45,8 +46,13 @@ def evaluate_samples(
     num_workers: int = 0,
     progress: bool = True,
     description: str = "evaluating",
+    timing: TtaTiming | None = None,
 ) -> Evaluation:
-    """Runs ``predictor`` over ``samples`` (already validated) and computes all metrics."""
+    """Runs ``predictor`` over ``samples`` (already validated) and computes all metrics.
+
+    Probabilities are the predictor's calibrated ones (its temperature), averaged over its
+    test-time augmentation views; ``timing`` collects what those views cost.
+    """
     class_to_idx = {label: i for i, label in enumerate(predictor.labels)}
     dataset = ImageDataset(samples, class_to_idx, predictor.transform)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0,
@@ -55,7 +61,7 @@ def evaluate_samples(
     with make_progress(progress) as bar:
         task = bar.add_task(description, total=len(dataset), stats="") if bar else None
         for images, y in loader:
-            chunks.append(predictor(images).softmax(1))
+            chunks.append(predictor.predict_proba(images, timing))
             targets.append(y)
             if bar is not None and task is not None:
                 bar.update(task, advance=len(y))

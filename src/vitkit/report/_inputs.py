@@ -16,6 +16,17 @@ LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 PREDICTIONS = "predictions.json"
 SKIPPED = "skipped.csv"
+# Trust files: optional, each section of the report's Trust part says how to produce its own.
+CALIBRATION = "calibration.json"
+RELIABILITY = "reliability.png"
+OOD = "ood.json"
+EXPLANATIONS_DIR = "explanations"
+EXPLANATIONS = f"{EXPLANATIONS_DIR}/explanations.json"
+FEATURE_MAP = "feature_map.json"
+FEATURE_MAP_PNG = "feature_map.png"
+ROBUSTNESS = "robustness.json"
+ROBUSTNESS_PNG = "robustness.png"
+FAIRNESS = "fairness.json"
 
 # What each file contributes, for the "missing inputs" notice.
 PURPOSE = {
@@ -25,6 +36,25 @@ PURPOSE = {
     PREDICTIONS: "sample predictions",
     SKIPPED: "list of skipped files",
 }
+
+
+@dataclass
+class TrustInputs:
+    """The trust files of a run directory; ``None`` means absent or unreadable.
+
+    ``explanations`` is the list of records of ``explanations/explanations.json`` (the file may
+    also be an object with an ``explanations`` list, as ``vitkit explain --json`` prints).
+    """
+
+    calibration: dict | None = None
+    reliability_png: bytes | None = None
+    ood: dict | None = None
+    explanations: list | None = None
+    feature_map: dict | None = None
+    feature_map_png: bytes | None = None
+    robustness: dict | None = None
+    robustness_png: bytes | None = None
+    fairness: dict | None = None
 
 
 @dataclass
@@ -40,6 +70,8 @@ class RunInputs:
         skipped: Rows of ``skipped.csv``.
         learning_curves_png: Bytes of a valid ``learning_curves.png``.
         confusion_matrix_png: Bytes of a valid ``confusion_matrix.png``.
+        trust: The optional trust files (calibration, OOD, explanations, feature map,
+            robustness, fairness); their absence is not listed in ``missing``.
         missing: Names of the expected files that do not exist.
         problems: ``(file name, message)`` for files that exist but could not be used.
     """
@@ -52,6 +84,7 @@ class RunInputs:
     skipped: list[dict[str, str]] | None = None
     learning_curves_png: bytes | None = None
     confusion_matrix_png: bytes | None = None
+    trust: TrustInputs = field(default_factory=TrustInputs)
     missing: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
@@ -69,10 +102,41 @@ def read_run(run_dir: Path) -> RunInputs:
     run.skipped = _read_csv(run, SKIPPED)
     run.learning_curves_png = _read_png(run, LEARNING_CURVES)
     run.confusion_matrix_png = _read_png(run, CONFUSION_MATRIX)
+    run.trust = read_trust(run)
     return run
 
 
-def _read_json(run: RunInputs, name: str, kind: type) -> object | None:
+def read_trust(run: RunInputs) -> TrustInputs:
+    """Read the trust files of ``run`` that exist; broken ones go to ``run.problems``."""
+    trust = TrustInputs()
+    trust.calibration = _optional_dict(run, CALIBRATION)
+    trust.reliability_png = _read_png(run, RELIABILITY)
+    trust.ood = _optional_dict(run, OOD)
+    explanations = None
+    if (run.run_dir / EXPLANATIONS).is_file():
+        explanations = _read_json(run, EXPLANATIONS, (list, dict))
+    if isinstance(explanations, dict):
+        explanations = explanations.get("explanations")
+        if not isinstance(explanations, list):
+            run.problems.append((EXPLANATIONS, "should hold a list of explanations"))
+    trust.explanations = explanations if isinstance(explanations, list) else None
+    trust.feature_map = _optional_dict(run, FEATURE_MAP)
+    trust.feature_map_png = _read_png(run, FEATURE_MAP_PNG)
+    trust.robustness = _optional_dict(run, ROBUSTNESS)
+    trust.robustness_png = _read_png(run, ROBUSTNESS_PNG)
+    trust.fairness = _optional_dict(run, FAIRNESS)
+    return trust
+
+
+def _optional_dict(run: RunInputs, name: str) -> dict | None:
+    """A JSON object file; unlike :func:`_read_json`, absence is not recorded as missing."""
+    if not (run.run_dir / name).is_file():
+        return None
+    value = _read_json(run, name, dict)
+    return value if isinstance(value, dict) else None
+
+
+def _read_json(run: RunInputs, name: str, kind: type | tuple[type, ...]) -> object | None:
     path = run.run_dir / name
     if not path.is_file():
         run.missing.append(name)

@@ -82,6 +82,11 @@ figcaption { padding: 8px 10px 10px; font-size: 13px; display: flex; flex-direct
 .score { color: var(--muted); font-variant-numeric: tabular-nums; }
 figcaption .path { color: var(--muted); font-size: 11px; margin-top: 3px;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.part-head { margin: 32px 0 4px; padding-top: 16px; border-top: 2px solid var(--line); }
+.part-head h2 { font-size: 22px; margin-bottom: 4px; }
+.part-head .lead { margin: 0; }
+.note { color: var(--muted); font-size: 13px; margin: 6px 0; }
+figure.prediction.neutral { border-color: var(--line); }
 .footer { color: var(--muted); font-size: 12px; margin-top: 24px; text-align: center; }
 @media print { html { background: #fff; } .card, .metric { box-shadow: none; }
   figure.prediction { break-inside: avoid; } }

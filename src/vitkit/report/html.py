@@ -29,6 +29,7 @@ from vitkit.report._inputs import (
 from vitkit.report._io import atomic_write_text
 from vitkit.report._style import CSS
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
+from vitkit.report.trust import render_trust
 
 DEFAULT_MAX_PREDICTIONS = 120
 _MAX_SKIPPED_ROWS = 500
@@ -93,6 +94,7 @@ def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS
             _training(run),
             _evaluation(run),
             _predictions(run, max_predictions),
+            render_trust(run),
             _skipped(run),
             _footer(run),
         ]

@@ -189,6 +189,176 @@ def render_confusion_matrix(
     return _png(fig)
 
 
+def plot_reliability(
+    bins: Mapping[str, Sequence] | object,
+    out: Path,
+    after: Mapping[str, Sequence] | object | None = None,
+    temperature: float | None = None,
+) -> Path:
+    """Plot a reliability diagram (and, with ``after``, the one after temperature scaling).
+
+    Bars are the accuracy of each confidence bin; the diagonal is perfect calibration; the
+    shaded part of each bar is its gap to the bin's mean confidence. ECE is in the title.
+
+    Args:
+        bins: Reliability bins before scaling: a ``ReliabilityBins`` or its ``to_dict()``
+            (``edges``, ``counts``, ``accuracy``, ``confidence``; empty bins ``None``).
+        out: Destination PNG path (written atomically).
+        after: The same after temperature scaling, drawn in a second panel.
+        temperature: The fitted temperature, named in the second panel's title.
+
+    Returns:
+        ``out``.
+    """
+    return atomic_write_bytes(Path(out), render_reliability(bins, after, temperature))
+
+
+def render_reliability(
+    bins: Mapping[str, Sequence] | object,
+    after: Mapping[str, Sequence] | object | None = None,
+    temperature: float | None = None,
+) -> bytes:
+    """Render :func:`plot_reliability` to PNG bytes."""
+    panels = [("Before temperature scaling" if after is not None else "Reliability", bins)]
+    if after is not None:
+        name = f"After (T = {temperature:.3g})" if temperature is not None else "After"
+        panels.append((name, after))
+    fig = Figure(figsize=(4.6 * len(panels), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, panel_bins) in zip(axes, panels, strict=True):
+        _reliability_panel(ax, _bins_dict(panel_bins), name)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=len(handles), frameon=False,
+               fontsize=8)
+    return _png(fig)
+
+
+def _reliability_panel(ax: Axes, bins: Mapping[str, Sequence], title: str) -> None:
+    edges = np.asarray(bins["edges"], dtype=np.float64)
+    counts = np.asarray(bins["counts"], dtype=np.float64)
+    acc = np.array([_number(v) for v in bins["accuracy"]])
+    conf = np.array([_number(v) for v in bins["confidence"]])
+    filled = (counts > 0) & ~np.isnan(acc) & ~np.isnan(conf)
+    lo, width = edges[:-1][filled], np.diff(edges)[filled]
+    total = counts.sum()
+    ece = float((counts[filled] * np.abs(acc[filled] - conf[filled])).sum() / total) if total else 0
+    ax.bar(lo, acc[filled], width=width, align="edge", color=_TRAIN_COLOR, alpha=0.85,
+           edgecolor="white", linewidth=0.8, label="accuracy")
+    gap_lo = np.minimum(acc[filled], conf[filled])
+    ax.bar(lo, np.abs(acc[filled] - conf[filled]), bottom=gap_lo, width=width, align="edge",
+           color=_VAL_COLOR, alpha=0.3, hatch="//", edgecolor=_VAL_COLOR, linewidth=0.5,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#57606a", linewidth=1.2,
+            label="perfect calibration")
+    for x, w, count in zip(lo, width, counts[filled], strict=True):
+        # How many images each bar stands for: a bar of two images says little.
+        ax.text(x + w / 2, 0.015, f"{int(count)}", ha="center", va="bottom", fontsize=6,
+                color="white", rotation=90)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {ece:.3f}  (n = {int(total)}; images per bar at its foot)",
+                 loc="left", fontsize=10, fontweight="bold")
+    ax.grid(True, color="#d0d7de", linewidth=0.6, alpha=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _bins_dict(bins: object) -> Mapping[str, Sequence]:
+    to_dict = getattr(bins, "to_dict", None)
+    data = to_dict() if callable(to_dict) else bins
+    if not isinstance(data, Mapping) or not {"edges", "counts", "accuracy",
+                                             "confidence"} <= data.keys():
+        raise ValueError("reliability bins need edges, counts, accuracy and confidence")
+    return data
+
+
+def plot_robustness(result: Mapping[str, object], out: Path) -> Path:
+    """Plot accuracy against severity for each corruption and against epsilon for each
+    attack (one panel each; the dashed line is the clean accuracy) to a PNG file.
+
+    Args:
+        result: ``vitkit robustness --json`` output: ``clean_accuracy``, ``corruptions``
+            (``name``, ``severity``, ``accuracy``) and ``adversarial`` (``attack``,
+            ``epsilon`` in 1/255 units, ``accuracy``, ``transferred``).
+        out: Destination PNG path (written atomically).
+
+    Returns:
+        ``out``.
+    """
+    return atomic_write_bytes(Path(out), render_robustness(result))
+
+
+def render_robustness(result: Mapping[str, object]) -> bytes:
+    """Render :func:`plot_robustness` to PNG bytes."""
+    clean = _number(result.get("clean_accuracy"))
+    families: dict[str, list[tuple[float, float]]] = {}
+    for row in _rows(result, "corruptions"):
+        families.setdefault(str(row.get("name")), []).append(
+            (_number(row.get("severity")), _number(row.get("accuracy"))))
+    attacks: dict[str, list[tuple[float, float]]] = {}
+    transferred = False
+    for row in _rows(result, "adversarial"):
+        attacks.setdefault(str(row.get("attack")).upper(), []).append(
+            (_number(row.get("epsilon")), _number(row.get("accuracy"))))
+        transferred = transferred or bool(row.get("transferred"))
+    panels = len(families) + (1 if attacks else 0)
+    if panels == 0:
+        raise ValueError("no corruption or attack results to plot")
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    fig = Figure(figsize=(4.0 * columns, 3.2 * rows), layout="constrained")
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax, (name, points) in zip(axes, families.items(), strict=False):
+        if name in _IDENTITY and not math.isnan(clean):
+            points.append((_IDENTITY[name], clean))  # zero strength: the clean accuracy
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=_TRAIN_COLOR,
+                linewidth=1.8)
+        _robustness_axes(ax, name.replace("_", " "), _SEVERITY_UNITS.get(name, "severity"),
+                         clean)
+    if attacks:
+        ax = axes[len(families)]
+        for (name, points), color in zip(attacks.items(), _STAGE_COLORS, strict=False):
+            if not math.isnan(clean):
+                points.append((0.0, clean))
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color,
+                    linewidth=1.8, label=name)
+        title = "adversarial" + (" (transferred from fp32)" if transferred else "")
+        _robustness_axes(ax, title, "epsilon (/255)", clean)
+        ax.legend(fontsize=8, frameon=False)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+_SEVERITY_UNITS = {"noise": "sigma ([0,1] pixels)", "blur": "sigma (px)",
+                   "jpeg": "quality", "brightness": "factor", "contrast": "factor"}
+# The strength at which a corruption changes nothing (JPEG has none: quality 100 still loses).
+_IDENTITY = {"noise": 0.0, "blur": 0.0, "brightness": 1.0, "contrast": 1.0}
+
+
+def _rows(result: Mapping[str, object], key: str) -> list[Mapping[str, object]]:
+    rows = result.get(key) or []
+    return [row for row in rows if isinstance(row, Mapping)] if isinstance(rows, list) else []
+
+
+def _robustness_axes(ax: Axes, title: str, xlabel: str, clean: float) -> None:
+    if not math.isnan(clean):
+        ax.axhline(clean, linestyle="--", color="#57606a", linewidth=1, label="clean")
+    if xlabel == "quality":
+        ax.invert_xaxis()  # lower quality is the stronger corruption
+    ax.set_ylim(0, 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_title(title, loc="left", fontweight="bold", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.grid(True, color="#d0d7de", linewidth=0.6, alpha=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def _png(fig: Figure) -> bytes:
     """Encode a figure as PNG bytes."""
     buffer = io.BytesIO()

@@ -23,6 +23,10 @@ from vitkit.classify.predict import Predictor, load
 from vitkit.console import stderr_console
 from vitkit.data import Sample
 from vitkit.errors import VitkitError
+from vitkit.workflows.calibration import calibration_step
+from vitkit.workflows.explain import explain_examples_step
+from vitkit.workflows.feature_map import feature_map_step
+from vitkit.workflows.ood import fit_ood_step
 
 
 @dataclass
@@ -63,6 +67,15 @@ TrustStep = Callable[[TrustContext], None]
 def trust_steps(config: TrainConfig) -> list[tuple[str, TrustStep]]:
     """The steps ``config`` asks for, in order (OOD before calibration: both read features)."""
     steps: list[tuple[str, TrustStep]] = []
+    if config.trust.ood:
+        steps.append(("ood", fit_ood_step))
+    if config.trust.calibrate:
+        steps.append(("calibration", calibration_step))
+    # Steps that change the bundle go above: the feature map only reads features, so it is last.
+    if config.trust.explain_examples > 0:
+        steps.append(("explanations", explain_examples_step))
+    if config.trust.feature_map:
+        steps.append(("feature_map", feature_map_step))
     return steps
 
 

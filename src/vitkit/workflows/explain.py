@@ -1,0 +1,297 @@
+"""`vitkit explain`: heat maps of why a bundle's model decided, written as files.
+
+For every readable image: ``OUT/<stem>.png`` (the map over the image as the model saw it) and
+``OUT/<stem>.npy`` (the raw map, float32, model resolution, scaled to [0, 1]); for the run:
+``OUT/explanations.json`` (a list of records whose ``overlay``/``map`` name files beside it)
+and ``OUT/index.html`` (a grid of the overlays). Unreadable images are skipped and reported.
+
+Explanations need the torch model (gradients for Grad-CAM, attention weights for rollout);
+ONNX Runtime and OpenVINO expose neither, so a bundle's other variants are explained through
+its fp32 torch model, and the result says so.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vitkit.anomaly.overlay import save_png_atomic
+from vitkit.bundle import read_meta, write_json_atomic
+from vitkit.classify.predict import PredictionError, Predictor, expand_paths, load
+from vitkit.compress.variants import find_variant
+from vitkit.console import make_progress, stderr_console
+from vitkit.data import ImageProblem, load_rgb
+from vitkit.errors import ConfigError
+from vitkit.explain.explainer import Explainer
+from vitkit.explain.overlay import model_view, overlay_map
+from vitkit.explain.rollout import DEFAULT_HEAD_FUSION, HeadFusion
+from vitkit.report._io import atomic_write_bytes, atomic_write_text
+from vitkit.report._style import CSS
+
+if TYPE_CHECKING:
+    from vitkit.workflows.trust import TrustContext
+
+EXPLANATIONS_FILE = "explanations.json"
+INDEX_FILE = "index.html"
+RUN_SUBDIR = "explanations"  # inside a training run folder
+
+
+@dataclass
+class Explanation:
+    """One explained image; ``overlay`` and ``map`` are the files written for it."""
+
+    path: str
+    label: str  # predicted class
+    score: float  # its probability
+    target: str  # the class the map explains
+    target_score: float
+    method: str
+    overlay: Path
+    map: Path
+    true: str | None = None  # the known label, for validation images
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """JSON-ready; with ``relative_to``, file paths are relative to that folder."""
+        def where(file: Path) -> str:
+            return file.name if relative_to is not None else str(file)
+
+        out: dict[str, Any] = {
+            "path": self.path, "label": self.label, "score": round(self.score, 6),
+            "class": self.target, "class_score": round(self.target_score, 6),
+            "method": self.method, "overlay": where(self.overlay), "map": where(self.map)}
+        if self.true is not None:
+            out["true"] = self.true
+        return out
+
+
+@dataclass
+class ExplainResult:
+    method: str
+    layer: str | None
+    out_dir: Path
+    explanations: list[Explanation] = field(default_factory=list)
+    skipped: list[PredictionError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "layer": self.layer, "out": str(self.out_dir),
+            "index": str(self.out_dir / INDEX_FILE),
+            "explanations": [e.to_dict() for e in self.explanations],
+            "skipped": [s.to_dict() for s in self.skipped], "notes": self.notes,
+        }
+
+
+def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str = "auto",
+                  target_class: str | None = None, layer: str | None = None,
+                  out_dir: str | Path = "runs/explain", discard_ratio: float = 0.9,
+                  head_fusion: HeadFusion = DEFAULT_HEAD_FUSION, variant: str | None = None,
+                  device: str = "cpu", batch_size: int = 8, cmap: str = "jet",
+                  alpha: float = 0.5, progress: bool = True) -> ExplainResult:
+    """Explains image files, folders (searched recursively) or globs with a bundle's model.
+
+    Raises:
+        VitkitError: Unknown method, class, layer or variant, or no image at all.
+    """
+    notes = []
+    if variant is not None:
+        chosen = find_variant(read_meta(bundle), variant, bundle)
+        if chosen.name != "torch-fp32":
+            notes.append(
+                f"explained with the bundle's fp32 torch model, not {chosen.name}: Grad-CAM needs "
+                "gradients and rollout needs attention weights, which "
+                f"{chosen.runtime} {chosen.precision} does not expose. The predictions shown "
+                "are the torch model's (they match the variant's within its recorded parity).")
+    predictor = load(bundle, device=_device(device))
+    files, missing = expand_paths([str(p) for p in paths])
+    if not files and not missing:
+        raise ConfigError("no images given; pass image files, folders or globs.")
+    result = explain_images(predictor, [(f, None) for f in files], method, target_class, layer,
+                            out_dir, discard_ratio, head_fusion, batch_size, cmap, alpha,
+                            progress)
+    result.skipped[:0] = missing
+    result.notes[:0] = notes
+    return result
+
+
+def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str | None]],
+                   method: str = "auto", target_class: str | None = None,
+                   layer: str | None = None, out_dir: str | Path = "runs/explain",
+                   discard_ratio: float = 0.9, head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
+                   batch_size: int = 8, cmap: str = "jet", alpha: float = 0.5,
+                   progress: bool = True) -> ExplainResult:
+    """Explains ``items`` = ``(path, true label or None)`` and writes the files into
+    ``out_dir`` (see the module doc)."""
+    labels = predictor.labels
+    target_index = _class_index(labels, target_class)
+    pre = predictor.preprocessing
+    explainer = Explainer(predictor.torch_model(), pre.input_size, method, layer,
+                          head_fusion, discard_ratio)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ExplainResult(explainer.method, explainer.layer, out)
+    if target_index is not None and not explainer.class_specific:
+        result.notes.append(f"{explainer.method} does not depend on the class: --class changes "
+                            "the class reported, not the map (use gradcam for a class-specific "
+                            "map).")
+    used_stems: set[str] = set()
+    pending: list[tuple[str, str | None, torch.Tensor]] = []
+
+    empty_maps = 0
+
+    def flush() -> None:
+        nonlocal empty_maps
+        images = torch.stack([t for _, _, t in pending])
+        targets = None if target_index is None else torch.full((len(pending),), target_index)
+        batch = explainer(images, targets)
+        probs = predictor.probabilities(batch.logits)  # calibrated, as `vitkit predict` reports
+        predicted = probs.argmax(dim=1)
+        for i, (path, true, image) in enumerate(pending):
+            stem = _unique_stem(Path(path).stem, used_stems)
+            amap = batch.maps[i].numpy().astype(np.float32)
+            empty_maps += int(not amap.any())
+            overlay = overlay_map(model_view(image, pre.mean, pre.std), amap, cmap, alpha)
+            overlay_file = save_png_atomic(overlay, out / f"{stem}.png")
+            map_file = _save_npy(out / f"{stem}.npy", amap)
+            target = int(batch.targets[i])
+            result.explanations.append(Explanation(
+                path, labels[int(predicted[i])], float(probs[i, predicted[i]]),
+                labels[target], float(probs[i, target]), explainer.method, overlay_file,
+                map_file, true))
+        pending.clear()
+
+    with make_progress(progress) as bar:
+        task = bar.add_task("explaining", total=len(items), stats="") if bar else None
+        for path, true in items:
+            try:
+                image, _ = load_rgb(Path(path))
+                pending.append((str(path), true, predictor.transform(image)))
+            except ImageProblem as problem:
+                result.skipped.append(PredictionError(str(path), problem.reason))
+            if len(pending) == batch_size:
+                flush()
+            if bar is not None and task is not None:
+                bar.update(task, advance=1)
+        if pending:
+            flush()
+    if empty_maps:
+        result.notes.append(
+            f"{empty_maps} of {len(result.explanations)} maps are empty: at "
+            f"{explainer.layer or 'the explained layer'} no region raises the explained class's "
+            "score (usual for an undertrained or unsure model, or for a class the image does not "
+            "show); try --method gradcam++ or an earlier --layer.")
+    write_json_atomic(out / EXPLANATIONS_FILE, [e.to_dict(relative_to=out)
+                                                for e in result.explanations])
+    atomic_write_text(out / INDEX_FILE, render_index(result))
+    return result
+
+
+def explain_examples_step(context: TrustContext) -> None:
+    """Trust step: explains ``config.trust.explain_examples`` validation images into
+    ``run_dir/explanations/`` (mistakes first, up to half, then correct ones spread over the
+    split), with their true labels.
+
+    Raises:
+        VitkitError: No validation image to explain.
+    """
+    embeddings = context.embeddings("val")
+    if len(embeddings) == 0 or embeddings.targets is None:
+        raise ConfigError("no validation images to explain; add a val split (or raise "
+                          "val_fraction) to get explanation examples in the report.")
+    labels = context.predictor.labels
+    chosen = pick_examples(embeddings.logits.argmax(dim=1), embeddings.targets,
+                           context.config.trust.explain_examples)
+    items = [(embeddings.paths[i], labels[int(embeddings.targets[i])]) for i in chosen]
+    result = explain_images(context.predictor, items, out_dir=context.run_dir / RUN_SUBDIR,
+                            batch_size=min(context.config.batch_size, 16), progress=False)
+    if context.progress:
+        where = f", layer {result.layer}" if result.layer else ""
+        stderr_console.print(f"explanations: {len(result.explanations)} validation images "
+                             f"({result.method}{where}) in {result.out_dir}", highlight=False)
+
+
+def pick_examples(predicted: torch.Tensor, targets: torch.Tensor, count: int) -> list[int]:
+    """Indices of up to ``count`` images: mistakes first (at most half, unless there are too
+    few correct ones), then correct predictions spread evenly over the list."""
+    wrong = [i for i in range(len(targets)) if predicted[i] != targets[i]]
+    right = [i for i in range(len(targets)) if predicted[i] == targets[i]]
+    n_wrong = min(len(wrong), max(count // 2, count - len(right)))
+    n_right = min(len(right), count - n_wrong)
+    spread = [right[int(k * len(right) / n_right)] for k in range(n_right)] if n_right else []
+    return wrong[:n_wrong] + spread
+
+
+def render_index(result: ExplainResult) -> str:
+    """A small self-describing HTML page: one figure per overlay, files referenced beside it."""
+    figures = []
+    for e in result.explanations:
+        verdict = "" if e.true is None else ("correct" if e.true == e.label else "wrong")
+        true_line = f"<span>true: {html.escape(e.true)}</span>" if e.true is not None else ""
+        verdict_line = f'<span class="verdict">{verdict}</span>' if verdict else ""
+        figures.append(
+            f'<figure class="prediction {verdict}"><div class="thumb">'
+            f'<img src="{html.escape(e.overlay.name)}" alt="{html.escape(e.path)}"></div>'
+            f"<figcaption>{verdict_line}<span>predicted: <b>{html.escape(e.label)}</b> "
+            f"{e.score:.2f}</span><span>explains: {html.escape(e.target)}</span>{true_line}"
+            f'<span class="path">{html.escape(Path(e.path).name)}</span></figcaption></figure>')
+    skipped = "".join(f"<li><code>{html.escape(s.path)}</code>: {html.escape(s.error)}</li>"
+                      for s in result.skipped)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+    layer = f", layer <code>{html.escape(result.layer)}</code>" if result.layer else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>vitkit explanations</title><style>{CSS}</style></head><body>"
+        '<main class="page"><header class="masthead"><div class="brand">vitkit</div>'
+        f"<h1>Explanations</h1><p class=\"facts\">method <code>{html.escape(result.method)}"
+        f"</code>{layer}; {len(result.explanations)} images</p></header>"
+        + (f'<div class="notice"><ul>{notes}</ul></div>' if notes else "")
+        + f'<section class="card"><div class="grid">{"".join(figures)}</div></section>'
+        + (f'<section class="card"><h2>Skipped</h2><ul>{skipped}</ul></section>'
+           if skipped else "")
+        + "</main></body></html>\n")
+
+
+def _class_index(labels: Sequence[str], target_class: str | None) -> int | None:
+    if target_class is None:
+        return None
+    if target_class not in labels:
+        raise ConfigError(f"unknown class {target_class!r}; the model's classes are: "
+                          f"{', '.join(labels)}.")
+    return list(labels).index(target_class)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    """A file-name-safe stem not used before in this run (``name``, ``name-2``, …)."""
+    base = _UNSAFE.sub("_", stem).strip("._") or "image"
+    candidate, n = base, 1
+    while candidate.lower() in used:  # case-insensitive file systems
+        n += 1
+        candidate = f"{base}-{n}"
+    used.add(candidate.lower())
+    return candidate
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}.")
+    return device
