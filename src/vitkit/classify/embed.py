@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from vitkit.backbones import ImageClassifier
-from vitkit.classify.predict import PredictionError, Predictor
+from vitkit.classify.predict import PredictionError, Predictor, readable_batches
 from vitkit.console import make_progress
-from vitkit.data import ImageDataset, ImageProblem, Sample, load_rgb, make_loader
+from vitkit.data import ImageDataset, Sample, make_loader
 
 
 @dataclass
@@ -51,29 +51,12 @@ def embed_paths(predictor: Predictor, paths: Sequence[Path | str], batch_size: i
     model = predictor.torch_model()
     features, logits, kept = [], [], []
     skipped: list[PredictionError] = []
-    pending: list[tuple[str, torch.Tensor]] = []
-
-    def flush() -> None:
-        f, z = embed_batch(model, torch.stack([t for _, t in pending]))
+    for batch in readable_batches(list(paths), lambda p: p, predictor.transform, batch_size,
+                                  skipped, progress, description):
+        f, z = embed_batch(model, torch.stack([t for _, t in batch]))
         features.append(f)
         logits.append(z)
-        kept.extend(p for p, _ in pending)
-        pending.clear()
-
-    with make_progress(progress) as bar:
-        task = bar.add_task(description, total=len(paths), stats="") if bar else None
-        for path in paths:
-            try:
-                image, _ = load_rgb(Path(path))
-                pending.append((str(path), predictor.transform(image)))
-            except ImageProblem as problem:
-                skipped.append(PredictionError(str(path), problem.reason))
-            if len(pending) == batch_size:
-                flush()
-            if bar is not None and task is not None:
-                bar.update(task, advance=1)
-        if pending:
-            flush()
+        kept.extend(str(p) for p, _ in batch)
     return _stack(features, logits, kept, None, skipped, model, len(predictor.labels))
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -15,12 +15,15 @@ from vitkit.bundle import BundleMeta, load_weights, read_meta
 from vitkit.classify.tta import TtaTiming, check_tta, views
 from vitkit.compress.runtimes import Runtime, TorchRuntime, open_runtime
 from vitkit.compress.variants import Variant, find_variant
+from vitkit.console import make_progress
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
 from vitkit.data.files import find_images
 from vitkit.errors import VitkitError
 
 if TYPE_CHECKING:
     from vitkit.ood import OodDetector
+
+Item = TypeVar("Item")
 
 UNKNOWN = "unknown"
 """The label of an image the bundle's OOD detector flags as unlike the training data."""
@@ -232,3 +235,28 @@ def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionErro
     found, unmatched = find_images(inputs)
     return found, [PredictionError(item, "no such file, or no images matched")
                    for item in unmatched]
+
+
+def readable_batches(items: Sequence[Item], path_of: Callable[[Item], Path | str],
+                     transform: Callable[[Any], torch.Tensor], batch_size: int,
+                     skipped: list[PredictionError], progress: bool = False,
+                     description: str = "images") -> Iterator[list[tuple[Item, torch.Tensor]]]:
+    """``items`` whose image file loads, transformed, in batches of ``(item, tensor)``; an
+    unreadable or odd file is appended to ``skipped`` and the run goes on."""
+    pending: list[tuple[Item, torch.Tensor]] = []
+    with make_progress(progress) as bar:
+        task = bar.add_task(description, total=len(items), stats="") if bar else None
+        for item in items:
+            path = Path(path_of(item))
+            try:
+                image, _ = load_rgb(path)
+                pending.append((item, transform(image)))
+            except ImageProblem as problem:
+                skipped.append(PredictionError(str(path), problem.reason))
+            if len(pending) == batch_size:
+                yield pending
+                pending = []
+            if bar is not None and task is not None:
+                bar.update(task, advance=1)
+        if pending:
+            yield pending

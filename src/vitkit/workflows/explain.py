@@ -25,10 +25,15 @@ import torch
 
 from vitkit.anomaly.overlay import save_png_atomic
 from vitkit.bundle import read_meta, write_json_atomic
-from vitkit.classify.predict import PredictionError, Predictor, expand_paths, load
+from vitkit.classify.predict import (
+    PredictionError,
+    Predictor,
+    expand_paths,
+    load,
+    readable_batches,
+)
 from vitkit.compress.variants import find_variant
-from vitkit.console import make_progress, stderr_console
-from vitkit.data import ImageProblem, load_rgb
+from vitkit.console import stderr_console
 from vitkit.errors import ConfigError
 from vitkit.explain.explainer import Explainer
 from vitkit.explain.overlay import model_view, overlay_map
@@ -143,18 +148,15 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
                             "the class reported, not the map (use gradcam for a class-specific "
                             "map).")
     used_stems: set[str] = set()
-    pending: list[tuple[str, str | None, torch.Tensor]] = []
-
     empty_maps = 0
-
-    def flush() -> None:
-        nonlocal empty_maps
-        images = torch.stack([t for _, _, t in pending])
+    for pending in readable_batches(list(items), lambda item: item[0], predictor.transform,
+                                    batch_size, result.skipped, progress, "explaining"):
+        images = torch.stack([t for _, t in pending])
         targets = None if target_index is None else torch.full((len(pending),), target_index)
         batch = explainer(images, targets)
         probs = predictor.probabilities(batch.logits)  # calibrated, as `vitkit predict` reports
         predicted = probs.argmax(dim=1)
-        for i, (path, true, image) in enumerate(pending):
+        for i, ((path, true), image) in enumerate(pending):
             stem = _unique_stem(Path(path).stem, used_stems)
             amap = batch.maps[i].numpy().astype(np.float32)
             empty_maps += int(not amap.any())
@@ -163,25 +165,9 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
             map_file = _save_npy(out / f"{stem}.npy", amap)
             target = int(batch.targets[i])
             result.explanations.append(Explanation(
-                path, labels[int(predicted[i])], float(probs[i, predicted[i]]),
+                str(path), labels[int(predicted[i])], float(probs[i, predicted[i]]),
                 labels[target], float(probs[i, target]), explainer.method, overlay_file,
                 map_file, true))
-        pending.clear()
-
-    with make_progress(progress) as bar:
-        task = bar.add_task("explaining", total=len(items), stats="") if bar else None
-        for path, true in items:
-            try:
-                image, _ = load_rgb(Path(path))
-                pending.append((str(path), true, predictor.transform(image)))
-            except ImageProblem as problem:
-                result.skipped.append(PredictionError(str(path), problem.reason))
-            if len(pending) == batch_size:
-                flush()
-            if bar is not None and task is not None:
-                bar.update(task, advance=1)
-        if pending:
-            flush()
     if empty_maps:
         result.notes.append(
             f"{empty_maps} of {len(result.explanations)} maps are empty: at "
