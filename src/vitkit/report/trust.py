@@ -222,8 +222,14 @@ def _explanations(run: RunInputs) -> str:
                         f"<code>{_e(EXPLANATIONS)}</code> lists no explained image.</p>")
     shown = entries[:MAX_EXPLANATIONS]
     methods = sorted({str(e.get("method")) for e in shown if e.get("method")})
-    lead = (f"Where the model looked ({', '.join(methods) or 'heat map'}): warm colours mark "
-            f"the regions that raised the score of the explained class. "
+    meaning = ("warm colours mark the regions that raised the score of the explained class"
+               if any(m.startswith("gradcam") for m in methods) else
+               "warm colours mark the patches the class token drew most information from "
+               "(class-agnostic)")
+    if len(methods) > 1:
+        meaning = ("Grad-CAM: regions that raised the explained class's score; rollout and "
+                   "attn-last: patches the class token drew most from")
+    lead = (f"Where the model looked ({', '.join(methods) or 'heat map'}): {meaning}. "
             f"{fmt.integer(len(shown))} of {fmt.integer(len(entries))} images shown.")
     folder = run.run_dir / EXPLANATIONS_DIR
     figures = "".join(_explained(e, folder, run.run_dir) for e in shown)
