@@ -135,3 +135,17 @@ def test_the_stored_reference_is_a_sample_of_training_features(
                                         .num_features)
     assert float(reference.class_counts.sum()) == 30
     assert torch.isfinite(reference.features).all()
+
+
+def test_the_detector_is_read_only_when_predictions_need_it(
+        fresh_bundle: Callable[[str], Path]) -> None:
+    from vitkit.errors import BundleError
+
+    bundle = fresh_bundle("cnn")
+    predictor = load(bundle)
+    (bundle / "ood.safetensors").unlink()  # eval, bench, explain never touch it
+    size = predictor.preprocessing.input_size
+    assert predictor.predict_proba(torch.zeros(2, 3, *size)).shape == (2, 3)
+    with pytest.raises(BundleError, match="ood.safetensors"):
+        _ = predictor.ood
+    assert load(bundle, ood=False).ood is None

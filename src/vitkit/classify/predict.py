@@ -84,8 +84,23 @@ class Predictor:
         self.temperature = float(((meta.model_extra or {}).get("calibration") or {})
                                  .get("temperature", 1.0))
         self.tta = "none"  # test-time augmentation of predict_proba: none, flip, flip-scale
-        # The bundle's OOD detector (`load(..., ood=True)`); None: every image gets a class.
-        self.ood: OodDetector | None = None
+        # The bundle's OOD detector, read on first use (`load(..., ood=True)`): consumers
+        # that never ask (eval, bench, robustness, explain) never read ood.safetensors.
+        self._ood: OodDetector | None = None
+        self._ood_bundle: Path | None = None
+
+    @property
+    def ood(self) -> OodDetector | None:
+        """The OOD detector that turns unfamiliar images into "unknown"; None: always a class."""
+        if self._ood_bundle is not None:
+            from vitkit.ood import load_detector  # ood sits beside classify: loaded on demand
+
+            self._ood, self._ood_bundle = load_detector(self._ood_bundle), None
+        return self._ood
+
+    @ood.setter
+    def ood(self, detector: OodDetector | None) -> None:
+        self._ood, self._ood_bundle = detector, None
 
     def torch_model(self) -> ImageClassifier:
         """The bundle's fp32 torch model (features, gradients): the one this predictor runs, or,
@@ -155,31 +170,31 @@ class Predictor:
     ) -> Iterator[Prediction]:
         batch = torch.stack([t for _, t in items])
         ood_scores = None
-        if self.ood is None:
+        detector = self.ood
+        if detector is None:
             probs = self.predict_proba(batch, timing)
         else:
-            probs, ood_scores = self._proba_and_ood_scores(batch, timing)
+            probs, ood_scores = self._proba_and_ood_scores(batch, detector, timing)
         scores, indices = probs.topk(k, dim=1)
         for row, ((path, _), row_scores, row_idx) in enumerate(
                 zip(items, scores, indices, strict=True)):
             topk = [{"label": self.labels[int(i)], "score": float(s)}
                     for s, i in zip(row_scores, row_idx, strict=True)]
             prediction = Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
-            if ood_scores is not None and self.ood is not None:
+            if ood_scores is not None and detector is not None:
                 prediction.ood_score = float(ood_scores[row])
-                prediction.ood = bool(self.ood.is_unknown([ood_scores[row]])[0])
+                prediction.ood = bool(detector.is_unknown([ood_scores[row]])[0])
                 if prediction.ood:
                     prediction.label = UNKNOWN
             yield prediction
 
-    def _proba_and_ood_scores(self, batch: torch.Tensor, timing: TtaTiming | None
-                              ) -> tuple[torch.Tensor, Any]:
+    def _proba_and_ood_scores(self, batch: torch.Tensor, detector: OodDetector,
+                              timing: TtaTiming | None) -> tuple[torch.Tensor, Any]:
         """Probabilities and OOD scores of a batch. One forward pass gives both features and
         logits when this predictor runs the fp32 torch model without test-time augmentation;
         otherwise the runtime gives the probabilities and the fp32 model the features."""
         from vitkit.classify.embed import embed_batch  # embed imports this module
 
-        assert self.ood is not None
         if (timing is None and self.tta == "none" and self.model is not None
                 and self.variant.name == "torch-fp32"):
             features, logits = embed_batch(self.model, batch)
@@ -187,7 +202,7 @@ class Predictor:
         else:
             probs = self.predict_proba(batch, timing)
             features, logits = embed_batch(self.torch_model(), batch)
-        return probs, self.ood.score(features, logits)
+        return probs, detector.score(features, logits)
 
 
 def load(path: str | Path, device: str = "cpu", variant: str | None = None,
@@ -202,9 +217,7 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
     predictor = _load(path, device, variant, threads)
     predictor.tta = check_tta(tta)
     if ood:
-        from vitkit.ood import load_detector  # ood sits beside classify: loaded on demand
-
-        predictor.ood = load_detector(path)
+        predictor._ood_bundle = Path(path)
     return predictor
 
 
