@@ -126,6 +126,8 @@ def distill(
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last "
+                                         "checkpoint.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -133,16 +135,22 @@ def distill(
 
     The student is trained like `vitkit train` (same stages, checkpoints, run folder and
     bundle) with a distillation loss; a CNN teacher can teach a ViT student (DeiT's recipe).
+    Every epoch is checkpointed; --resume continues a killed run.
     """
     from vitkit.classify.config import DistillConfig
     from vitkit.config import load_config
     from vitkit.workflows.distill import run_distill
+    from vitkit.workflows.train import resolve_resume_config
 
     given = {"teacher": teacher, "data": data, "model": student, "weights": weights,
              "mode": mode, "temperature": temperature, "alpha": alpha, "augment": augment,
              "epochs": epochs, "out": out, "batch_size": batch_size, "seed": seed,
              "device": device, "precision": precision}
-    result = run_distill(load_config(DistillConfig, config, given), progress=not quiet)
+    cfg = load_config(DistillConfig, config, given)
+    if resume:
+        cfg = resolve_resume_config(Path(cfg.out), cfg,
+                                    {k for k, v in given.items() if v is not None})
+    result = run_distill(cfg, resume=resume, progress=not quiet)
     if json_out:
         _print_json(result.to_dict())
     else:

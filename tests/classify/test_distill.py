@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -22,8 +23,8 @@ from vitkit.classify.distill import (
     token_distillation_loss,
 )
 from vitkit.errors import ConfigError, DataError
-from vitkit.workflows.distill import run_distill
-from vitkit.workflows.train import run_training
+from vitkit.workflows.distill import TeacherLoss, run_distill
+from vitkit.workflows.train import resolve_resume_config, run_training
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -173,6 +174,59 @@ def test_token_mode_trains_a_distilled_deit(teacher_bundle: Path, tiny_image_fol
     result = run_distill(config, progress=False)
     predictor = vitkit.load(result.bundle)
     assert predictor(torch.randn(1, 3, 224, 224)).shape == (1, 3)
+
+
+class _Killed(Exception):
+    """Stands in for a SIGKILL in the middle of an epoch."""
+
+
+def test_a_killed_distillation_resumes_to_the_uninterrupted_result(
+        teacher_bundle: Path, tiny_image_folder: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed mid-way through epoch 3, resumed: the same epochs, losses and weights as a run
+    that was never interrupted (augmented batches, so the teacher runs on every step)."""
+    calls = {"n": 0, "kill_at": None}
+    original = TeacherLoss.__call__
+
+    def counting(self: TeacherLoss, outputs: object, batch: object) -> object:
+        calls["n"] += 1
+        if calls["kill_at"] is not None and calls["n"] == calls["kill_at"]:
+            raise _Killed
+        return original(self, outputs, batch)
+
+    monkeypatch.setattr(TeacherLoss, "__call__", counting)
+    whole = run_distill(_config(teacher_bundle, tiny_image_folder, tmp_path / "A", epochs=3,
+                                model="test_resnet", seed=5), progress=False)
+    steps_per_epoch = calls["n"] // 3
+
+    calls.update(n=0, kill_at=2 * steps_per_epoch + 1)
+    killed = _config(teacher_bundle, tiny_image_folder, tmp_path / "B", epochs=3,
+                     model="test_resnet", seed=5)
+    with pytest.raises(_Killed):
+        run_distill(killed, progress=False)
+    assert len((tmp_path / "B" / "metrics.csv").read_text().splitlines()) == 1 + 2
+    with pytest.raises(ConfigError, match="--resume"):
+        run_distill(killed, progress=False)
+    with pytest.raises(ConfigError, match=r"different options \(temperature\)"):
+        resolve_resume_config(tmp_path / "B", killed.model_copy(update={"temperature": 9.0}),
+                              {"temperature", "out"})
+    assert resolve_resume_config(tmp_path / "B", killed, {"teacher"}) == killed
+
+    calls.update(n=0, kill_at=None)
+    resumed = run_distill(killed, resume=True, progress=False)
+    assert calls["n"] == steps_per_epoch  # only epoch 3 ran again
+    assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
+    assert resumed.val_accuracy == whole.val_accuracy
+    rows_a, rows_b = (list(csv.DictReader((tmp_path / run / "metrics.csv").open()))
+                      for run in ("A", "B"))
+    assert [r["epoch"] for r in rows_b] == ["1", "2", "3"]
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+            assert float(row_b[key]) == pytest.approx(float(row_a[key]), rel=1e-5), key
+    state_a = vitkit.load(whole.bundle).model.state_dict()
+    state_b = vitkit.load(resumed.bundle).model.state_dict()
+    for key, tensor in state_a.items():
+        torch.testing.assert_close(state_b[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_token_mode_needs_a_distillation_token(teacher_bundle: Path, tiny_image_folder: Path,

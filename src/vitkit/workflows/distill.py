@@ -53,6 +53,7 @@ from vitkit.workflows.train import (
     _describe_counts,
     _prepare_data,
     finish_run,
+    refuse_to_overwrite,
 )
 
 
@@ -150,12 +151,16 @@ class TeacherLoss:
         return loss, outputs
 
 
-def run_distill(config: DistillConfig, progress: bool = True) -> DistillResult:
-    """Distils the teacher bundle into the configured student and writes the run and bundle."""
+def run_distill(config: DistillConfig, resume: bool = False,
+                progress: bool = True) -> DistillResult:
+    """Distils the teacher bundle into the configured student and writes the run and bundle.
+
+    ``resume`` continues a killed run from its last checkpoint (the teacher is stateless: its
+    logits cache, when there is one, is recomputed).
+    """
     started = time.perf_counter()
     run_dir = Path(config.out)
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"{run_dir} already holds a training run; choose another --out.")
+    refuse_to_overwrite(run_dir, resume)
     teacher_meta = _read_teacher(config.teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
@@ -193,7 +198,7 @@ def run_distill(config: DistillConfig, progress: bool = True) -> DistillResult:
     if "head" in trainer.stages or not config.augment:
         hook.fill_cache(train_eval_set, progress)
     trainer.loss_hook = hook
-    fit = trainer.fit()
+    fit = trainer.fit(resume=resume)
     teacher_record = {
         "bundle": str(config.teacher), "model": teacher_meta.backbone.get("name"),
         "val_accuracy": teacher_acc, "mode": config.mode, "temperature": config.temperature,

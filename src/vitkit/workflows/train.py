@@ -62,13 +62,16 @@ class TrainResult:
         return asdict(self)
 
 
-def resolve_resume_config(run_dir: Path, given: TrainConfig, changed: set[str]) -> TrainConfig:
+ConfigT = TypeVar("ConfigT", bound=TrainConfig)
+
+
+def resolve_resume_config(run_dir: Path, given: ConfigT, changed: set[str]) -> ConfigT:
     """The config a resumed run must use: the saved one; conflicting options are an error."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():
         raise ConfigError(f"cannot resume: {saved_path} does not exist. Pass the --out folder "
                           "of the run to continue.")
-    saved = TrainConfig.model_validate(yaml.safe_load(saved_path.read_text()))
+    saved = type(given).model_validate(yaml.safe_load(saved_path.read_text()))
     conflicts = [k for k in changed - {"out"} if getattr(given, k) != getattr(saved, k)]
     if conflicts:
         raise ConfigError(
@@ -81,13 +84,18 @@ def resolve_resume_config(run_dir: Path, given: TrainConfig, changed: set[str]) 
     return saved.model_copy(update={"out": str(run_dir)})
 
 
+def refuse_to_overwrite(run_dir: Path, resume: bool) -> None:
+    """A new run never starts over a folder that holds one (its checkpoints would be lost)."""
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a training run. Pass --resume to continue "
+                          "it, or choose another --out.")
+
+
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
     """Trains a classifier as configured and writes the run folder and the bundle."""
     started = time.perf_counter()
     run_dir = Path(config.out)
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"{run_dir} already holds a training run. Pass --resume to continue "
-                          "it, or choose another --out.")
+    refuse_to_overwrite(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
