@@ -217,6 +217,22 @@ def test_weights_with_another_head_size_load_the_body_only(
     assert created.model.head.weight.shape == (5, created.model.num_features)
 
 
+def test_a_distilled_deit_with_two_heads_loads_a_weights_file(tmp_path: Path) -> None:
+    """timm's distilled DeiT returns its two heads as a tuple; both are the head (a new class
+    count replaces both, the body loads, both start at zero)."""
+    source = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=1000)
+    path = tmp_path / "deit.safetensors"
+    save_file(source.state_dict(), str(path))
+    created = create("deit_tiny_distilled_patch16_224", num_classes=2, weights=str(path))
+    head = created.model.head_parameter_names()
+    assert head == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    assert created.new_head
+    assert _body_equal(created.model.model.state_dict(), source.state_dict(), head)
+    created.zero_new_head()
+    assert all(not p.any() for p in created.model.head.parameters())
+    assert created.model.eval()(torch.randn(1, 3, 224, 224)).abs().max() == 0
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     other = create("test_vit", num_classes=3, weights="none")
     path = tmp_path / "vit.safetensors"

@@ -229,6 +229,15 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_result(
         torch.testing.assert_close(state_b[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_a_head_only_stage_cannot_train_two_heads(tiny_image_folder: Path,
+                                                  tmp_path: Path) -> None:
+    config = TrainConfig(data=str(tiny_image_folder), model="deit_tiny_distilled_patch16_224",
+                         weights="none", epochs=4, num_workers=0, out=str(tmp_path / "run"))
+    assert config.stage_epochs()["head"] == 1
+    with pytest.raises(ConfigError, match="two heads.*stages.head.share to 0"):
+        run_training(config, progress=False)
+
+
 def test_token_mode_needs_a_distillation_token(teacher_bundle: Path, tiny_image_folder: Path,
                                                tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="distillation token"):

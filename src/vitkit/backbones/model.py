@@ -27,8 +27,11 @@ class ImageClassifier(nn.Module):
 
     @property
     def head(self) -> nn.Module:
+        """The classification head; both heads of a distilled DeiT (class and distillation
+        token), whose ``get_classifier()`` is a tuple."""
         if self.source == "timm":
-            return self.model.get_classifier()  # type: ignore[operator]
+            classifier = self.model.get_classifier()  # type: ignore[operator]
+            return nn.ModuleList(classifier) if isinstance(classifier, tuple) else classifier
         return self.model.classifier  # type: ignore[return-value]
 
     @property

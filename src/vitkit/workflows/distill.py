@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from vitkit.backbones import CreatedModel, ImageClassifier, create
 from vitkit.bundle import BundleMeta, read_meta
@@ -52,6 +51,7 @@ from vitkit.workflows.train import (
     TrainResult,
     _describe_counts,
     _prepare_data,
+    check_head_stage,
     finish_run,
     refuse_to_overwrite,
 )
@@ -62,18 +62,6 @@ class DistillResult(TrainResult):
     """`vitkit distill --json`: the keys of `vitkit train --json` plus ``teacher``."""
 
     teacher: dict[str, Any] = field(default_factory=dict)
-
-
-class DistilledStudent(ImageClassifier):
-    """A timm DeiT with a distillation token: two heads, ``head`` (class token) and
-    ``head_dist`` (distillation token). In training mode with distilled training on it returns
-    both logits; in eval mode timm averages them, so the bundle predicts like any classifier.
-    """
-
-    @property
-    def head(self) -> nn.Module:
-        heads = [self.model.get_submodule("head"), self.model.get_submodule("head_dist")]
-        return nn.ModuleList(heads)
 
 
 class TeacherLoss:
@@ -249,19 +237,11 @@ def _student(created: CreatedModel, config: DistillConfig) -> ImageClassifier:
             f"--mode token needs a student with a distillation token, such as "
             f"deit_tiny_distilled_patch16_224; {config.model} has none. Use --mode soft or hard."
         )
-    if not distilled:
-        created.zero_new_head()
-        return created.model
-    if config.stage_epochs().get("head"):
-        raise ConfigError(f"{config.model} has two heads (class and distillation token), which "
-                          "a head-only stage cannot train: set stages.head.share to 0.")
-    student = DistilledStudent(timm_model, "timm")
-    if created.new_head:
-        with torch.no_grad():
-            for param in student.head.parameters():
-                param.zero_()
-    timm_model.set_distilled_training(config.mode == "token")  # type: ignore[operator]
-    return student
+    check_head_stage(created, config)
+    created.zero_new_head()  # a distilled DeiT: both heads
+    if distilled:
+        timm_model.set_distilled_training(config.mode == "token")  # type: ignore[operator]
+    return created.model
 
 
 def _stored_val_accuracy(meta: BundleMeta) -> float | None:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 from safetensors.torch import load_model
+from torch import nn
 
 from vitkit.backbones import CreatedModel, create
 from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
@@ -106,6 +107,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     seed_everything(config.seed)
     created = create(config.model, num_classes=len(classes), weights=config.weights)
+    check_head_stage(created, config)
     created.zero_new_head()
     stderr_console.print(f"model {config.model} ({created.spec.weights} weights), "
                          f"{sum(p.numel() for p in created.model.parameters()) / 1e6:.1f}M params")
@@ -128,6 +130,15 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     return finish_run(trainer, fit, created, config, samples, len(skipped), run_dir, started,
                       progress)
+
+
+def check_head_stage(created: CreatedModel, config: TrainConfig) -> None:
+    """A head-only stage trains one head on cached pooled features; a distilled DeiT has two
+    (class and distillation token), each on its own token."""
+    if isinstance(created.model.head, nn.ModuleList) and config.stage_epochs().get("head"):
+        raise ConfigError(f"{config.model} has two heads (class and distillation token), which "
+                          "a head-only stage cannot train: set stages.head.share to 0 in "
+                          "--config (the top and full stages train both).")
 
 
 ResultT = TypeVar("ResultT", bound=TrainResult)
