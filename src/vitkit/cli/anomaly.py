@@ -1,0 +1,173 @@
+"""`vitkit anomaly fit|score|eval`: anomaly detection from normal images only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitkit.cli.common import (
+    JsonOpt,
+    QuietOpt,
+    app,
+    fmt,
+    int_list,
+    print_json,
+)
+from vitkit.console import stderr_console
+from vitkit.errors import VitkitError
+
+anomaly_app = typer.Typer(
+    help="Anomaly detection learned from normal images only: fit, score, eval.",
+    no_args_is_help=True,
+)
+app.add_typer(anomaly_app, name="anomaly")
+
+
+@anomaly_app.command("fit")
+def anomaly_fit(
+    normal_dir: Annotated[str, typer.Argument(help="Folder of normal (good) images, searched "
+                                              "recursively, or an MVTec root (uses train/good).")],
+    method: Annotated[str | None, typer.Option(help="patchcore (textures and objects), padim "
+                                               "(aligned parts) or patchmean (uniform "
+                                               "backgrounds, tiny spots; no network). "
+                                               "(default: patchcore)")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone: a timm CNN or ViT name, "
+                                              "hf:<org>/<model> or a local Hugging Face folder. "
+                                              "(default: efficientnet_lite0)")] = None,
+    weights: Annotated[str | None, typer.Option(help="auto, none or a weights file.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated feature stages (CNN) or "
+                                               "blocks (ViT), e.g. 2,3. (default: per method)")
+                      ] = None,
+    image_size: Annotated[int | None, typer.Option(help="CNN input size in px (whole image, "
+                                                   "no crop). (default: the backbone's)")] = None,
+    coreset_ratio: Annotated[float | None, typer.Option(help="PatchCore memory-bank share "
+                                                        "kept. (default: 0.1)")] = None,
+    global_stats: Annotated[bool | None, typer.Option(
+        "--global-stats/--no-global-stats",
+        help="PatchCore: also score each image's feature statistics as a whole, to catch "
+             "defects that change the whole image a little (finer weave, lower contrast, a "
+             "colour cast) and that no single patch shows. (default: off)")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
+                                                   "(default: native, up to 1024)")] = None,
+    holdout: Annotated[float | None, typer.Option(help="Share of normal images held out to "
+                                                  "set the threshold. (default: 0.2)")] = None,
+    percentile: Annotated[float | None, typer.Option(help="Threshold percentile of held-out "
+                                                     "normal scores. (default: 99)")] = None,
+    out: Annotated[str | None, typer.Option(help="Bundle folder to write. "
+                                            "(default: anomaly-model)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any fit option.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 16)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Learn what normal looks like from good images and write an anomaly bundle.
+
+    A share of the images is held out and never memorised: the threshold is a high percentile
+    of their scores. Unreadable images are skipped and listed in BUNDLE/skipped.csv.
+    """
+    from vitkit.anomaly.config import AnomalyFitConfig
+    from vitkit.config import load_config
+    from vitkit.workflows.anomaly import run_fit
+
+    given = {"data": normal_dir, "method": method, "model": model, "weights": weights,
+             "layers": int_list(layers, "--layers"), "image_size": image_size,
+             "coreset_ratio": coreset_ratio, "global_stats": global_stats,
+             "patch_size": patch_size, "resolution": resolution,
+             "holdout": holdout, "percentile": percentile, "out": out, "batch_size": batch_size,
+             "seed": seed, "device": device}
+    cfg = load_config(AnomalyFitConfig, config, given)
+    result = run_fit(cfg, progress=not quiet)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    details = result.details
+    bank = (f", memory bank {details['bank_before']} -> {details['bank_after']} patches"
+            if "bank_after" in details else "")
+    stderr_console.print(
+        f"[bold green]done[/]: {result.method} learned {result.n_fit} normal images in "
+        f"{result.fit_seconds:.1f} s{bank}; threshold {result.threshold:.4g} from "
+        f"{result.n_holdout} held-out images ({result.n_skipped} skipped)\n"
+        f"  bundle: {result.bundle}"
+    )
+
+
+@anomaly_app.command("score")
+def anomaly_score(
+    bundle: Annotated[Path, typer.Argument(help="Bundle written by `vitkit anomaly fit`.")],
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched "
+                                               "recursively) or globs such as 'imgs/*.png'.")],
+    maps: Annotated[Path | None, typer.Option("--maps", help="Write a heat-map overlay PNG per "
+                                              "image into this folder.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score images: 0..1 (0.5 = threshold) and normal/anomaly; unreadable files are reported."""
+    from vitkit.anomaly.detector import AnomalyScore
+    from vitkit.workflows.anomaly import run_score
+
+    results = run_score(bundle, paths, maps_dir=maps, batch_size=batch_size, device=device,
+                        progress=not quiet)
+    if json_out:
+        print_json([r.to_dict() for r in results])
+        return
+    table = Table()
+    for col in ("path", "label", "score"):
+        table.add_column(col)
+    for r in results:
+        if isinstance(r, AnomalyScore):
+            style = "bold red" if r.label == "anomaly" else "green"
+            table.add_row(r.path, f"[{style}]{r.label}[/]", f"{r.score:.3f}")
+        else:
+            table.add_row(r.path, f"[red]error[/]: {r.error}", "")
+    stderr_console.print(table)
+    if maps is not None:
+        stderr_console.print(f"maps: {maps}")
+
+
+@anomaly_app.command("eval")
+def anomaly_eval(
+    bundle: Annotated[Path, typer.Argument(help="Bundle written by `vitkit anomaly fit`.")],
+    data_root: Annotated[Path, typer.Argument(help="MVTec-style root: test/good/, "
+                                              "test/<defect>/, optional "
+                                              "ground_truth/<defect>/<name>_mask.png.")],
+    threshold: Annotated[str, typer.Option(help="stored: the bundle's threshold; f1: set the "
+                                           "F1-optimal threshold on this data and store it in "
+                                           "the bundle (the figures are then optimistic).")
+                         ] = "stored",
+    out: Annotated[Path | None, typer.Option(help="Folder for eval.json and report.html. "
+                                             "(default: BUNDLE/eval)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Image AUROC/AP/F1, pixel AUROC and PRO (with masks), per defect type, and a report."""
+    from vitkit.workflows.anomaly import run_eval
+
+    if threshold not in ("stored", "f1"):
+        raise VitkitError(f"--threshold must be 'stored' or 'f1', not {threshold!r}.")
+    result = run_eval(bundle, data_root, out=out, threshold=threshold, batch_size=batch_size,
+                      device=device, progress=not quiet)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{bundle} on {data_root}")
+    for col in ("defect", "n", "AUROC", "AP", "F1"):
+        table.add_column(col, justify="left" if col == "defect" else "right")
+    for name, m in result["per_defect"].items():
+        table.add_row(name, str(m["n"]), fmt(m["image_auroc"]), fmt(m["image_ap"]),
+                      fmt(m["f1"]))
+    stderr_console.print(table)
+    extra = "".join(f"  {label} {fmt(result[key])}" for key, label in
+                    (("pixel_auroc", "pixel AUROC"), ("pro", "PRO")) if key in result)
+    stderr_console.print(f"image AUROC {fmt(result['image_auroc'])}  AP "
+                         f"{fmt(result['image_ap'])}  F1 {fmt(result['f1'])}{extra}\n"
+                         f"  report: {(out or bundle / 'eval') / 'report.html'}")

@@ -1,0 +1,289 @@
+"""`vitkit train`, `distill`, `eval`, `predict`, `report`, `demo`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitkit.cli.common import (
+    JsonOpt,
+    QuietOpt,
+    app,
+    print_json,
+)
+from vitkit.console import stderr_console
+from vitkit.errors import VitkitError
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help="Image folder (class-per-folder, or train/ val/ "
+                                        "[test/] splits) or a CSV manifest path,label[,split].")],
+    model: Annotated[str | None, typer.Option(
+        help="timm name, hf:<org>/<model>, or a local Hugging Face folder. "
+             "(default: efficientnet_lite0)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="auto (offline registry, then hub), none (random init) or a "
+             ".safetensors/state-dict file.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs over all stages together (split by the stage shares). "
+             "(default: 10)")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
+                                            "(default: runs/train)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "
+                                                "flags given here override it.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto: fp32 on "
+                                                  "CPU, bf16/fp16 on CUDA).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last "
+                                         "checkpoint.")] = False,
+    ood: Annotated[bool | None, typer.Option(
+        "--ood/--no-ood", help="Fit out-of-distribution statistics into the bundle at the end, "
+                               "so predict answers 'unknown' for unfamiliar images. "
+                               "(default: on)")] = None,
+    calibrate: Annotated[bool | None, typer.Option(
+        "--calibrate/--no-calibrate", help="Fit temperature scaling on the validation images "
+                                           "into the bundle at the end. (default: on)")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fine-tune a pretrained model on an image folder and write a bundle and a report.
+
+    Stages: the head alone on cached backbone features, then the top blocks, then everything
+    with layer-wise learning-rate decay. Every epoch is checkpointed; --resume continues a
+    killed run. Bad images are skipped and listed in OUT/skipped.csv.
+    """
+    from vitkit.classify.config import TrainConfig
+    from vitkit.config import load_config
+    from vitkit.workflows.train import resolve_resume_config, run_training
+
+    given = {"data": data, "model": model, "weights": weights, "epochs": epochs, "out": out,
+             "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+             "trust": {"ood": ood, "calibrate": calibrate}}
+    cfg = load_config(TrainConfig, config, given)
+    if resume:
+        changed = {k for k, v in given.items()
+                   if v is not None and not (isinstance(v, dict) and set(v.values()) == {None})}
+        cfg = resolve_resume_config(Path(cfg.out), cfg, changed)
+    result = run_training(cfg, resume=resume, progress=not quiet)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        stderr_console.print(
+            f"[bold green]done[/]: val accuracy {result.val_accuracy:.3f} after "
+            f"{result.epochs_run} epochs (best epoch {result.best_epoch})\n"
+            f"  bundle: {result.bundle}\n  report: {result.report}"
+        )
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Argument(help="Bundle folder of the teacher classifier.")],
+    data: Annotated[str, typer.Argument(help="Image folder or CSV manifest, as for `train`; "
+                                        "its classes must be the teacher's.")],
+    student: Annotated[str | None, typer.Option(
+        help="Student: timm name, hf:<org>/<model> or a local Hugging Face folder; a "
+             "*_distilled_* DeiT for --mode token. (default: deit_tiny_patch16_224)")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Student's initial weights: auto, none or a file. (default: auto)")] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="soft (KL to the teacher's softened probabilities), hard (CE to the teacher's top "
+             "class) or token (DeiT distillation token). (default: soft)")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Soft mode. (default: 4)")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Teacher's share of the loss; the labels get 1-alpha. (default: 0.5)")] = None,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", help="Random crops and flips; without them the teacher runs "
+                                       "once per image and its logits are cached. "
+                                       "(default: augment)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="(default: 10)")] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
+                                            "(default: runs/distill)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file with any distill or training "
+                                                "option; flags given here override it.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last "
+                                         "checkpoint.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a student on DATA from a teacher bundle's logits and the labels; write a bundle.
+
+    The student is trained like `vitkit train` (same stages, checkpoints, run folder and
+    bundle) with a distillation loss; a CNN teacher can teach a ViT student (DeiT's recipe).
+    Every epoch is checkpointed; --resume continues a killed run.
+    """
+    from vitkit.classify.config import DistillConfig
+    from vitkit.config import load_config
+    from vitkit.workflows.distill import run_distill
+    from vitkit.workflows.train import resolve_resume_config
+
+    given = {"teacher": teacher, "data": data, "model": student, "weights": weights,
+             "mode": mode, "temperature": temperature, "alpha": alpha, "augment": augment,
+             "epochs": epochs, "out": out, "batch_size": batch_size, "seed": seed,
+             "device": device, "precision": precision}
+    cfg = load_config(DistillConfig, config, given)
+    if resume:
+        cfg = resolve_resume_config(Path(cfg.out), cfg,
+                                    {k for k, v in given.items() if v is not None})
+    result = run_distill(cfg, resume=resume, progress=not quiet)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        stderr_console.print(
+            f"[bold green]done[/]: student val accuracy {result.val_accuracy:.3f} (teacher "
+            f"{result.teacher['val_accuracy']:.3f}) after {result.epochs_run} epochs\n"
+            f"  bundle: {result.bundle}\n  report: {result.report}"
+        )
+
+
+@app.command(name="eval")
+def eval_(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `vitkit train`.")],
+    data: Annotated[str, typer.Argument(help="Labelled images: uses test/ if present, else "
+                                        "val/, else every image.")],
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    variant: Annotated[str | None, typer.Option(
+        help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
+             "(default: torch-fp32)")] = None,
+    groups: Annotated[Path | None, typer.Option(
+        help="CSV with a header path,group assigning images to groups: adds per-group accuracy, "
+             "demographic parity and equalized-odds gaps (fairness).")] = None,
+    group_column: Annotated[str, typer.Option(
+        help="Column of --groups holding the group (e.g. site, camera). (default: group)")
+    ] = "group",
+    min_group_size: Annotated[int, typer.Option(
+        min=1, help="Groups with fewer images are shown but not compared. (default: 10)")] = 10,
+    out: Annotated[Path | None, typer.Option(
+        help="Run folder to write fairness.json into, for `vitkit report`.")] = None,
+    tta: Annotated[str, typer.Option(
+        help="Test-time augmentation: none, flip (2 views) or flip-scale (4 views: also "
+             "0.875x and 1.125x zooms); probabilities are averaged and the cost is reported. "
+             "(default: none)")] = "none",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix, ECE."""
+    from vitkit.data.groups import read_group_csv
+    from vitkit.workflows.evaluate import run_eval
+    from vitkit.workflows.fairness import print_fairness, write_fairness
+
+    if groups is not None:
+        read_group_csv(groups, group_column)  # a bad CSV fails before the slow evaluation
+    result = run_eval(bundle, data, batch_size=batch_size, progress=not quiet, variant=variant,
+                      groups=groups, group_column=group_column, min_group_size=min_group_size,
+                      tta=tta)
+    if out is not None and "fairness" in result:
+        write_fairness(out, result["fairness"])
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{bundle} on {data} ({result['split']}, n={result['n']})")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for label, m in result["per_class"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                      str(m["support"]))
+    stderr_console.print(table)
+    stderr_console.print(f"accuracy {result['accuracy']:.4f}  balanced accuracy "
+                         f"{result['balanced_accuracy']:.4f}  ECE {result['ece']:.4f}"
+                         f"  (temperature {result['temperature']:.3g})")
+    if "tta" in result:
+        cost = result["tta"]
+        stderr_console.print(f"TTA {tta}: {cost['views']} views, "
+                             f"{1000 * cost['seconds_per_image']:.1f} ms/image, "
+                             f"{cost['slowdown']:.2f}x the plain model time")
+    if "fairness" in result:
+        print_fairness(result["fairness"])
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched "
+                                               "recursively) or globs such as 'imgs/*.jpg'.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
+    variant: Annotated[str | None, typer.Option(
+        help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
+             "(default: torch-fp32)")] = None,
+    tta: Annotated[str, typer.Option(
+        help="Test-time augmentation: none, flip or flip-scale; scores are averaged over the "
+             "views and the slowdown is printed on stderr. (default: none)")] = "none",
+    no_ood: Annotated[bool, typer.Option(
+        "--no-ood", help="Always name a class, even for images the bundle's OOD detector "
+                         "finds unlike the training data (otherwise labelled 'unknown').")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Classify images; unreadable files are reported, never fatal. Scores are probabilities,
+    calibrated when the bundle holds a temperature (`vitkit calibrate`). With an OOD fit in
+    the bundle (`vitkit ood fit`, done by `train`), images unlike the training data get the
+    label "unknown" and every result an ood_score."""
+    from vitkit.classify.predict import Prediction, expand_paths, load
+    from vitkit.classify.tta import TTA_VIEWS, TtaTiming
+
+    predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
+    files, missing = expand_paths(paths)
+    timing = TtaTiming(len(TTA_VIEWS[tta])) if tta != "none" else None
+    results = [*missing, *predictor.predict_paths(files, top_k=top_k, batch_size=batch_size,
+                                                  timing=timing)]
+    if timing is not None and timing.images:
+        stderr_console.print(f"TTA {tta}: {timing.views} views, {timing.slowdown:.2f}x the "
+                             f"plain model time ({1000 * timing.seconds_per_image:.1f} vs "
+                             f"{1000 * timing.plain_seconds_per_image:.1f} ms/image)")
+    if csv_file is not None:
+        with csv_file.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "score", "error"])
+            for r in results:
+                if isinstance(r, Prediction):
+                    writer.writerow([r.path, r.label, f"{r.score:.6f}", ""])
+                else:
+                    writer.writerow([r.path, "", "", r.error])
+    if json_out:
+        print_json([r.to_dict() for r in results])
+        return
+    table = Table()
+    for col in ("path", "label", "score"):
+        table.add_column(col)
+    for r in results:
+        if isinstance(r, Prediction):
+            table.add_row(r.path, r.label, f"{r.score:.3f}")
+        else:
+            table.add_row(r.path, f"[red]error[/]: {r.error}", "")
+    stderr_console.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `vitkit train`.")],
+) -> None:
+    """Write RUN_DIR/report.html: one self-contained page with metrics, curves, predictions."""
+    from vitkit.report import write_report
+
+    if not run_dir.is_dir():
+        raise VitkitError(f"{run_dir} is not a folder; give the --out folder of a training run.")
+    path = write_report(run_dir)
+    stderr_console.print(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its run.")] = Path("demo-output"),
+    epochs: Annotated[int, typer.Option(help="Training epochs (2/3 head, 1/3 top blocks).")] = 3,
+) -> None:
+    """Train efficientnet_lite0 on the embedded textile images, evaluate, predict, report."""
+    from vitkit.workflows.demo import run_demo
+
+    run_demo(out, epochs=epochs)

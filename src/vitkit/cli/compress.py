@@ -1,0 +1,185 @@
+"""`vitkit quantize`, `bench`, `export`: light and fast variants of a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vitkit.cli.common import (
+    JsonOpt,
+    QuietOpt,
+    app,
+    fmt,
+    int_list,
+    print_json,
+)
+from vitkit.console import stderr_console
+
+
+@app.command()
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="Classifier bundle folder.")],
+    method: Annotated[str | None, typer.Option(
+        help="static (int8, calibrated), dynamic (int8 weights), bf16 or fp16. "
+             "(default: static; dynamic on torch)")] = None,
+    runtime: Annotated[str | None, typer.Option(
+        help="openvino (NNCF; transformer preset for ViTs), onnxruntime (QDQ) or torch. "
+             "(default: the fastest installed, OpenVINO when present)")] = None,
+    calib: Annotated[str | None, typer.Option(
+        help="Images to calibrate static int8 on. (default: the bundle's training images)")
+    ] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Labelled images to measure accuracy on: their val/ split (plain class folders "
+             "are split as training splits them). (default: the bundle's validation split)")
+    ] = None,
+    max_drop: Annotated[float, typer.Option(
+        help="Largest accepted accuracy drop vs torch-fp32, in points; a bigger drop exits "
+             "2 and writes nothing.")] = 1.0,
+    calib_limit: Annotated[int, typer.Option(help="Most calibration images used.")] = 300,
+    tome: Annotated[int, typer.Option(
+        help="ViTs: merge this many similar tokens per block (ToMe) before quantizing; the "
+             "variant is named …-tomeR. Less work per image for a little accuracy; compare "
+             "rates first with `vitkit bench --tome`. (default: 0, off)")] = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Quantize a bundle's model and write the variant into the bundle with its accuracy.
+
+    The variant is measured against torch-fp32 on the validation images; when it loses more
+    than --max-drop points it is refused (exit 2, nothing written; with --json the measured
+    numbers are still printed, with "refused": true). Run it with `vitkit predict|eval
+    --variant NAME` or `vitkit.load(bundle, variant=NAME)`.
+    """
+    from vitkit.compress.quantize import QuantizationRefused
+    from vitkit.workflows.quantize import run_quantize
+
+    try:
+        result = run_quantize(bundle, method=method, runtime=runtime, calib=calib, data=data,
+                              max_drop=max_drop, calib_limit=calib_limit, tome=tome,
+                              progress=not quiet)
+    except QuantizationRefused as refused:
+        if json_out:
+            print_json(refused.details)
+        raise
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{result['variant']} ({result['runtime']}, {result['precision']})")
+    for col in ("accuracy", "torch-fp32", "drop (points)", "top-1 agreement", "size MB"):
+        table.add_column(col, justify="right")
+    drop = result["accuracy_drop"]
+    table.add_row(fmt(result["accuracy"]), fmt(result["reference_accuracy"]),
+                  "n/a" if drop is None else f"{drop:.2f}", fmt(result["agreement"]),
+                  "built on load" if result["size_mb"] is None else f"{result['size_mb']:.2f}")
+    stderr_console.print(table)
+    unknown = " (accuracy unknown: no validation images)" if result["accuracy"] is None else ""
+    stderr_console.print(f"[bold green]done[/]: recorded {result['variant']} in {bundle}"
+                         f"{unknown}; use it with --variant {result['variant']}")
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Classifier bundle folder.")],
+    variants: Annotated[str, typer.Option(help="all, or comma-separated variant names such as "
+                                          "torch-fp32,onnx-int8.")] = "all",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes for throughput; "
+                                       "latency is always at batch 1.")] = "1,8,32",
+    data: Annotated[str | None, typer.Option(help="Labelled validation images for accuracy. "
+                                             "(default: the bundle's validation split)")
+                    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch, ONNX Runtime and "
+                                                "OpenVINO. (default: torch's default)")] = None,
+    tome: Annotated[str | None, typer.Option(help="ViT only: also measure torch fp32 with token "
+                                             "merging, R tokens merged per block, e.g. 4,8,13.")
+                    ] = None,
+    max_images: Annotated[int, typer.Option(help="Most validation images per variant.")] = 1000,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
+    html_file: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report "
+                                                   "(table and accuracy-vs-latency plot) to "
+                                                   "this file.")] = None,
+    quick: Annotated[bool, typer.Option(help="A few runs per measurement (smoke tests; "
+                                        "noisy figures).")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Size, parameters, accuracy and drop vs fp32, agreement, latency, throughput, peak memory
+    and load time of every variant; variants that cannot run here are listed as skipped."""
+    from vitkit.bench import QUICK, BenchConfig, Budget, run_bench
+    from vitkit.bench.output import bench_table, write_csv
+    from vitkit.config import load_config
+
+    names = None if variants.strip() == "all" else [n for n in variants.split(",") if n.strip()]
+    given = {"variants": [n.strip() for n in names] if names else None,
+             "batches": int_list(batch, "--batch"), "data": data, "threads": threads,
+             "tome": int_list(tome, "--tome"), "max_images": max_images}
+    cfg = load_config(BenchConfig, None, given)
+
+    def announce(name: str) -> None:
+        if not quiet:
+            stderr_console.print(f"measuring {name} …", highlight=False)
+
+    result = run_bench(bundle, cfg, QUICK if quick else Budget(), on_variant=announce)
+    if csv_file is not None:
+        write_csv(result, csv_file)
+    if html_file is not None:
+        from vitkit.report.bench import write_bench_report
+
+        write_bench_report(html_file, result.to_dict())
+    if json_out:
+        print_json(result.to_dict())
+        return
+    stderr_console.print(bench_table(result))
+    for path in (csv_file, html_file):
+        if path is not None:
+            stderr_console.print(f"  wrote {path}")
+
+
+@app.command(name="export")
+def export_(
+    bundle: Annotated[Path, typer.Argument(help="Classifier bundle folder.")],
+    format_: Annotated[str, typer.Option(
+        "--format",
+        help="onnx, openvino, torchscript, mobile (TorchScript lite .ptl), tflite (needs "
+             "litert-torch), coreml (not built in: says why), or all (the first four); "
+             "comma-separate several.")] = "all",
+    data: Annotated[str | None, typer.Option(
+        help="Labelled images for the parity check. (default: the bundle's validation "
+             "split)")] = None,
+    opset: Annotated[int | None, typer.Option(
+        help="ONNX opset. (default: 18 (17 when the legacy exporter is needed))")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch in the parity check.")] = 32,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the model for other runtimes, each checked against PyTorch right away.
+
+    Files go to BUNDLE/variants/ with preprocessing.json (labels, input size, mean/std) beside
+    them; max abs diff, top-1 agreement and accuracy on the validation images are recorded in
+    the bundle. Run ONNX, OpenVINO and TorchScript exports with `--variant onnx-fp32` etc.
+    A runtime that is not installed is skipped with what to install.
+    """
+    from vitkit.workflows.export import run_export
+
+    result = run_export(bundle, [format_], data=data, batch_size=batch_size, opset=opset,
+                        progress=not quiet)
+    for r in result.exports:
+        if r.skipped:
+            stderr_console.print(f"[yellow]skipped {r.format}[/]: {r.skipped}", highlight=False)
+    for warning in result.warnings:
+        stderr_console.print(f"[bold red]WARNING[/] {warning}", highlight=False)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"{bundle}: exports checked on {result.reference}")
+    for col in ("format", "file", "size MB", "max abs diff", "top-1 agreement", "accuracy"):
+        table.add_column(col, justify="left" if col in ("format", "file") else "right")
+    for r in result.succeeded:
+        parity = r.parity or {}
+        flag = "" if parity.get("ok", True) else " [bold red]FAILED[/]"
+        table.add_row(r.format, str(r.file), f"{r.size_mb:.2f}",
+                      f"{parity.get('max_abs_diff', float('nan')):.2g}{flag}",
+                      fmt(parity.get("top1_agreement")), fmt(r.accuracy))
+    stderr_console.print(table)
