@@ -22,7 +22,7 @@ from vitkit.classify.distill import (
     soft_kl,
     token_distillation_loss,
 )
-from vitkit.errors import ConfigError, DataError
+from vitkit.errors import BundleError, ConfigError, DataError
 from vitkit.workflows.distill import TeacherLoss, run_distill
 from vitkit.workflows.train import resolve_resume_config, run_training
 
@@ -174,6 +174,19 @@ def test_token_mode_trains_a_distilled_deit(teacher_bundle: Path, tiny_image_fol
     result = run_distill(config, progress=False)
     predictor = vitkit.load(result.bundle)
     assert predictor(torch.randn(1, 3, 224, 224)).shape == (1, 3)
+
+
+def test_the_teacher_can_run_as_another_variant(teacher_bundle: Path, tiny_image_folder: Path,
+                                                tmp_path: Path) -> None:
+    result = run_distill(_config(teacher_bundle, tiny_image_folder, tmp_path / "run",
+                                 model="test_resnet", augment=False,
+                                 teacher_variant="torch-bf16"), progress=False)
+    assert result.teacher["variant"] == "torch-bf16"
+    meta = json.loads((Path(result.bundle) / "vitkit.json").read_text())
+    assert meta["train"]["distilled_from"]["variant"] == "torch-bf16"
+    with pytest.raises(BundleError, match="no variant 'openvino-int8'.*torch-bf16"):
+        run_distill(_config(teacher_bundle, tiny_image_folder, tmp_path / "other",
+                            teacher_variant="openvino-int8"), progress=False)
 
 
 class _Killed(Exception):

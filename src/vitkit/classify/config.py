@@ -138,6 +138,9 @@ class DistillConfig(TrainConfig):
     """
 
     teacher: str = Field("", description="bundle folder of the teacher classifier")
+    teacher_variant: str | None = Field(
+        None, description="the teacher's variant that computes its logits (default torch-fp32); "
+        "a quantized or exported one makes every training step cheaper")
     model: str = Field("deit_tiny_patch16_224", description="the student")
     mode: Literal["soft", "hard", "token"] = Field(
         "soft", description="soft: KL to the teacher's softened probabilities; hard: CE to the "

@@ -102,6 +102,10 @@ def distill(
         "--augment/--no-augment", help="Random crops and flips; without them the teacher runs "
                                        "once per image and its logits are cached. "
                                        "(default: augment)")] = None,
+    teacher_variant: Annotated[str | None, typer.Option(
+        help="The teacher's variant that computes its logits, e.g. openvino-int8 after `vitkit "
+             "quantize TEACHER` (faster steps; see `vitkit bench TEACHER` for the list). "
+             "(default: torch-fp32)")] = None,
     epochs: Annotated[int | None, typer.Option(help="(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "(default: runs/distill)")] = None,
@@ -129,8 +133,8 @@ def distill(
 
     given = {"teacher": teacher, "data": data, "model": student, "weights": weights,
              "mode": mode, "temperature": temperature, "alpha": alpha, "augment": augment,
-             "epochs": epochs, "out": out, "batch_size": batch_size, "seed": seed,
-             "device": device, "precision": precision}
+             "teacher_variant": teacher_variant, "epochs": epochs, "out": out,
+             "batch_size": batch_size, "seed": seed, "device": device, "precision": precision}
     cfg = load_config(DistillConfig, config, given)
     if resume:
         cfg = resolve_resume_config(Path(cfg.out), cfg,

@@ -175,7 +175,8 @@ def run_distill(config: DistillConfig, resume: bool = False,
         val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
         run_dir=run_dir, show_progress=progress,
     )
-    teacher = load(config.teacher, device=str(trainer.device))
+    teacher = load(config.teacher, device=str(trainer.device), variant=config.teacher_variant,
+                   ood=False)
     teacher_val = evaluate_samples(teacher, by_split["val"], config.batch_size,
                                    config.num_workers, progress, "evaluating teacher on val")
     teacher_acc = teacher_val.metrics.accuracy
@@ -189,9 +190,9 @@ def run_distill(config: DistillConfig, resume: bool = False,
     fit = trainer.fit(resume=resume)
     teacher_record = {
         "bundle": str(config.teacher), "model": teacher_meta.backbone.get("name"),
-        "val_accuracy": teacher_acc, "mode": config.mode, "temperature": config.temperature,
-        "alpha": config.alpha, "cached": hook.cache is not None,
-        "forward_images": hook.teacher_images,
+        "variant": teacher.variant.name, "val_accuracy": teacher_acc, "mode": config.mode,
+        "temperature": config.temperature, "alpha": config.alpha,
+        "cached": hook.cache is not None, "forward_images": hook.teacher_images,
     }
     if not trainer.accelerator.is_main_process:
         return DistillResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped),
