@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--mode", default="soft")
+    parser.add_argument("--feature-weight", type=float, default=0.0,
+                        help="weight of the feature term (distill --feature-weight)")
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--mixup", type=float, default=0.0,
                         help="mixup alpha for both students (the teacher labels each mixed image)")
@@ -69,7 +71,7 @@ def main() -> None:
     summary = {
         "student": args.student, "epochs": args.epochs, "mode": args.mode,
         "temperature": args.temperature, "alpha": args.alpha, "augment": not args.no_augment,
-        "mixup": args.mixup, "cutmix": args.cutmix,
+        "mixup": args.mixup, "cutmix": args.cutmix, "feature_weight": args.feature_weight,
         "teacher_val_accuracy": pairs[0]["teacher_val_accuracy"],
         "teacher_seconds": round(teacher_seconds, 1), "pairs": pairs,
         "mean_without_teacher": statistics.fmean(p["student_without_teacher"] for p in pairs),
@@ -105,7 +107,8 @@ def run_pair(args: argparse.Namespace, teacher: str | Path, out: Path, seed: int
     started = time.perf_counter()
     distilled = run_distill(DistillConfig(
         **common, teacher=str(teacher), mode=args.mode, temperature=args.temperature,
-        alpha=args.alpha, augment=not args.no_augment, out=str(out / "distilled"),
+        alpha=args.alpha, augment=not args.no_augment, feature_weight=args.feature_weight,
+        out=str(out / "distilled"),
     ), progress=False)
     distill_seconds = time.perf_counter() - started
     pair = {

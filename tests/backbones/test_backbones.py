@@ -217,6 +217,12 @@ def test_weights_with_another_head_size_load_the_body_only(
     assert created.model.head.weight.shape == (5, created.model.num_features)
 
 
+def test_num_features_is_the_embedding_width_with_a_pre_logits_layer() -> None:
+    created = create("mobilenetv3_small_100", num_classes=2, weights="none")
+    embedding = created.model.eval().forward_features(torch.randn(1, 3, 64, 64))
+    assert embedding.shape == (1, created.model.num_features) == (1, 1024)
+
+
 def test_a_distilled_deit_with_two_heads_loads_a_weights_file(tmp_path: Path) -> None:
     """timm's distilled DeiT returns its two heads as a tuple; both are the head (a new class
     count replaces both, the body loads, both start at zero)."""

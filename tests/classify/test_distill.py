@@ -13,9 +13,11 @@ import torch.nn.functional as F
 
 import vitkit
 from vitkit.bundle import BundleMeta, save_bundle
+from vitkit.classify.checkpoint import load_checkpoint
 from vitkit.classify.config import DistillConfig, TrainConfig
 from vitkit.classify.distill import (
     distillation_loss,
+    feature_loss,
     hard_distillation_loss,
     label_loss,
     renormalize,
@@ -87,6 +89,32 @@ def test_token_loss_sends_labels_to_cls_and_the_teacher_to_dist() -> None:
     assert float(loss) == pytest.approx(-math.log(0.75))
     swapped = token_distillation_loss(dist_logits, cls_logits, teacher, y)
     assert float(swapped) == pytest.approx(-math.log(0.25))
+
+
+def test_feature_term_is_one_minus_the_cosine_after_the_projection() -> None:
+    identity = torch.nn.Identity()
+    student = torch.tensor([[1.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
+    teacher = torch.tensor([[0.0, 5.0], [2.0, 2.0], [-1.0, 0.0]])  # 90°, 0°, 180°
+    assert float(feature_loss(student, teacher, identity)) == pytest.approx((1 + 0 + 2) / 3)
+    swap = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        swap.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # (a, b) -> (b, a)
+    # [1, 0] -> [0, 1]: now along the teacher's [0, 5]; a 2-D student to a 3-D teacher works too.
+    assert feature_loss(student[:1], teacher[:1], swap).item() == pytest.approx(0.0, abs=1e-7)
+    widen = torch.nn.Linear(2, 3)
+    assert feature_loss(student, torch.randn(3, 3), widen).shape == ()
+
+
+def test_optimizer_trains_extra_parameters_at_the_stage_rate() -> None:
+    from vitkit.classify.schedule import StagePlan, make_optimizer
+
+    body, extra = torch.nn.Linear(3, 3), torch.nn.Linear(3, 4)
+    plan = StagePlan(groups=[(list(body.parameters()), 0.5)])
+    optimizer = make_optimizer(plan, 1e-3, 0.05, list(extra.parameters()))
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert groups[id(extra.weight)]["lr"] == pytest.approx(1e-3)
+    assert groups[id(extra.bias)]["weight_decay"] == 0.0
+    assert groups[id(body.weight)]["lr"] == pytest.approx(5e-4)
 
 
 def test_renormalize_maps_one_models_input_onto_anothers() -> None:
@@ -189,6 +217,26 @@ def test_the_teacher_can_run_as_another_variant(teacher_bundle: Path, tiny_image
                             teacher_variant="openvino-int8"), progress=False)
 
 
+def test_feature_distillation_trains_a_projection_kept_in_the_checkpoint(
+        teacher_bundle: Path, tiny_image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_distill(_config(teacher_bundle, tiny_image_folder, out, model="test_vit",
+                                 augment=False, epochs=2, feature_weight=1.0), progress=False)
+    student_dim = vitkit.load(result.bundle).model.num_features
+    teacher_dim = vitkit.load(teacher_bundle).model.num_features
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert checkpoint["loss_hook"]["weight"].shape == (teacher_dim, student_dim)
+    # The optimizer moved it: AdamW's running gradient average of a matrix of that shape.
+    moments = [state["exp_avg"] for state in checkpoint["optimizer"]["state"].values()
+               if state["exp_avg"].shape == (teacher_dim, student_dim)]
+    assert moments and moments[0].abs().sum() > 0
+    assert result.teacher["feature_weight"] == 1.0
+    assert result.teacher["forward_images"] == result.train_images  # features cached too
+    with pytest.raises(ValueError, match="feature_weight needs the teacher's embeddings"):
+        _config(teacher_bundle, tiny_image_folder, out, feature_weight=1.0,
+                teacher_variant="openvino-int8")
+
+
 class _Killed(Exception):
     """Stands in for a SIGKILL in the middle of an epoch."""
 
@@ -197,7 +245,8 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_result(
         teacher_bundle: Path, tiny_image_folder: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed mid-way through epoch 3, resumed: the same epochs, losses and weights as a run
-    that was never interrupted (augmented batches, so the teacher runs on every step)."""
+    that was never interrupted (augmented batches, so the teacher runs on every step; a
+    feature term, so the projection's state must come back from the checkpoint too)."""
     calls = {"n": 0, "kill_at": None}
     original = TeacherLoss.__call__
 
@@ -209,12 +258,13 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_result(
 
     monkeypatch.setattr(TeacherLoss, "__call__", counting)
     whole = run_distill(_config(teacher_bundle, tiny_image_folder, tmp_path / "A", epochs=3,
-                                model="test_resnet", seed=5), progress=False)
+                                model="test_resnet", seed=5, feature_weight=0.5),
+                        progress=False)
     steps_per_epoch = calls["n"] // 3
 
     calls.update(n=0, kill_at=2 * steps_per_epoch + 1)
     killed = _config(teacher_bundle, tiny_image_folder, tmp_path / "B", epochs=3,
-                     model="test_resnet", seed=5)
+                     model="test_resnet", seed=5, feature_weight=0.5)
     with pytest.raises(_Killed):
         run_distill(killed, progress=False)
     assert len((tmp_path / "B" / "metrics.csv").read_text().splitlines()) == 1 + 2

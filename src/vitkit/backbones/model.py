@@ -36,8 +36,12 @@ class ImageClassifier(nn.Module):
 
     @property
     def num_features(self) -> int:
+        """Width of the pre-logits embedding (``forward_features``). timm's own
+        ``num_features`` is the width before a pre-logits layer, which MobileNetV3 has
+        (576 -> 1024): ``head_hidden_size`` is the embedding's."""
         if self.source == "timm":
-            return int(self.model.num_features)  # type: ignore[arg-type]
+            width = getattr(self.model, "head_hidden_size", None) or self.model.num_features
+            return int(width)  # type: ignore[arg-type]
         linear = _last_linear(self.head)
         return int(linear.in_features)
 

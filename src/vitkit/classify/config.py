@@ -149,8 +149,18 @@ class DistillConfig(TrainConfig):
     alpha: float = Field(0.5, ge=0, le=1, description="teacher share of the loss; 1-alpha: labels")
     augment: bool = Field(True, description="random crops/flips; off: the teacher's logits are "
                           "computed once per image and cached")
+    feature_weight: float = Field(
+        0.0, ge=0, description="weight of a feature term, 1 - cos(P s, t) between the student's "
+        "pre-logits embedding (through a trained linear map P) and the teacher's; 0: logits only")
     stages: Stages = Field(default_factory=_end_to_end)
     out: str = "runs/distill"
+
+    @model_validator(mode="after")
+    def _features_need_the_torch_teacher(self) -> DistillConfig:
+        if self.feature_weight > 0 and self.teacher_variant not in (None, "torch-fp32"):
+            raise ValueError("feature_weight needs the teacher's embeddings, which only its torch "
+                             "model gives: drop teacher_variant (or set feature_weight to 0)")
+        return self
 
     @model_validator(mode="after")
     def _token_needs_no_head_stage(self) -> DistillConfig:

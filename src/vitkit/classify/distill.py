@@ -11,6 +11,11 @@ Three ways for a student to learn from a teacher's logits:
   argmax t)``; at inference timm averages the two heads.
 
 Targets ``y`` are class indices (B,) or, under mixup/cutmix, probabilities (B, C).
+
+And one way to learn from the teacher's features (FitNets-style hints, Romero et al., 2015):
+``feature_loss`` = ``1 - cos(P s, t)`` between the student's pre-logits embedding mapped by a
+trained linear map ``P`` and the teacher's. With few classes the logits say little per image
+(two classes: one probability); an embedding of hundreds of dimensions says much more.
 """
 
 from __future__ import annotations
@@ -87,3 +92,12 @@ def renormalize(images: torch.Tensor,
         pixels = F.interpolate(pixels, size=to_size, mode="bilinear", align_corners=False,
                                antialias=True)  # (B, 3, h, w)
     return (pixels - column(to_mean)) / column(to_std)
+
+
+def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                 projection: torch.nn.Module) -> torch.Tensor:
+    """``mean(1 - cos(projection(s), t))`` over the batch: 0 when the mapped student embedding
+    points where the teacher's does, 2 when opposite. The scale of either does not matter."""
+    mapped = projection(student_features.float())  # (B, D_teacher)
+    cosine = F.cosine_similarity(mapped, teacher_features.detach().float(), dim=1)  # (B,)
+    return (1 - cosine).mean()

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from vitkit.backbones import ImageClassifier
@@ -68,7 +69,12 @@ class TrainBatch:
 
 
 class LossHook(Protocol):
-    """Replaces the engine's cross-entropy, e.g. with a distillation loss."""
+    """Replaces the engine's cross-entropy, e.g. with a distillation loss.
+
+    A hook with a ``trainable`` attribute (an ``nn.Module`` or None) has parameters of its own
+    (a feature projection): they train with the model in the image stages, and their state
+    goes into the checkpoint so a resumed run continues them too.
+    """
 
     def __call__(self, outputs: Any, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (the scalar loss, (B, C) logits the training accuracy is measured on)."""
@@ -184,7 +190,9 @@ class Trainer:
         )
         apply_trainability(self.model, plan)
         self._plan = plan
-        optimizer = make_optimizer(plan, stage_cfg.lr, self.config.weight_decay)
+        hook_module = self._hook_module()
+        extra = list(hook_module.parameters()) if hook_module and stage != "head" else []
+        optimizer = make_optimizer(plan, stage_cfg.lr, self.config.weight_decay, extra)
         if stage == "head":
             train_loader, val_data = self._cached_feature_loaders(stage_cfg.batch_size)
         else:
@@ -377,6 +385,8 @@ class Trainer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "stages": list(self.stages),
+                "loss_hook": (module.state_dict()
+                              if (module := self._hook_module()) is not None else None),
             },
             self.ckpt_dir / "last.pt",
         )
@@ -389,6 +399,9 @@ class Trainer:
             return None
         checkpoint = load_checkpoint(path)
         self.model.model.load_state_dict(checkpoint["model"])
+        module = self._hook_module()
+        if module is not None and checkpoint.get("loss_hook") is not None:
+            module.load_state_dict(checkpoint["loss_hook"])
         for key, value in checkpoint["progress"].items():
             setattr(state, key, value)
         stderr_console.print(f"resuming after epoch {state.epoch} "
@@ -396,6 +409,10 @@ class Trainer:
         if state.stage_epoch >= self.stage_epochs[self.stages[state.stage_index]]:
             return None
         return checkpoint
+
+    def _hook_module(self) -> nn.Module | None:
+        module = getattr(self.loss_hook, "trainable", None)
+        return module if isinstance(module, nn.Module) else None
 
     def _log_epoch(self, record: EpochRecord, improved: bool) -> None:
         if not self.accelerator.is_main_process:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,13 @@ def apply_trainability(model: ImageClassifier, plan: StagePlan) -> None:
 
 
 def make_optimizer(
-    plan: StagePlan, lr: float, weight_decay: float
+    plan: StagePlan, lr: float, weight_decay: float, extra: Sequence[nn.Parameter] = ()
 ) -> torch.optim.AdamW:
-    """AdamW with no weight decay on biases and normalisation weights (1-D tensors)."""
+    """AdamW with no weight decay on biases and normalisation weights (1-D tensors). ``extra``:
+    parameters outside the model trained at the stage's rate (a distillation projection)."""
     param_groups: list[dict[str, Any]] = []
-    for params, scale in plan.groups:
+    groups = [*plan.groups, (list(extra), 1.0)] if extra else plan.groups
+    for params, scale in groups:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         for subset, wd in ((decay, weight_decay), (no_decay, 0.0)):

@@ -102,6 +102,11 @@ def distill(
         "--augment/--no-augment", help="Random crops and flips; without them the teacher runs "
                                        "once per image and its logits are cached. "
                                        "(default: augment)")] = None,
+    feature_weight: Annotated[float | None, typer.Option(
+        help="Also match the teacher's embedding: adds this weight times 1 - cos(P s, t) "
+             "between the student's pre-logits features (through a learned linear map P) and "
+             "the teacher's. Gives the student far more than few-class logits; try 1. "
+             "(default: 0, logits only)")] = None,
     teacher_variant: Annotated[str | None, typer.Option(
         help="The teacher's variant that computes its logits, e.g. openvino-int8 after `vitkit "
              "quantize TEACHER` (faster steps; see `vitkit bench TEACHER` for the list). "
@@ -133,7 +138,8 @@ def distill(
 
     given = {"teacher": teacher, "data": data, "model": student, "weights": weights,
              "mode": mode, "temperature": temperature, "alpha": alpha, "augment": augment,
-             "teacher_variant": teacher_variant, "epochs": epochs, "out": out,
+             "feature_weight": feature_weight, "teacher_variant": teacher_variant,
+             "epochs": epochs, "out": out,
              "batch_size": batch_size, "seed": seed, "device": device, "precision": precision}
     cfg = load_config(DistillConfig, config, given)
     if resume:

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vitkit.backbones import CreatedModel, ImageClassifier, create
 from vitkit.bundle import BundleMeta, read_meta
 from vitkit.classify.config import DistillConfig
 from vitkit.classify.distill import (
     distillation_loss,
+    feature_loss,
     hard_distillation_loss,
     renormalize,
     token_distillation_loss,
@@ -69,21 +71,39 @@ class TeacherLoss:
 
     Args:
         teacher: The teacher bundle's predictor (``predictor(batch) -> logits``).
-        config: The run's config (mode, temperature, alpha, augment, label smoothing).
+        config: The run's config (mode, temperature, alpha, augment, label smoothing,
+            feature weight).
         student_pre: The student's preprocessing (its batches are normalised with it).
         columns: For each of the student's classes, the teacher's logit column.
         device: Where the loss is computed (the student's device).
+        student: The student; needed with a feature weight (its head's input, the pre-logits
+            embedding, is read on every step and mapped onto the teacher's by ``trainable``).
     """
 
     def __init__(self, teacher: Predictor, config: DistillConfig, student_pre: Preprocessing,
-                 columns: list[int], device: torch.device) -> None:
+                 columns: list[int], device: torch.device,
+                 student: ImageClassifier | None = None) -> None:
         self.teacher = teacher
         self.config = config
         self.student_pre = student_pre
         self.columns = torch.tensor(columns)
         self.device = device
         self.cache: torch.Tensor | None = None  # (N, C) teacher logits per training image
+        self.feature_cache: torch.Tensor | None = None  # (N, D_teacher) with a feature weight
         self.teacher_images = 0  # images the teacher has run on, for the record and tests
+        self.trainable: nn.Linear | None = None  # the engine trains and checkpoints it
+        self._student_features: torch.Tensor | None = None
+        if config.feature_weight > 0:
+            if student is None or isinstance(student.head, nn.ModuleList):
+                raise ConfigError("feature distillation needs a student with one head (a "
+                                  "distilled DeiT has two); set feature_weight to 0.")
+            teacher_dim = teacher.torch_model().num_features
+            self.trainable = nn.Linear(student.num_features, teacher_dim).to(device)
+            student.head.register_forward_hook(self._capture_student_features)
+
+    def _capture_student_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                                  _output: torch.Tensor) -> None:
+        self._student_features = inputs[0].flatten(1)
 
     def fill_cache(self, train_images: ImageDataset, progress: bool = True) -> None:
         """Runs the teacher once over ``train_images`` (in the training set's order)."""
@@ -91,38 +111,54 @@ class TeacherLoss:
                                self.teacher.transform, train_images.max_pixels)
         loader = make_loader(dataset, batch_size=self.config.batch_size, shuffle=False, seed=0,
                              num_workers=self.config.num_workers)
-        chunks = []
+        logits, features = [], []
         with make_progress(progress) as bar:
             task = bar.add_task("teacher logits", total=len(dataset), stats="") if bar else None
             for images, _ in loader:
-                chunks.append(self._teacher(images).cpu())
+                batch_logits, batch_features = self._teacher(images)
+                logits.append(batch_logits.cpu())
+                if batch_features is not None:
+                    features.append(batch_features.cpu())
                 if bar is not None and task is not None:
                     bar.update(task, advance=len(images))
-        self.cache = torch.cat(chunks)
+        self.cache = torch.cat(logits)
+        self.feature_cache = torch.cat(features) if features else None
 
     def uses_cache(self, batch: TrainBatch) -> bool:
         unmixed = batch.soft_targets is None
         return batch.stage == "head" or (not self.config.augment and unmixed)
 
-    def teacher_logits(self, batch: TrainBatch) -> torch.Tensor:
-        """(B, C) teacher logits, in the student's class order, on the loss's device."""
+    def teacher_outputs(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C) teacher logits in the student's class order, and with a feature weight the
+        teacher's (B, D) embeddings, on the loss's device."""
         if self.uses_cache(batch):
             if self.cache is None:
                 raise RuntimeError("teacher cache is empty: call fill_cache() before training")
-            return self.cache[batch.indices.cpu()].to(self.device)
+            rows = batch.indices.cpu()
+            features = None if self.feature_cache is None else self.feature_cache[rows]
+            return (self.cache[rows].to(self.device),
+                    None if features is None else features.to(self.device))
         pre = self.teacher.preprocessing
         images = renormalize(batch.inputs.detach(), self.student_pre.mean, self.student_pre.std,
                              pre.mean, pre.std, pre.input_size)  # (B, 3, h, w)
         return self._teacher(images)
 
-    def _teacher(self, images: torch.Tensor) -> torch.Tensor:
+    def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.teacher_images += len(images)
-        logits = self.teacher(images)  # (B, C_teacher), an inference tensor on the CPU
+        features = None
+        if self.trainable is None:
+            logits = self.teacher(images)  # (B, C_teacher), an inference tensor on the CPU
+        else:
+            model = self.teacher.torch_model()
+            with torch.no_grad():
+                features, logits = model.features_and_logits(images.to(self.teacher.device))
+            features = features.float().to(self.device)
         # index_select makes a normal tensor: inference tensors cannot be saved for backward.
-        return logits.index_select(1, self.columns).to(self.device)
+        return logits.float().index_select(1, self.columns.to(logits.device)).to(self.device), \
+            features
 
     def __call__(self, outputs: Any, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        teacher = self.teacher_logits(batch)
+        teacher, teacher_features = self.teacher_outputs(batch)
         targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
         cfg = self.config
         if isinstance(outputs, tuple):  # a distilled DeiT in training mode: (cls, dist)
@@ -136,6 +172,12 @@ class TeacherLoss:
         else:
             loss = distillation_loss(outputs, teacher, targets, cfg.temperature, cfg.alpha,
                                      cfg.label_smoothing)
+        # The head stage trains on cached student features: nothing for a feature term to move.
+        if self.trainable is not None and batch.stage != "head":
+            if self._student_features is None or teacher_features is None:
+                raise RuntimeError("no student features captured for the feature term")
+            loss = loss + cfg.feature_weight * feature_loss(
+                self._student_features, teacher_features, self.trainable)
         return loss, outputs
 
 
@@ -183,7 +225,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
     stderr_console.print(f"teacher {teacher_meta.backbone.get('name')} "
                          f"val accuracy {teacher_acc:.3f}; student {config.model} "
                          f"({created.spec.weights} weights), mode {config.mode}")
-    hook = TeacherLoss(teacher, config, pre, columns, trainer.device)
+    hook = TeacherLoss(teacher, config, pre, columns, trainer.device, student)
     if "head" in trainer.stages or not config.augment:
         hook.fill_cache(train_eval_set, progress)
     trainer.loss_hook = hook
@@ -192,6 +234,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
         "bundle": str(config.teacher), "model": teacher_meta.backbone.get("name"),
         "variant": teacher.variant.name, "val_accuracy": teacher_acc, "mode": config.mode,
         "temperature": config.temperature, "alpha": config.alpha,
+        "feature_weight": config.feature_weight,
         "cached": hook.cache is not None, "forward_images": hook.teacher_images,
     }
     if not trainer.accelerator.is_main_process:
