@@ -93,17 +93,25 @@ class TeacherLoss:
         self.teacher_images = 0  # images the teacher has run on, for the record and tests
         self.trainable: nn.Linear | None = None  # the engine trains and checkpoints it
         self._student_features: torch.Tensor | None = None
+        self._capture: torch.utils.hooks.RemovableHandle | None = None
         if config.feature_weight > 0:
             if student is None or isinstance(student.head, nn.ModuleList):
                 raise ConfigError("feature distillation needs a student with one head (a "
                                   "distilled DeiT has two); set feature_weight to 0.")
             teacher_dim = teacher.torch_model().num_features
             self.trainable = nn.Linear(student.num_features, teacher_dim).to(device)
-            student.head.register_forward_hook(self._capture_student_features)
+            self._capture = student.head.register_forward_hook(self._capture_student_features)
 
     def _capture_student_features(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...],
                                   _output: torch.Tensor) -> None:
         self._student_features = inputs[0].flatten(1)
+
+    def close(self) -> None:
+        """Stops reading the student's features (training is over)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+        self._student_features = None
 
     def fill_cache(self, train_images: ImageDataset, progress: bool = True) -> None:
         """Runs the teacher once over ``train_images`` (in the training set's order)."""
@@ -230,6 +238,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
         hook.fill_cache(train_eval_set, progress)
     trainer.loss_hook = hook
     fit = trainer.fit(resume=resume)
+    hook.close()
     teacher_record = {
         "bundle": str(config.teacher), "model": teacher_meta.backbone.get("name"),
         "variant": teacher.variant.name, "val_accuracy": teacher_acc, "mode": config.mode,
