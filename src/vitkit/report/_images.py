@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -49,3 +51,23 @@ def thumbnail(path: Path, size: int = THUMBNAIL_SIZE) -> tuple[str, int, int] | 
     except Exception:  # a bad image must show a placeholder, never crash
         return None
     return data_uri(buffer.getvalue(), "image/jpeg"), image.width, image.height
+
+
+def resolve_image(path: str | Path, roots: Sequence[Path]) -> Path:
+    """``path`` when absolute, else under the first of ``roots`` that holds it, else as given
+    (a relative path that exists nowhere: the report says "not found")."""
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    return next((root / candidate for root in roots if (root / candidate).is_file()), candidate)
+
+
+def thumbnail_html(path: Path, alt: str, what: str = "image") -> str:
+    """An ``<img>`` of the file's thumbnail, or a placeholder that says why there is none."""
+    thumb = thumbnail(path, THUMBNAIL_SIZE)
+    if thumb is None:
+        reason = f"{what} unreadable" if path.is_file() else f"{what} not found"
+        return f'<div class="placeholder" role="img" aria-label="{reason}">{reason}</div>'
+    uri, width, height = thumb
+    return (f'<img src="{uri}" width="{width}" height="{height}" '
+            f'alt="{html.escape(alt, quote=True)}">')

@@ -15,7 +15,7 @@ from pathlib import Path
 from vitkit import __version__
 from vitkit.errors import VitkitError
 from vitkit.report import _format as fmt
-from vitkit.report._images import THUMBNAIL_SIZE, data_uri, thumbnail
+from vitkit.report._images import data_uri, resolve_image, thumbnail_html
 from vitkit.report._inputs import (
     EVAL,
     METRICS,
@@ -399,28 +399,11 @@ def _image_roots(run: RunInputs) -> list[Path]:
     return roots
 
 
-def _resolve(path: str, roots: list[Path]) -> Path:
-    candidate = Path(path)
-    if candidate.is_absolute():
-        return candidate
-    for root in roots:
-        if (root / candidate).is_file():
-            return root / candidate
-    return candidate
-
-
 def _figure(p: Mapping[str, object], roots: list[Path]) -> str:
     path = str(p["path"])
     true, pred = str(p["true"]), str(p["pred"])
     correct = true == pred
-    resolved = _resolve(path, roots)
-    thumb = thumbnail(resolved, THUMBNAIL_SIZE)
-    if thumb is None:
-        reason = "image unreadable" if resolved.is_file() else "image not found"
-        visual = f'<div class="placeholder" role="img" aria-label="{reason}">{reason}</div>'
-    else:
-        uri, width, height = thumb
-        visual = f'<img src="{uri}" width="{width}" height="{height}" alt="{_e(Path(path).name)}">'
+    visual = thumbnail_html(resolve_image(path, roots), Path(path).name)
     verdict = "correct" if correct else "wrong"
     score = fmt.percent(p.get("score"))
     return (

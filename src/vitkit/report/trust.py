@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.report import _format as fmt
-from vitkit.report._images import THUMBNAIL_SIZE, data_uri, thumbnail
+from vitkit.report._images import data_uri, resolve_image, thumbnail_html
 from vitkit.report._inputs import (
     CALIBRATION,
     EXPLANATIONS,
@@ -238,17 +238,9 @@ def _explanations(run: RunInputs) -> str:
 
 
 def _explained(e: Mapping[str, object], folder: Path, run_dir: Path) -> str:
-    overlay = Path(str(e["overlay"]))
-    candidates = [overlay] if overlay.is_absolute() else [folder / overlay, run_dir / overlay]
-    found = next((p for p in candidates if p.is_file()), candidates[0])
-    thumb = thumbnail(found, THUMBNAIL_SIZE)
-    if thumb is None:
-        reason = "overlay unreadable" if found.is_file() else "overlay not found"
-        visual = f'<div class="placeholder" role="img" aria-label="{reason}">{reason}</div>'
-    else:
-        uri, width, height = thumb
-        visual = (f'<img src="{uri}" width="{width}" height="{height}" '
-                  f'alt="explanation of {_e(Path(str(e.get("path", ""))).name)}">')
+    overlay = resolve_image(str(e["overlay"]), [folder, run_dir])
+    visual = thumbnail_html(overlay, f"explanation of {Path(str(e.get('path', ''))).name}",
+                            "overlay")
     pred, true = str(e.get("label", fmt.MISSING)), e.get("true")
     verdict, badge = "neutral", ""
     if true is not None:
