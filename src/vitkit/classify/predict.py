@@ -169,21 +169,22 @@ class Predictor:
         self, items: list[tuple[Path, torch.Tensor]], k: int, timing: TtaTiming | None = None
     ) -> Iterator[Prediction]:
         batch = torch.stack([t for _, t in items])
-        ood_scores = None
+        ood_scores, unknown = None, None
         detector = self.ood
         if detector is None:
             probs = self.predict_proba(batch, timing)
         else:
             probs, ood_scores = self._proba_and_ood_scores(batch, detector, timing)
+            unknown = detector.is_unknown(ood_scores)
         scores, indices = probs.topk(k, dim=1)
         for row, ((path, _), row_scores, row_idx) in enumerate(
                 zip(items, scores, indices, strict=True)):
             topk = [{"label": self.labels[int(i)], "score": float(s)}
                     for s, i in zip(row_scores, row_idx, strict=True)]
             prediction = Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
-            if ood_scores is not None and detector is not None:
+            if ood_scores is not None and unknown is not None:
                 prediction.ood_score = float(ood_scores[row])
-                prediction.ood = bool(detector.is_unknown([ood_scores[row]])[0])
+                prediction.ood = bool(unknown[row])
                 if prediction.ood:
                     prediction.label = UNKNOWN
             yield prediction
