@@ -290,15 +290,28 @@ def test_expand_paths(tmp_path: Path) -> None:
         (root / name).write_bytes(b"x")
     single = tmp_path / "single.webp"
     single.write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
     found, missing = expand_paths([
         str(root), str(single), str(root / "*.png"), str(tmp_path / "missing.png"),
-        str(tmp_path / "none-*.png"),
+        str(tmp_path / "none-*.png"), str(tmp_path / "empty"),
     ])
     expected = [root / "a.JPG", root / "b.png", root / "sub" / "c.png", single]
-    assert found == [p.resolve() for p in expected], "sorted, recursive, deduplicated"
-    assert [m.path for m in missing] == [str(tmp_path / "missing.png"),
-                                         str(tmp_path / "none-*.png")]
-    assert all("no such file" in m.error for m in missing)
+    assert found == expected, "sorted, recursive, deduplicated, as typed"
+    assert [(m.path, m.error) for m in missing] == [
+        (str(tmp_path / "missing.png"), "no such file or folder"),
+        (str(tmp_path / "none-*.png"), "no file matches this pattern"),
+        (str(tmp_path / "empty"), missing[2].error)]
+    assert missing[2].error.startswith("no images in this folder (looked for ")
+
+
+def test_expand_paths_keeps_symlinked_paths_as_typed(tmp_path: Path) -> None:
+    """Data linked from elsewhere (site-packages) shows the link the user typed, once."""
+    real = tmp_path / "site-packages" / "pkg" / "data"
+    real.mkdir(parents=True)
+    (real / "a.png").write_bytes(b"x")
+    (tmp_path / "linked").symlink_to(real)
+    found, _ = expand_paths([str(tmp_path / "linked"), str(real / "a.png")])
+    assert found == [tmp_path / "linked" / "a.png"]
 
 
 def test_save_tensors_adds_a_file_to_a_bundle_and_refuses_other_folders(tmp_path: Path) -> None:

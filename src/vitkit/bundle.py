@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from vitkit.atomic import atomic_path, file_mode, staged_dir, write_text_atomic
 from vitkit.errors import BundleError
 
 SCHEMA_VERSION = 1
@@ -64,24 +63,15 @@ def save_bundle(path: Path, model: nn.Module | None, meta: BundleMeta,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = meta.model_copy(update={"vitkit_version": __version__})
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_dir(path) as staging:
         if model is not None:
             save_weights(model, staging / WEIGHTS_FILE)
         for name, named_tensors in (tensors or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in named_tensors.items()},
                       str(staging / name))
         (staging / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
-        if path.exists():
-            backup = path.with_name(f".{path.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(path, backup)
-            os.replace(staging, path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for file in staging.iterdir():  # safetensors writes its files 0600
+            os.chmod(file, file_mode())
     return path
 
 
@@ -156,15 +146,8 @@ def save_tensors(path: Path | str, filename: str, tensors: Mapping[str, torch.Te
     ``vitkit.json`` with :func:`update_meta` afterwards."""
     path = Path(path)
     read_meta(path)  # refuse to write into something that is not a bundle
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=path)
-    os.close(fd)
-    try:
-        os.chmod(tmp, _file_mode())
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path / filename)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path / filename) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     return path / filename
 
 
@@ -178,22 +161,4 @@ def update_meta(path: Path | str, **changes: Any) -> BundleMeta:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Writes JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (0644 under the usual umask):
-    ``mkstemp`` makes files private (0600), which would hide a bundle from a service account."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -30,3 +30,8 @@ class BundleError(VitkitError):
 
 class WeightsError(VitkitError):
     """Model weights cannot be found, downloaded, or matched to the architecture."""
+
+
+class NothingProcessedError(DataError):
+    """None of the given images could be used: every path was missing, empty or unreadable.
+    Exit code 2 like any user error; when only some fail, a verb succeeds and counts them."""

@@ -148,8 +148,7 @@ def rebuild_feature_backbone(spec: BackboneSpec, layers: Sequence[int],
 
 
 def _is_vit(classifier: ImageClassifier) -> bool:
-    info = getattr(classifier.model, "feature_info", None)
-    return bool(info) and len({int(f["reduction"]) for f in info}) == 1
+    return classifier.source == "timm" and classifier.has_fixed_input_size
 
 
 def _check_layers(classifier: ImageClassifier, layers: Sequence[int]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -22,6 +22,9 @@ from vitkit.anomaly.features import FeatureExtractor
 from vitkit.anomaly.maps import upsample_map
 from vitkit.data import Preprocessing, eval_transform
 from vitkit.errors import ConfigError
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: hears about a long step of a method."""
 
 
 class AnomalyMethod(ABC):
@@ -38,8 +41,9 @@ class AnomalyMethod(ABC):
         """Learns from a batch of prepared normal images."""
 
     @abstractmethod
-    def finish_fit(self) -> dict[str, Any]:
-        """Ends fitting; returns figures worth recording (e.g. memory-bank sizes)."""
+    def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Ends fitting; returns figures worth recording (e.g. memory-bank sizes).
+        ``progress(done, total)`` hears about long steps (PatchCore's coreset selection)."""
 
     @abstractmethod
     def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +59,11 @@ class AnomalyMethod(ABC):
 
     def setup(self, sizes: Sequence[tuple[int, int]]) -> None:  # noqa: B027 - optional hook
         """Sees the (width, height) of the normal images before fitting."""
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether :meth:`calibrate` looks at the held-out images (worth a progress bar)."""
+        return False
 
     def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
         """Sees prepared held-out normal images after fitting, before the threshold is set
@@ -95,7 +104,7 @@ class PatchMeanMethod(AnomalyMethod):
     def add_normal(self, batch: torch.Tensor) -> None:
         self._accumulator.update(patchmean.patch_statistics(batch, self.patch_size))
 
-    def finish_fit(self) -> dict[str, Any]:
+    def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         self.model = self._accumulator.finalize()
         n_stats, grid_h, grid_w = self.model.mean.shape
         return {"grid": [int(grid_h), int(grid_w)], "statistics": int(n_stats),
@@ -181,14 +190,16 @@ class PatchCoreMethod(_DeepMethod):
         if self.global_stats:
             self._statistics.append(global_stats.image_statistics(maps))
 
-    def finish_fit(self) -> dict[str, Any]:
+    def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         features = torch.cat(self._patches)
         self._patches = []
         n_select = max(1, math.ceil(self.coreset_ratio * features.shape[0]))
         if n_select >= features.shape[0]:
             self.bank = features
         else:
-            index = patchcore.greedy_coreset(features, n_select, self.projection_dim, self.seed)
+            index = patchcore.greedy_coreset(
+                features, n_select, self.projection_dim, self.seed,
+                None if progress is None else (lambda done: progress(done, n_select)))
             self.bank = features[index].contiguous()
         details: dict[str, Any] = {"bank_before": int(features.shape[0]),
                                    "bank_after": int(self.bank.shape[0]),
@@ -198,6 +209,10 @@ class PatchCoreMethod(_DeepMethod):
             self._statistics = []
             details["global_stats_dim"] = int(self.global_model.mean.shape[0])
         return details
+
+    @property
+    def calibrates(self) -> bool:
+        return self.global_stats
 
     def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
         if not self.global_stats:
@@ -287,7 +302,7 @@ class PadimMethod(_DeepMethod):
             self._accumulator = padim.GaussianAccumulator(embedding.shape[1], height * width)
         self._accumulator.update(embedding)
 
-    def finish_fit(self) -> dict[str, Any]:
+    def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         if self._accumulator is None:
             raise RuntimeError("no normal images were added")
         self.model = self._accumulator.finalize()

@@ -16,6 +16,7 @@ with the new centres in one compute-bound matrix product, picks a new threshold 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -97,7 +98,8 @@ def locally_aware_patches(feature_maps: list[torch.Tensor],
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int | None = 128,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int = 0, on_progress: Callable[[int], None] | None = None
+                   ) -> torch.Tensor:
     """Greedy k-center (minimax facility location) coreset, as in the paper.
 
     The first point is drawn with ``seed``; each next one is the point farthest from all points
@@ -110,6 +112,7 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int | 
         n_select: Number of points to select, ``1 <= n_select <= N``.
         projection_dim: Dimension of the random projection; ``None`` or ``>= D`` = none.
         seed: Seed of the first point and of the projection.
+        on_progress: Called with the number of points selected so far after each round.
 
     Returns:
         ``(n_select,)`` int64 indices into ``features``, in selection order, no duplicates.
@@ -119,7 +122,7 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int | 
             ``projection_dim < 1``.
     """
     points, start = _coreset_inputs(features, n_select, projection_dim, seed)
-    return _threshold_greedy(points, n_select, start, _CANDIDATES)
+    return _threshold_greedy(points, n_select, start, _CANDIDATES, on_progress)
 
 
 def naive_greedy_coreset(features: torch.Tensor, n_select: int,
@@ -348,8 +351,8 @@ def _coreset_inputs(features: torch.Tensor, n_select: int, projection_dim: int |
     return points - points.mean(dim=0), start
 
 
-def _threshold_greedy(points: torch.Tensor, n_select: int, start: int,
-                      n_candidates: int) -> torch.Tensor:
+def _threshold_greedy(points: torch.Tensor, n_select: int, start: int, n_candidates: int,
+                      on_progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Greedy k-center in rounds: exact loop on the candidates above a threshold, then one
     batched update of every point (see the module docstring)."""
     n_points = points.shape[0]
@@ -363,6 +366,8 @@ def _threshold_greedy(points: torch.Tensor, n_select: int, start: int,
                                        min_distance[candidates], candidates, threshold,
                                        n_select - len(selected))
         selected.extend(chosen.tolist())
+        if on_progress is not None:
+            on_progress(len(selected))
         if len(selected) < n_select:  # the last round's update would serve nobody
             _lower_distances(points, norms, min_distance, chosen)
     return torch.tensor(selected, dtype=torch.long)

@@ -84,6 +84,39 @@ def create(name: str, num_classes: int, weights: str = "auto") -> CreatedModel:
     return _create_timm(name, num_classes, weights)
 
 
+def check_model_name(name: str) -> None:
+    """Refuses a model name that cannot be created, with the closest names, before any slow work.
+
+    Hugging Face ids and local folders pass: only loading them can tell.
+
+    Raises:
+        WeightsError: Not a timm model name, an ``hf:`` id or a Hugging Face folder.
+    """
+    if name.startswith(_HF_PREFIX) or _is_hf_folder(name) or timm.is_model(name):
+        return
+    if Path(name).exists():
+        raise WeightsError(f"{name} is a path but not a Hugging Face model folder (it has no "
+                           "config.json). Give a timm name, hf:<org>/<model>, or a folder saved "
+                           "with save_pretrained().")
+    hint = ", ".join(similar_model_names(name))
+    raise WeightsError(
+        f"unknown model '{name}'. Use a timm model name (see timm.list_models()), "
+        f"'hf:<org>/<model>' for Hugging Face, or a local Hugging Face folder."
+        + (f" Did you mean: {hint}?" if hint else "")
+    )
+
+
+def similar_model_names(name: str, limit: int = 8) -> list[str]:
+    """timm names close to ``name``: whole-name similarity first (``resnet5`` → ``resnet50``),
+    then names that contain it."""
+    import difflib
+
+    names = timm.list_models()
+    close = difflib.get_close_matches(name.lower(), names, n=limit, cutoff=0.6)
+    containing = sorted((n for n in names if name.lower() in n), key=len)
+    return list(dict.fromkeys(close + containing))[:limit]
+
+
 def rebuild(spec: BackboneSpec, num_classes: int) -> ImageClassifier:
     """Rebuilds the architecture of a bundle (weights are loaded by the caller)."""
     if spec.source == "timm":
@@ -104,13 +137,7 @@ def _is_hf_folder(name: str) -> bool:
 
 
 def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f" Similar names: {', '.join(close)}." if close else ""
-        raise WeightsError(
-            f"unknown model '{name}'. Use a timm model name (see timm.list_models()), "
-            f"'hf:<org>/<model>' for Hugging Face, or a local Hugging Face folder.{hint}"
-        )
+    check_model_name(name)
     source_note = weights
     new_head = True
     if weights == "auto" and (found := offline_weights(name)) is not None:

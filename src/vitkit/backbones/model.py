@@ -45,6 +45,15 @@ class ImageClassifier(nn.Module):
         linear = _last_linear(self.head)
         return int(linear.in_features)
 
+    @property
+    def has_fixed_input_size(self) -> bool:
+        """True for transformers whose position embeddings fix the input size (every feature
+        level has the same stride, as a ViT's tokens do); CNNs take any size."""
+        if self.source == "hf":
+            return True
+        info = getattr(self.model, "feature_info", None)
+        return bool(info) and len({int(f["reduction"]) for f in info}) == 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.source == "timm":
             return self.model(x)

@@ -74,6 +74,12 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     mixup: float = Field(0.0, ge=0, description="mixup alpha; 0 disables")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha; 0 disables")
+    image_size: int | None = Field(
+        None, ge=32, description="square input size in pixels; default: the backbone's own")
+    crop_pct: float | None = Field(
+        None, gt=0, le=1, description="share of the resized image the evaluation centre crop "
+        "keeps; 1: the whole image (defects at the border stay visible); default: the "
+        "backbone's own")
     augmentation: Augmentation = Augmentation()
     stages: Stages = Stages()
     early_stopping: EarlyStopping | None = EarlyStopping()

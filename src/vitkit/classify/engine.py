@@ -10,7 +10,6 @@ image's position in the training set, so it can cache per-image values.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -28,6 +27,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from vitkit.atomic import atomic_path, write_csv_atomic
 from vitkit.backbones import ImageClassifier
 from vitkit.bundle import save_weights
 from vitkit.classify.checkpoint import load_checkpoint, save_checkpoint
@@ -347,9 +347,8 @@ class Trainer:
                     loader = self._image_loader(dataset, shuffle=False, seed=0)
                     feats, labels = extract_features(self.model, loader, self.device, step)
                     tensors[f"{name}_features"], tensors[f"{name}_labels"] = feats, labels
-            tmp = _tmp_then(cache)
-            save_file(tensors, str(tmp))
-            tmp.replace(cache)
+            with atomic_path(cache) as tmp:
+                save_file(tensors, str(tmp))
         generator = torch.Generator().manual_seed(self.config.seed)
         train = TensorDataset(tensors["train_features"], tensors["train_labels"],
                               torch.arange(len(tensors["train_labels"])))
@@ -368,9 +367,8 @@ class Trainer:
                 record.val_acc, record.val_loss, record.epoch)
             state.bad_epochs = 0
             best = self.ckpt_dir / "best.safetensors"
-            tmp = _tmp_then(best)
-            save_weights(self.accelerator.unwrap_model(self.model).model, tmp)
-            tmp.replace(best)
+            with atomic_path(best) as tmp:
+                save_weights(self.accelerator.unwrap_model(self.model).model, tmp)
         else:
             state.bad_epochs += 1
         return better
@@ -466,17 +464,7 @@ class _ReseededLoader:
         return iter(self.loader)
 
 
-def _tmp_then(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")
-
-
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    tmp = _tmp_then(path)
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
-    tmp.replace(path)
+    write_csv_atomic(path, METRIC_COLUMNS, ([
+        f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")
+        for k in METRIC_COLUMNS] for row in history))

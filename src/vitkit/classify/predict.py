@@ -17,7 +17,7 @@ from vitkit.compress.runtimes import Runtime, TorchRuntime, open_runtime
 from vitkit.compress.variants import Variant, find_variant
 from vitkit.console import make_progress
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
-from vitkit.data.files import find_images
+from vitkit.data.files import find_images, why_unmatched
 from vitkit.errors import VitkitError
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionErro
     matched nothing.
     """
     found, unmatched = find_images(inputs)
-    return found, [PredictionError(item, "no such file, or no images matched")
+    return found, [PredictionError(item, why_unmatched(item))
                    for item in unmatched]
 
 

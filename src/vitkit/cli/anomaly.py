@@ -12,9 +12,12 @@ from vitkit.cli.common import (
     JsonOpt,
     QuietOpt,
     app,
+    finish_items,
     fmt,
     int_list,
+    path_width,
     print_json,
+    short_path,
 )
 from vitkit.console import stderr_console
 from vitkit.errors import VitkitError
@@ -60,7 +63,7 @@ def anomaly_fit(
     out: Annotated[str | None, typer.Option(help="Bundle folder to write. "
                                             "(default: anomaly-model)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any fit option.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="(default: 16)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: 16)")] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     json_out: JsonOpt = False,
@@ -104,12 +107,15 @@ def anomaly_score(
                                                "recursively) or globs such as 'imgs/*.png'.")],
     maps: Annotated[Path | None, typer.Option("--maps", help="Write a heat-map overlay PNG per "
                                               "image into this folder.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score images: 0..1 (0.5 = threshold) and normal/anomaly; unreadable files are reported."""
+    """Score images: 0..1 (0.5 = threshold) and normal/anomaly; unreadable files are reported.
+
+    Exit code 0 when at least one image was scored (failures are counted on stderr); 2 when
+    none could be."""
     from vitkit.anomaly.detector import AnomalyScore
     from vitkit.workflows.anomaly import run_score
 
@@ -117,19 +123,23 @@ def anomaly_score(
                         progress=not quiet)
     if json_out:
         print_json([r.to_dict() for r in results])
-        return
-    table = Table()
-    for col in ("path", "label", "score"):
-        table.add_column(col)
-    for r in results:
-        if isinstance(r, AnomalyScore):
-            style = "bold red" if r.label == "anomaly" else "green"
-            table.add_row(r.path, f"[{style}]{r.label}[/]", f"{r.score:.3f}")
-        else:
-            table.add_row(r.path, f"[red]error[/]: {r.error}", "")
-    stderr_console.print(table)
-    if maps is not None:
-        stderr_console.print(f"maps: {maps}")
+    else:
+        table = Table()
+        for col in ("path", "label", "score"):
+            table.add_column(col)
+        width = path_width(30)
+        for r in results:
+            if isinstance(r, AnomalyScore):
+                style = "bold red" if r.label == "anomaly" else "green"
+                table.add_row(short_path(r.path, width), f"[{style}]{r.label}[/]",
+                              f"{r.score:.3f}")
+            else:
+                table.add_row(short_path(r.path, width), f"[red]error[/]: {r.error}", "")
+        stderr_console.print(table)
+        if maps is not None:
+            stderr_console.print(f"maps: {maps}")
+    failures = [(r.path, r.error) for r in results if not isinstance(r, AnomalyScore)]
+    finish_items("scored", len(results) - len(failures), failures)
 
 
 @anomaly_app.command("eval")
@@ -144,7 +154,7 @@ def anomaly_eval(
                          ] = "stored",
     out: Annotated[Path | None, typer.Option(help="Folder for eval.json and report.html. "
                                              "(default: BUNDLE/eval)")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,

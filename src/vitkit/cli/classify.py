@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from vitkit.atomic import write_csv_atomic
 from vitkit.cli.common import (
     JsonOpt,
     QuietOpt,
     app,
+    finish_items,
+    path_width,
     print_json,
+    short_path,
 )
-from vitkit.console import stderr_console
+from vitkit.console import make_progress, stderr_console
 from vitkit.errors import VitkitError
+
+if TYPE_CHECKING:
+    from vitkit.classify.predict import Prediction, PredictionError
 
 
 @app.command()
@@ -30,13 +37,13 @@ def train(
         help="auto (offline registry, then hub), none (random init) or a "
              ".safetensors/state-dict file.")] = None,
     epochs: Annotated[int | None, typer.Option(
-        help="Epochs over all stages together (split by the stage shares). "
+        min=1, help="Epochs over all stages together (split by the stage shares). "
              "(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "(default: runs/train)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "
                                                 "flags given here override it.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: 32)")] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto: fp32 on "
@@ -111,12 +118,12 @@ def distill(
         help="The teacher's variant that computes its logits, e.g. openvino-int8 after `vitkit "
              "quantize TEACHER` (faster steps; see `vitkit bench TEACHER` for the list). "
              "(default: torch-fp32)")] = None,
-    epochs: Annotated[int | None, typer.Option(help="(default: 10)")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "(default: runs/distill)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any distill or training "
                                                 "option; flags given here override it.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="(default: 32)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: 32)")] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
@@ -161,7 +168,7 @@ def eval_(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `vitkit train`.")],
     data: Annotated[str, typer.Argument(help="Labelled images: uses test/ if present, else "
                                         "val/, else every image.")],
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
              "(default: torch-fp32)")] = None,
@@ -221,8 +228,8 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched "
                                                "recursively) or globs such as 'imgs/*.jpg'.")],
-    top_k: Annotated[int, typer.Option(help="How many classes to list per image.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
@@ -235,44 +242,66 @@ def predict(
                          "finds unlike the training data (otherwise labelled 'unknown').")
     ] = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Classify images; unreadable files are reported, never fatal. Scores are probabilities,
     calibrated when the bundle holds a temperature (`vitkit calibrate`). With an OOD fit in
     the bundle (`vitkit ood fit`, done by `train`), images unlike the training data get the
-    label "unknown" and every result an ood_score."""
+    label "unknown" and every result an ood_score.
+
+    Exit code 0 when at least one image was classified (failures are counted on stderr and
+    listed as rows with an error); 2 when none could be (missing paths, empty folders,
+    unreadable files)."""
     from vitkit.classify.predict import Prediction, expand_paths, load
     from vitkit.classify.tta import TTA_VIEWS, TtaTiming
+    from vitkit.data.files import require_images
 
-    predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
     files, missing = expand_paths(paths)
+    require_images(files, [m.path for m in missing])  # before the model loads
+    predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
     timing = TtaTiming(len(TTA_VIEWS[tta])) if tta != "none" else None
-    results = [*missing, *predictor.predict_paths(files, top_k=top_k, batch_size=batch_size,
-                                                  timing=timing)]
+    results: list[Prediction | PredictionError] = list(missing)
+    with make_progress(not quiet and len(files) > batch_size) as bar:
+        task = bar.add_task("predicting", total=len(files), stats="") if bar else None
+        for result in predictor.predict_paths(files, top_k=top_k, batch_size=batch_size,
+                                              timing=timing):
+            results.append(result)
+            if bar is not None and task is not None:
+                bar.advance(task)
     if timing is not None and timing.images:
         stderr_console.print(f"TTA {tta}: {timing.views} views, {timing.slowdown:.2f}x the "
                              f"plain model time ({1000 * timing.seconds_per_image:.1f} vs "
                              f"{1000 * timing.plain_seconds_per_image:.1f} ms/image)")
     if csv_file is not None:
-        with csv_file.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "score", "error"])
-            for r in results:
-                if isinstance(r, Prediction):
-                    writer.writerow([r.path, r.label, f"{r.score:.6f}", ""])
-                else:
-                    writer.writerow([r.path, "", "", r.error])
+        write_csv_atomic(csv_file, ["path", "label", "score", "error"], (
+            [r.path, r.label, f"{r.score:.6f}", ""] if isinstance(r, Prediction)
+            else [r.path, "", "", r.error] for r in results))
     if json_out:
         print_json([r.to_dict() for r in results])
-        return
+    else:
+        stderr_console.print(prediction_table(results))
+    failures = [(r.path, r.error) for r in results if isinstance(r, PredictionError)]
+    finish_items("classified", len(results) - len(failures), failures)
+
+
+def prediction_table(results: Sequence[Prediction | PredictionError]) -> Table:
+    """One row per image; an "unknown" row says why instead of showing a class probability."""
+    from vitkit.classify.predict import Prediction
+
     table = Table()
-    for col in ("path", "label", "score"):
-        table.add_column(col)
+    table.add_column("path", overflow="fold")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    width = path_width(34)
     for r in results:
-        if isinstance(r, Prediction):
-            table.add_row(r.path, r.label, f"{r.score:.3f}")
+        if not isinstance(r, Prediction):
+            table.add_row(short_path(r.path, width), f"[red]error[/]: {r.error}", "")
+        elif r.ood:
+            table.add_row(short_path(r.path, width), f"[yellow]{r.label}[/]",
+                          f"unlike training (OOD {r.ood_score:.2f})")
         else:
-            table.add_row(r.path, f"[red]error[/]: {r.error}", "")
-    stderr_console.print(table)
+            table.add_row(short_path(r.path, width), r.label, f"{r.score:.3f}")
+    return table
 
 
 @app.command()
@@ -291,7 +320,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its run.")] = Path("demo-output"),
-    epochs: Annotated[int, typer.Option(help="Training epochs (2/3 head, 1/3 top blocks).")] = 3,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (2/3 head, 1/3 top blocks).")] = 3,
 ) -> None:
     """Train efficientnet_lite0 on the embedded textile images, evaluate, predict, report."""
     from vitkit.workflows.demo import run_demo

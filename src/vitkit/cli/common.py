@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from vitkit.errors import VitkitError
+from vitkit.console import stderr_console
+from vitkit.errors import NothingProcessedError, VitkitError
 
 app = typer.Typer(
     name="vitkit",
@@ -50,3 +54,40 @@ def _number_list(text: str | None, option: str, parse: Callable[[str], NumberT],
         return [parse(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
         raise VitkitError(f"{option} takes comma-separated {example}; got {text!r}.") from None
+
+
+def short_path(path: str | Path, width: int) -> str:
+    """``path`` relative to the working folder when under it, cut from the left to ``width``
+    characters at a separator: the file name, the part that differs, always shows."""
+    text = str(path)
+    with contextlib.suppress(ValueError):
+        text = str(Path(text).relative_to(Path.cwd())) if Path(text).is_absolute() else text
+    if len(text) <= width:
+        return text
+    tail = text[-(width - 1):]
+    cut = tail.find(os.sep)
+    if 0 <= cut < len(tail) - 1 and len(tail) - cut >= width // 3:
+        tail = tail[cut:]
+    return "…" + tail
+
+
+def path_width(other_columns: int) -> int:
+    """Characters a path column may take when the rest of a table needs ``other_columns``."""
+    return max(24, stderr_console.width - other_columns)
+
+
+def finish_items(verb: str, done: int, failures: Sequence[tuple[str, str]]) -> None:
+    """The exit-code contract of the verbs that process many images (predict, explain,
+    anomaly score): nothing processed → a user error (exit 2) that names each failure; some
+    failed → a summary line on stderr and exit 0."""
+    if done == 0:
+        shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        raise NothingProcessedError(
+            f"no image could be {verb} ({shown or 'no paths given'}{more}). Give image files, "
+            "folders of images or globs such as 'shots/*.png'.")
+    if failures:
+        stderr_console.print(f"[yellow]{done} {verb}, {len(failures)} failed[/] (rows marked "
+                             "error; in --json, the items with an \"error\" key)")
+    else:
+        stderr_console.print(f"{done} {verb}", highlight=False)

@@ -150,7 +150,8 @@ def export_(
              "split)")] = None,
     opset: Annotated[int | None, typer.Option(
         help="ONNX opset. (default: 18 (17 when the legacy exporter is needed))")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch in the parity check.")] = 32,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Images per batch in the parity check.")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -12,8 +12,11 @@ from vitkit.cli.common import (
     JsonOpt,
     QuietOpt,
     app,
+    finish_items,
     float_list,
+    path_width,
     print_json,
+    short_path,
 )
 from vitkit.console import stderr_console
 from vitkit.errors import VitkitError
@@ -43,7 +46,7 @@ def robustness(
     out: Annotated[Path | None, typer.Option(
         help="Folder for robustness.json and robustness.png. (default: the bundle's run "
              "folder when it sits in one, else none)")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch. (default: 32)")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     seed: Annotated[int, typer.Option(help="Seeds the subset, the noise and PGD's random "
                                       "start. (default: 0)")] = 0,
     json_out: JsonOpt = False,
@@ -92,7 +95,7 @@ def calibrate(
     out: Annotated[Path | None, typer.Option(
         help="Folder for calibration.json and reliability.png. (default: the bundle's run "
              "folder when it sits in one, else none)")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch. (default: 32)")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -135,7 +138,7 @@ def ood_fit(
              "vim; auto: knn for CNNs, mahalanobis_norm for ViTs. (default: auto)")] = "auto",
     accept: Annotated[float, typer.Option(
         help="Share of in-distribution validation images to accept. (default: 0.95)")] = 0.95,
-    batch_size: Annotated[int, typer.Option(help="Images per batch. (default: 32)")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -166,7 +169,7 @@ def ood_eval(
                      "bundle's training data, else its test/ or val/ split, else all.")],
     out_dir: Annotated[str, typer.Option(
         "--out", help="Out-of-distribution images (a folder, searched recursively).")],
-    batch_size: Annotated[int, typer.Option(help="Images per batch. (default: 32)")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -208,7 +211,7 @@ def drift(
     alpha: Annotated[float, typer.Option(
         help="A test whose p-value is below this says drifted. (default: 0.01)")] = 0.01,
     seed: Annotated[int, typer.Option(help="(default: 0)")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch. (default: 32)")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -278,17 +281,22 @@ def explain(
                            progress=not quiet and not json_out)
     for note in result.notes:
         stderr_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    failures = [(s.path, s.error) for s in result.skipped]
     if json_out:
         print_json(result.to_dict())
-        return
-    where = f" (layer {result.layer})" if result.layer else ""
-    table = Table(title=f"{result.method}{where}")
-    for col in ("path", "predicted", "score", "explains", "overlay"):
-        table.add_column(col, justify="right" if col == "score" else "left")
-    for e in result.explanations:
-        table.add_row(e.path, e.label, f"{e.score:.3f}", e.target, str(e.overlay))
-    for s in result.skipped:
-        table.add_row(s.path, f"[red]skipped[/]: {s.error}", "", "", "")
-    stderr_console.print(table)
-    stderr_console.print(f"{len(result.explanations)} explained, {len(result.skipped)} skipped: "
-                         f"{result.out_dir / 'index.html'}", highlight=False)
+    else:
+        where = f" (layer {result.layer})" if result.layer else ""
+        table = Table(title=f"{result.method}{where}")
+        for col in ("path", "predicted", "score", "explains", "overlay"):
+            table.add_column(col, justify="right" if col == "score" else "left")
+        width = path_width(60)
+        for e in result.explanations:
+            table.add_row(short_path(e.path, width), e.label, f"{e.score:.3f}", e.target,
+                          Path(e.overlay).name)
+        for path, error in failures:
+            table.add_row(short_path(path, width), f"[red]error[/]: {error}", "", "", "")
+        stderr_console.print(table)
+        if result.explanations:
+            stderr_console.print(f"overlays and index.html in {result.out_dir}",
+                                 highlight=False)
+    finish_items("explained", len(result.explanations), failures)

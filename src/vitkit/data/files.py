@@ -6,6 +6,8 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitkit.errors import NothingProcessedError
+
 IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif",
 })
@@ -14,8 +16,9 @@ IMAGE_SUFFIXES = frozenset({
 def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Files as given, folders searched recursively for images, globs expanded.
 
-    Returns the image paths (resolved, in a stable order, without duplicates) and the inputs
-    that matched nothing.
+    Returns the image paths (as the user typed them, so that symlinked data shows its link
+    path; in a stable order, without duplicates of the same file) and the inputs that matched
+    nothing (:func:`why_unmatched` says why).
     """
     found: list[Path] = []
     unmatched: list[str] = []
@@ -34,4 +37,36 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         if not matches:
             unmatched.append(item)
         found.extend(matches)
-    return list(dict.fromkeys(p.resolve() for p in found)), unmatched
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values()), unmatched
+
+
+def why_unmatched(item: str) -> str:
+    """Why an input of :func:`find_images` gave no image, in words a user can act on."""
+    path = Path(item)
+    if path.is_dir():
+        return ("no images in this folder (looked for "
+                f"{', '.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))})")
+    if any(ch in item for ch in "*?[") and not path.exists():
+        return "no file matches this pattern"
+    if not path.exists():
+        return "no such file or folder"
+    return "not an image file"
+
+
+def require_images(found: Sequence[Path], unmatched: Sequence[str]) -> None:
+    """Stops before any slow work when no input named an image.
+
+    Raises:
+        NothingProcessedError: Every input was missing, an empty folder or an empty glob;
+            the message gives each one's reason.
+    """
+    if found:
+        return
+    reasons = "; ".join(f"{item}: {why_unmatched(item)}" for item in unmatched[:5])
+    more = f"; and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+    raise NothingProcessedError(
+        f"no images to process ({reasons or 'no paths given'}{more}). Give image files, "
+        "folders of images or globs such as 'shots/*.png'.")

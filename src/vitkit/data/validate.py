@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -15,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vitkit.atomic import write_csv_atomic
 from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb, reason_kind
 from vitkit.data.layouts import Sample
 from vitkit.errors import DataError
@@ -137,20 +135,7 @@ def write_skipped_csv(skipped: list[SkippedImage], path: Path) -> None:
         skipped: The skipped images.
         path: Destination CSV; its folder is created if needed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "reason"])
-            writer.writerows([str(s.path), s.reason] for s in skipped)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_csv_atomic(path, ["path", "reason"], ([str(s.path), s.reason] for s in skipped))
 
 
 def check_usable(report: ValidationReport,

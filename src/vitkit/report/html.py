@@ -46,6 +46,10 @@ _METRIC_COLUMNS = {
 }
 
 
+RUN_MARKERS = ("summary.json", "metrics.csv", "config.yaml")
+"""Files of which a training run folder holds at least one (an interrupted run: the last two)."""
+
+
 def write_report(
     run_dir: Path, out: Path | None = None, *, max_predictions: int = DEFAULT_MAX_PREDICTIONS
 ) -> Path:
@@ -73,6 +77,12 @@ def write_report(
         raise VitkitError(
             f"Cannot write a report: run directory {run_dir} does not exist or is not a "
             "directory. Pass the folder a training run wrote its outputs to."
+        )
+    if not any((run_dir / name).is_file() for name in RUN_MARKERS):
+        raise VitkitError(
+            f"Cannot write a report: {run_dir} is not a training run folder (it has none of "
+            f"{', '.join(RUN_MARKERS)}). Pass the --out folder of `vitkit train` or `vitkit "
+            "distill`; an anomaly bundle's report is written by `vitkit anomaly eval`."
         )
     if max_predictions < 0:
         raise ValueError(f"max_predictions must be >= 0, got {max_predictions}")

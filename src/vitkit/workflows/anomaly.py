@@ -27,9 +27,9 @@ from vitkit.anomaly.metrics import evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
 from vitkit.anomaly.threshold import ScoreScale, f1_optimal_threshold, percentile_threshold
 from vitkit.bundle import BundleMeta, update_meta, write_json_atomic
-from vitkit.console import make_progress, stderr_console
+from vitkit.console import make_progress
 from vitkit.data import Sample, validate_samples, write_skipped_csv
-from vitkit.data.files import find_images
+from vitkit.data.files import find_images, require_images, why_unmatched
 from vitkit.errors import DataError
 
 GOOD = "good"
@@ -88,15 +88,22 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
             method.add_normal(torch.stack([method.prepare(image) for image in batch]))
             if bar is not None and task is not None:
                 bar.advance(task, len(batch))
-    with stderr_console.status(_finish_message(method.name), spinner="dots") if progress \
-            else _nothing():
+    with make_progress(progress) as bar:
+        task = bar.add_task(_finish_message(method.name), total=None, stats="") if bar else None
         finish_started = time.perf_counter()
-        details = method.finish_fit()
+        details = method.finish_fit(
+            None if bar is None else lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
         details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
-
-    details.update(method.calibrate(
-        torch.stack([method.prepare(image) for image in batch])
-        for batch in _batches(holdout_paths, config.batch_size)))
+        if bar is not None and task is not None:
+            bar.update(task, total=1, completed=1)
+    with make_progress(progress and method.calibrates) as bar:
+        task = bar.add_task("Calibrating on held-out", total=len(holdout_paths),
+                            stats="") if bar else None
+        details.update(method.calibrate(
+            _advancing(torch.stack([method.prepare(image) for image in batch]), len(batch),
+                       bar, task)
+            for batch in _batches(holdout_paths, config.batch_size)))
     provisional = AnomalyDetector(method, threshold=0.5, scale=ScoreScale(0.0, 0.5, 1.0))
     holdout_scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
     threshold = percentile_threshold(holdout_scores, config.percentile)
@@ -174,12 +181,10 @@ def _finish_message(method: str) -> str:
             "padim": "Inverting the per-position covariances"}.get(method, "Fitting")
 
 
-class _nothing:  # noqa: N801 - a tiny stand-in for contextlib.nullcontext with a status shape
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: object) -> None:
-        return None
+def _advancing(batch: torch.Tensor, size: int, bar: Any, task: Any) -> torch.Tensor:
+    if bar is not None and task is not None:
+        bar.advance(task, size)
+    return batch
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -213,10 +218,11 @@ def run_score(bundle: Path, inputs: Sequence[str], maps_dir: Path | None = None,
               batch_size: int = 16, device: str = "auto", progress: bool = True
               ) -> list[AnomalyScore | ScoreError]:
     """Scores images; with ``maps_dir`` also writes one heat-map overlay PNG per image."""
-    detector = load_detector(bundle, device)
     files, unmatched = find_images(inputs)
+    require_images(files, unmatched)  # before the detector loads
+    detector = load_detector(bundle, device)
     results: list[AnomalyScore | ScoreError] = [
-        ScoreError(item, "no such file, or no images matched") for item in unmatched]
+        ScoreError(item, why_unmatched(item)) for item in unmatched]
     names = _unique_names(files)
     with make_progress(progress and len(files) > batch_size) as bar:
         task = bar.add_task("Scoring", total=len(files), stats="") if bar else None

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitkit.backbones import CreatedModel, ImageClassifier, create
+from vitkit.backbones import CreatedModel, ImageClassifier, check_model_name, create
 from vitkit.bundle import BundleMeta, read_meta
 from vitkit.classify.config import DistillConfig
 from vitkit.classify.distill import (
@@ -55,6 +55,7 @@ from vitkit.workflows.train import (
     _prepare_data,
     check_head_stage,
     finish_run,
+    input_preprocessing,
     refuse_to_overwrite,
 )
 
@@ -198,6 +199,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
     """
     started = time.perf_counter()
     run_dir = Path(config.out)
+    check_model_name(config.model)
     refuse_to_overwrite(run_dir, resume)
     teacher_meta = _read_teacher(config.teacher)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +215,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
     created = create(config.model, num_classes=len(classes), weights=config.weights)
     student = _student(created, config)
     class_to_idx = {c: i for i, c in enumerate(classes)}
+    created.preprocessing = input_preprocessing(created, config)
     pre = created.preprocessing
     evaluation_tf = eval_transform(pre)
     training_tf = train_transform(pre, config.augmentation) if config.augment else evaluation_tf

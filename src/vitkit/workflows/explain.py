@@ -34,6 +34,7 @@ from vitkit.classify.predict import (
 )
 from vitkit.compress.variants import find_variant
 from vitkit.console import stderr_console
+from vitkit.data.files import require_images
 from vitkit.errors import ConfigError
 from vitkit.explain.explainer import Explainer
 from vitkit.explain.overlay import model_view, overlay_map
@@ -106,6 +107,8 @@ def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str =
     Raises:
         VitkitError: Unknown method, class, layer or variant, or no image at all.
     """
+    files, missing = expand_paths([str(p) for p in paths])
+    require_images(files, [m.path for m in missing])
     notes = []
     if variant is not None:
         chosen = find_variant(read_meta(bundle), variant, bundle)
@@ -116,9 +119,6 @@ def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str =
                 f"{chosen.runtime} {chosen.precision} does not expose. The predictions shown "
                 "are the torch model's (they match the variant's within its recorded parity).")
     predictor = load(bundle, device=_device(device))
-    files, missing = expand_paths([str(p) for p in paths])
-    if not files and not missing:
-        raise ConfigError("no images given; pass image files, folders or globs.")
     result = explain_images(predictor, [(f, None) for f in files], method, target_class, layer,
                             out_dir, discard_ratio, head_fusion, batch_size, cmap, alpha,
                             progress)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -15,7 +14,8 @@ import yaml
 from safetensors.torch import load_model
 from torch import nn
 
-from vitkit.backbones import CreatedModel, create
+from vitkit.atomic import write_csv_atomic
+from vitkit.backbones import CreatedModel, check_model_name, create
 from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.engine import FitResult, Trainer, seed_everything
@@ -24,6 +24,7 @@ from vitkit.config import dump_config
 from vitkit.console import stderr_console
 from vitkit.data import (
     ImageDataset,
+    Preprocessing,
     Sample,
     check_usable,
     class_counts,
@@ -96,6 +97,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     """Trains a classifier as configured and writes the run folder and the bundle."""
     started = time.perf_counter()
     run_dir = Path(config.out)
+    check_model_name(config.model)  # seconds before the data is decoded, not minutes after
     refuse_to_overwrite(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
@@ -112,6 +114,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     stderr_console.print(f"model {config.model} ({created.spec.weights} weights), "
                          f"{sum(p.numel() for p in created.model.parameters()) / 1e6:.1f}M params")
     class_to_idx = {c: i for i, c in enumerate(classes)}
+    created.preprocessing = input_preprocessing(created, config)
     pre = created.preprocessing
     evaluation_tf = eval_transform(pre)
     trainer = Trainer(
@@ -130,6 +133,20 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     return finish_run(trainer, fit, created, config, samples, len(skipped), run_dir, started,
                       progress)
+
+
+def input_preprocessing(created: CreatedModel, config: TrainConfig) -> Preprocessing:
+    """The backbone's preprocessing with the config's ``image_size`` and ``crop_pct``."""
+    pre = created.preprocessing
+    changes: dict[str, Any] = {}
+    if config.image_size is not None and config.image_size != pre.input_size[0]:
+        if created.model.has_fixed_input_size:
+            raise ConfigError(f"{config.model} is a transformer with a fixed input size of "
+                              f"{pre.input_size[0]} px; leave image_size out.")
+        changes["input_size"] = (config.image_size, config.image_size)
+    if config.crop_pct is not None:
+        changes["crop_pct"] = config.crop_pct
+    return pre.model_copy(update=changes) if changes else pre
 
 
 def check_head_stage(created: CreatedModel, config: TrainConfig) -> None:
@@ -227,13 +244,8 @@ def _prepare_data(config: TrainConfig, run_dir: Path, progress: bool):  # noqa: 
 
 def _write_split_manifest(samples: list[Sample], path: Path) -> None:
     """The split actually used, as a manifest `vitkit eval BUNDLE splits.csv` accepts."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        for s in samples:
-            writer.writerow([str(s.path), s.label, s.split])
-    tmp.replace(path)
+    write_csv_atomic(path, ["path", "label", "split"],
+                     ([str(s.path), s.label, s.split] for s in samples))
 
 
 def _describe_counts(counts: dict[str, dict[str, int]]) -> str:
