@@ -112,7 +112,7 @@ def test_eval_prints_the_contract_and_writes_a_report(fitted: tuple[Path, dict],
     assert result["pixel_auroc"] >= 0.9
     assert (out / "eval.json").is_file()
     page = (out / "report.html").read_text()
-    assert 'id="gallery"' in page and 'id="metric-image-auroc"' in page
+    assert 'id="gallery-section"' in page and 'id="metric-image-auroc"' in page
     # worst images first: the first figure is an anomalous one
     first = page.index('<figure class="prediction')
     assert "type</span> good" not in page[first:page.index("</figure>", first)]

@@ -7,7 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from vitkit.bench.run import BenchResult, VariantResult
 from vitkit.report._io import atomic_write_text
@@ -68,6 +70,33 @@ def bench_table(result: BenchResult) -> Table:
             *[_num(v.throughput.get(b), 1) for b in result.batches],
             _num(v.peak_rss_mb, 0), _num(v.load_s, 2))
     return table
+
+
+WIDE_TABLE_COLUMNS = 110
+"""Below this terminal width the bench table would wrap every cell: stack instead."""
+
+
+def bench_stacked(result: BenchResult) -> Group:
+    """The bench table for narrow terminals: one block of short lines per variant."""
+    accuracy = (f"accuracy on {result.reference}" if result.reference else
+                result.reference_note or "accuracy unknown")
+    blocks: list[Text] = [Text(f"{result.threads} threads · {accuracy}", style="bold")]
+    for v in result.by_latency():
+        if v.status != "ok":
+            hint = f" (pip install '{v.install}')" if v.install else ""
+            blocks.append(Text.assemble((v.name, "bold"), "\n  ", (v.status, "yellow"),
+                                        f": {v.reason}{hint}"))
+            continue
+        assert v.latency is not None
+        throughput = "  ".join(f"b{b} {_num(v.throughput.get(b), 1)}/s" for b in result.batches)
+        blocks.append(Text.assemble(
+            (v.name, "bold"),
+            f"\n  accuracy {_pct(v.accuracy)} (drop {_num(v.accuracy_drop, 2)} pt, agreement "
+            f"{_pct(v.agreement)}) · {_num(v.size_mb, 1)} MB",
+            f"\n  latency p50 {_num(v.latency.p50, 2)} ms, p95 {_num(v.latency.p95, 2)} ms"
+            f" · {throughput}",
+            f"\n  peak memory {_num(v.peak_rss_mb, 0)} MB · load {_num(v.load_s, 2)} s"))
+    return Group(*blocks)
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -10,7 +10,10 @@ registers them on ``app`` in the order `vitkit --help` lists them.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -24,10 +27,51 @@ for _verbs in ("classify", "compress", "trust", "anomaly"):  # --help's order
     importlib.import_module(f"vitkit.cli.{_verbs}")
 
 
+def command() -> Any:
+    """The click command behind ``app``, with help that reads well at 80 columns: options whose
+    help already says "(default: …)" don't repeat it as "[default: …]", and flags show no
+    "<bool>" type."""
+    root = typer.main.get_command(app)
+    for cmd in _walk(root):
+        if cmd.help:
+            cmd.help = _reflow(cmd.help)
+        cmd.get_help_option = _flag_without_type(cmd.get_help_option)
+        for param in cmd.params:
+            if getattr(param, "param_type_name", "") != "option":
+                continue
+            if param.help and "(default:" in param.help:
+                param.show_default = False
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return root
+
+
+def _reflow(text: str) -> str:
+    """Docstring paragraphs as single lines: rich keeps the source's line breaks, which land
+    mid-sentence on any terminal."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _flag_without_type(get_help_option: Any) -> Any:
+    def patched(ctx: Any) -> Any:
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    return patched
+
+
+def _walk(cmd: Any) -> Iterator[Any]:
+    yield cmd
+    for sub in getattr(cmd, "commands", {}).values():
+        yield from _walk(sub)
+
+
 def main() -> None:
     """Entry point: user errors exit 2 with a message, never a traceback."""
     try:
-        app(standalone_mode=False)
+        command()(prog_name="vitkit", standalone_mode=False)
     except VitkitError as exc:
         stderr_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)

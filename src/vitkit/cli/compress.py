@@ -108,7 +108,12 @@ def bench(
     """Size, parameters, accuracy and drop vs fp32, agreement, latency, throughput, peak memory
     and load time of every variant; variants that cannot run here are listed as skipped."""
     from vitkit.bench import QUICK, BenchConfig, Budget, run_bench
-    from vitkit.bench.output import bench_table, write_csv
+    from vitkit.bench.output import (
+        WIDE_TABLE_COLUMNS,
+        bench_stacked,
+        bench_table,
+        write_csv,
+    )
     from vitkit.config import load_config
 
     names = None if variants.strip() == "all" else [n for n in variants.split(",") if n.strip()]
@@ -131,7 +136,8 @@ def bench(
     if json_out:
         print_json(result.to_dict())
         return
-    stderr_console.print(bench_table(result))
+    wide = stderr_console.width >= WIDE_TABLE_COLUMNS
+    stderr_console.print(bench_table(result) if wide else bench_stacked(result))
     for path in (csv_file, html_file):
         if path is not None:
             stderr_console.print(f"  wrote {path}")

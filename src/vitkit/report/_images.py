@@ -53,6 +53,17 @@ def thumbnail(path: Path, size: int = THUMBNAIL_SIZE) -> tuple[str, int, int] | 
     return data_uri(buffer.getvalue(), "image/jpeg"), image.width, image.height
 
 
+def reencoded_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> str:
+    """An image given as bytes (e.g. a PNG overlay) as a small JPEG ``data:`` URI: a report
+    of hundreds of cards stays a few megabytes."""
+    with Image.open(io.BytesIO(data)) as source:
+        image = source.convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=82)
+    return data_uri(buffer.getvalue(), "image/jpeg")
+
+
 def resolve_image(path: str | Path, roots: Sequence[Path]) -> Path:
     """``path`` when absolute, else under the first of ``roots`` that holds it, else as given
     (a relative path that exists nowhere: the report says "not found")."""

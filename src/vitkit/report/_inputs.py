@@ -11,6 +11,7 @@ from vitkit.report._images import is_png
 
 SUMMARY = "summary.json"
 EVAL = "eval.json"
+TEST_EVAL = "test_eval.json"
 METRICS = "metrics.csv"
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -64,7 +65,8 @@ class RunInputs:
     Attributes:
         run_dir: The run directory.
         summary: Parsed ``summary.json`` (a JSON object).
-        eval: Parsed ``eval.json`` (a JSON object).
+        eval: Parsed ``eval.json`` (a JSON object): the validation split.
+        test_eval: Parsed ``test_eval.json``: the held-out test split, when the run had one.
         metrics: Rows of ``metrics.csv``.
         predictions: Entries of ``predictions.json`` (a JSON list).
         skipped: Rows of ``skipped.csv``.
@@ -79,6 +81,7 @@ class RunInputs:
     run_dir: Path
     summary: dict | None = None
     eval: dict | None = None
+    test_eval: dict | None = None
     metrics: list[dict[str, str]] | None = None
     predictions: list | None = None
     skipped: list[dict[str, str]] | None = None
@@ -96,6 +99,9 @@ def read_run(run_dir: Path) -> RunInputs:
     run.summary = summary if isinstance(summary, dict) else None
     evaluation = _read_json(run, EVAL, dict)
     run.eval = evaluation if isinstance(evaluation, dict) else None
+    if (run_dir / TEST_EVAL).is_file():
+        test_evaluation = _read_json(run, TEST_EVAL, dict)
+        run.test_eval = test_evaluation if isinstance(test_evaluation, dict) else None
     predictions = _read_json(run, PREDICTIONS, list)
     run.predictions = predictions if isinstance(predictions, list) else None
     run.metrics = _read_csv(run, METRICS)

@@ -78,7 +78,10 @@ figcaption { padding: 8px 10px 10px; font-size: 13px; display: flex; flex-direct
 .verdict { font-weight: 700; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .correct .verdict { color: var(--good); }
 .wrong .verdict { color: var(--bad); }
-.k { display: inline-block; width: 34px; color: var(--muted); }
+.k { display: inline-block; min-width: 3.4em; margin-right: 4px; white-space: nowrap;
+  color: var(--muted); }
+details.more { margin-top: 12px; }
+details.more summary { cursor: pointer; color: var(--accent); }
 .score { color: var(--muted); font-variant-numeric: tabular-nums; }
 figcaption .path { color: var(--muted); font-size: 11px; margin-top: 3px;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }

@@ -16,12 +16,14 @@ import numpy as np
 
 from vitkit import __version__
 from vitkit.report import _format as fmt
-from vitkit.report._images import data_uri
+from vitkit.report._images import data_uri, reencoded_thumbnail
 from vitkit.report._io import atomic_write_text
 from vitkit.report._style import CSS
 
 REPORT_FILE = "report.html"
-MAX_GALLERY = 200
+CARDS_PER_GROUP = 12
+"""Cards per kind (missed, false alarm, detected): enough to see a pattern, and the page stays
+small; the table lists every image."""
 
 
 def write_anomaly_report(out: Path, evaluation: Mapping[str, Any],
@@ -144,30 +146,66 @@ def _histogram(rows: Sequence[Mapping[str, Any]], ev: Mapping[str, Any]) -> str:
 
 
 def _gallery(rows: Sequence[Mapping[str, Any]]) -> str:
-    shown = rows[:MAX_GALLERY]
-    figures = []
-    for row in shown:
-        truth = "normal" if row["defect"] == "good" else "anomaly"
-        correct = truth == row["label"]
-        uri = data_uri(row["overlay_png"], "image/png")
-        name = Path(str(row["path"])).name
-        figures.append(
-            f"<figure class=\"prediction {'correct' if correct else 'wrong'}\" "
-            f"title=\"{_e(row['path'])}\"><div class=\"thumb\"><img src=\"{uri}\" "
-            f"alt=\"anomaly map of {_e(name)}\"></div><figcaption>"
-            f"<span class=\"verdict\">{'✓' if correct else '✗'} {_e(row['label'])}</span>"
-            f"<span class=\"line\"><span class=\"k\">type</span> {_e(row['defect'])}</span>"
-            f"<span class=\"line\"><span class=\"k\">score</span> "
-            f"<span class=\"score\">{row['score']:.3f}</span></span>"
-            f"<span class=\"path\">{_e(name)}</span></figcaption></figure>"
-        )
-    more = len(rows) - len(shown)
-    lead = ("Anomaly maps over the images, most anomalous first; the contour marks the "
-            "threshold. Green frame: the verdict matches the folder; red: it does not.")
-    if more:
-        lead += f" The {more} least anomalous images are not shown."
-    return _section("gallery-section", "Worst images first",
-                    f"<div class=\"grid\" id=\"gallery\">{''.join(figures)}</div>", lead)
+    """The most informative cards first, a few of each kind; every image in a table below."""
+    def truth(row: Mapping[str, Any]) -> str:
+        return "normal" if row["defect"] == "good" else "anomaly"
+
+    by_score = sorted(rows, key=lambda r: -float(r["score"]))
+    groups = [
+        ("missed", "Missed defects", "anomalous images scored below the threshold, the most "
+         "confidently missed first",
+         sorted((r for r in rows if truth(r) == "anomaly" and r["label"] == "normal"),
+                key=lambda r: float(r["score"]))),
+        ("false-alarms", "False alarms", "normal images scored above the threshold, highest "
+         "first", [r for r in by_score if truth(r) == "normal" and r["label"] == "anomaly"]),
+        ("detected", "Detected defects", "anomalous images above the threshold, highest first",
+         [r for r in by_score if truth(r) == "anomaly" and r["label"] == "anomaly"]),
+    ]
+    parts = []
+    for key, title, what, members in groups:
+        if not members:
+            parts.append(f"<h3 id=\"{key}\">{_e(title)}: none</h3>")
+            continue
+        shown = members[:CARDS_PER_GROUP]
+        more = len(members) - len(shown)
+        parts.append(
+            f"<h3 id=\"{key}\">{_e(title)} ({len(members)})</h3><p class=\"note\">{_e(what)}"
+            + (f"; {more} more in the table below" if more else "") + ".</p>"
+            f"<div class=\"grid\" id=\"gallery-{key}\">"
+            + "".join(_figure(r, truth(r) == r["label"]) for r in shown) + "</div>")
+    n_normal_ok = sum(1 for r in rows if truth(r) == "normal" and r["label"] == "normal")
+    parts.append(f"<p class=\"note\">{n_normal_ok} normal images were correctly passed "
+                 "(not shown as cards).</p>")
+    parts.append(_all_images_table(by_score))
+    lead = ("Anomaly maps over the images; the contour marks the threshold. Green frame: the "
+            "verdict matches the folder; red: it does not.")
+    return _section("gallery-section", "Where the detector is right and wrong", "\n".join(parts),
+                    lead)
+
+
+def _figure(row: Mapping[str, Any], correct: bool) -> str:
+    name = Path(str(row["path"])).name
+    uri = reencoded_thumbnail(row["overlay_png"])
+    return (
+        f"<figure class=\"prediction {'correct' if correct else 'wrong'}\" "
+        f"title=\"{_e(row['path'])}\"><div class=\"thumb\"><img src=\"{uri}\" "
+        f"alt=\"anomaly map of {_e(name)}\"></div><figcaption>"
+        f"<span class=\"verdict\">{'✓' if correct else '✗'} {_e(row['label'])}</span>"
+        f"<span class=\"line\"><span class=\"k\">type</span>{_e(row['defect'])}</span>"
+        f"<span class=\"line\"><span class=\"k\">score</span>"
+        f"<span class=\"score\">{row['score']:.3f}</span></span>"
+        f"<span class=\"path\">{_e(name)}</span></figcaption></figure>"
+    )
+
+
+def _all_images_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = "".join(
+        f"<tr><td class=\"path\">{_e(Path(str(r['path'])).name)}</td><td>{_e(r['defect'])}</td>"
+        f"<td>{_e(r['label'])}</td><td>{float(r['score']):.3f}</td></tr>" for r in rows)
+    return ("<details class=\"more\"><summary>All " + str(len(rows)) + " test images by score"
+            "</summary><div class=\"table-wrap\"><table class=\"data numeric\" id=\"all-images\">"
+            "<thead><tr><th>File</th><th>Type</th><th>Verdict</th><th>Score</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div></details>")
 
 
 def _skipped(ev: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vitkit import __version__
 from vitkit.errors import VitkitError
+from vitkit.evaluate.words import describe_accuracy
 from vitkit.report import _format as fmt
 from vitkit.report._images import data_uri, resolve_image, thumbnail_html
 from vitkit.report._inputs import (
@@ -103,6 +104,7 @@ def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS
             _run_details(run),
             _training(run),
             _evaluation(run),
+            _test_evaluation(run),
             _predictions(run, max_predictions),
             render_trust(run),
             _skipped(run),
@@ -178,6 +180,12 @@ def _overview(run: RunInputs) -> str:
     else:
         accuracy, note = None, "no eval.json or summary.json"
     cards = [_card("accuracy", "Accuracy", fmt.percent(accuracy), note, primary=True)]
+    test = run.test_eval or {}
+    if fmt.number(test.get("accuracy")) is not None:
+        count = fmt.number(test.get("n"))
+        cards.insert(0, _card("test-accuracy", "Test accuracy", fmt.percent(test["accuracy"]),
+                              "held-out test split" + (f" · {fmt.integer(count)} images"
+                                                       if count else ""), primary=True))
     if ev:
         cards.append(
             _card(
@@ -341,7 +349,28 @@ def _evaluation(run: RunInputs) -> str:
     return _section("evaluation", title, "\n".join(parts))
 
 
-def _per_class_table(per_class: Mapping[str, object], labels: list[str]) -> str:
+def _test_evaluation(run: RunInputs) -> str:
+    test = run.test_eval
+    if not test or not isinstance(test.get("per_class"), Mapping):
+        return ""
+    labels = [str(label) for label in test.get("labels", [])]
+    parts = [f'<p id="test-in-words">{_e(describe_accuracy(test))}</p>',
+             _per_class_table(test["per_class"], labels, "test-per-class")]
+    if "confusion_matrix" in test:
+        try:
+            png = render_confusion_matrix(test["confusion_matrix"], labels)
+            parts.insert(1, f'<img id="test-confusion-matrix" class="plot matrix" '
+                            f'src="{data_uri(png, "image/png")}" alt="Confusion matrix of the '
+                            'test split: rows are true classes, columns predicted classes">')
+        except ValueError:
+            pass
+    lead = ("Images set aside before training: neither the weights nor the choice of the best "
+            "epoch saw them, so these figures are what to expect on new images like them.")
+    return _section("test-evaluation", "Held-out test split", "\n".join(parts), _e(lead))
+
+
+def _per_class_table(per_class: Mapping[str, object], labels: list[str],
+                     table_id: str = "per-class") -> str:
     order = [label for label in labels if label in per_class]
     order += [label for label in per_class if label not in order]
     rows = []
@@ -359,7 +388,7 @@ def _per_class_table(per_class: Mapping[str, object], labels: list[str]) -> str:
             f"<td>{_e(fmt.integer(m.get('support')))}</td></tr>"
         )
     return (
-        '<div class="table-wrap"><table class="data numeric" id="per-class">'
+        f'<div class="table-wrap"><table class="data numeric" id="{table_id}">'
         "<caption>Per-class metrics</caption><thead><tr>"
         '<th scope="col">Class</th><th scope="col">Precision</th><th scope="col">Recall</th>'
         '<th scope="col">F1</th><th scope="col">Support</th></tr></thead>'

@@ -160,18 +160,34 @@ def _ood(run: RunInputs) -> str:
     accept = next((o[k] for k in ("accept_rate_val", "val_accept_rate", "accept_rate")
                    if k in o), None)
     rows = [
-        ("Method", str(o.get("method") or fmt.MISSING)),
-        ("Threshold", fmt.decimal(o.get("threshold"), 4)),
-        ("Validation images accepted", fmt.percent(accept)),
+        ("Score", _OOD_METHOD_WORDS.get(str(o.get("method")), str(o.get("method") or
+                                                                  fmt.MISSING))),
+        ("Threshold", fmt.decimal(o.get("threshold"), 4) + (
+            " (rough: set on few validation images)" if o.get("rough_threshold") else "")),
+        ("Validation images accepted", f"{fmt.percent(accept)} (the target was "
+         f"{fmt.percent(o.get('accept'))})" if o.get("accept") is not None
+         else fmt.percent(accept)),
+        ("Fitted on", f"{fmt.integer(o.get('n_train'))} training images, threshold set on "
+         f"{fmt.integer(o.get('n_val'))} validation images" if "n_train" in o else fmt.MISSING),
     ]
-    known = {"method", "threshold", "accept_rate_val", "val_accept_rate", "accept_rate",
-             "methods"}
-    rows += [(str(k).replace("_", " ").capitalize(), _scalar(k, v)) for k, v in o.items()
-             if k not in known and _is_scalar(v)]
+    if o.get("expected_ood_share") is not None:
+        rows.append(("In production", f"about {fmt.percent(o['expected_ood_share'])} of images "
+                     "like the training data will still be answered unknown"))
     body = _kv(rows, "ood-table") + _method_table(o.get("methods"))
     lead = ("Images scoring above the threshold are answered as <em>unknown</em> instead of "
             "being forced into a class.")
     return _section("ood", "Out-of-distribution", body, lead)
+
+
+_OOD_METHOD_WORDS = {
+    "knn": "knn: distance to the nearest training images' features",
+    "mahalanobis": "mahalanobis: distance to the class means of the features",
+    "mahalanobis_norm": "mahalanobis_norm: distance to the class means of normalised features",
+    "relative_mahalanobis": "relative_mahalanobis: class distance minus background distance",
+    "msp": "msp: the model's own top probability",
+    "energy": "energy: log-sum-exp of the logits",
+    "vim": "vim: features off the main subspace, plus energy",
+}
 
 
 def _method_table(methods: object) -> str:

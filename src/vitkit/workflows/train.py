@@ -204,6 +204,8 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
     update_meta(bundle_dir, train={**meta.train, "metrics": metrics})
 
     write_json_atomic(run_dir / "eval.json", {**val_eval.metrics.to_dict(), "split": "val"})
+    if "test" in metrics:
+        write_json_atomic(run_dir / "test_eval.json", {**metrics["test"], "split": "test"})
     write_json_atomic(run_dir / "predictions.json", val_eval.sample_predictions(classes))
     plot_learning_curves([asdict(r) for r in fit.history], run_dir / "learning_curves.png")
     plot_confusion_matrix(val_eval.metrics.confusion_matrix, classes,
