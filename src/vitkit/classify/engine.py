@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,7 +227,7 @@ class Trainer:
                 state.stopped_early.append(stage)
                 stderr_console.print(
                     f"[yellow]early stop[/]: stage '{stage}' did not improve for "
-                    f"{state.bad_epochs} epochs; moving on."
+                    f"{state.bad_epochs} epoch{'' if state.bad_epochs == 1 else 's'}; moving on."
                 )
             self._log_epoch(record, improved)
             self._save_state(state, optimizer, scheduler)
@@ -279,8 +280,15 @@ class Trainer:
                     rate = total / max(1e-9, time.perf_counter() - start)
                     bar.update(task, advance=1, stats=f"loss {loss_sum / total:.3f} "
                                f"acc {correct / total:.3f} {rate:.1f} img/s")
-        seconds = time.perf_counter() - start
-        val_loss, val_acc = self._validate(stage, model, val_data)
+            seconds = time.perf_counter() - start
+            step = None
+            if bar is not None and task is not None and stage != "head":
+                # Validating hundreds of images takes seconds: the bar goes on through it.
+                n_val = math.ceil(len(self.val_set) / self.config.batch_size)
+                bar.update(task, total=len(train_loader) + n_val,
+                           description=f"{description} + val")
+                step = lambda: bar.advance(task)  # noqa: E731
+            val_loss, val_acc = self._validate(stage, model, val_data, step)
         return EpochRecord(
             epoch=epoch, stage=stage, lr=float(optimizer.param_groups[0]["lr"]),
             train_loss=loss_sum / max(1, total), train_acc=correct / max(1, total),
@@ -289,7 +297,8 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _validate(self, stage: str, model, val_data) -> tuple[float, float]:
+    def _validate(self, stage: str, model, val_data,
+                  step: Callable[[], None] | None = None) -> tuple[float, float]:
         if stage == "head":
             feats, labels = val_data
             logits = self.model.head(feats.to(self.device)).float()
@@ -304,6 +313,8 @@ class Trainer:
                 out, y = self.accelerator.gather_for_metrics((out, y.to(self.device)))
                 chunks.append(out)
                 targets.append(y)
+                if step is not None:
+                    step()
             logits, labels = torch.cat(chunks), torch.cat(targets)
             apply_trainability(self.model, self._plan)
         loss = float(F.cross_entropy(logits, labels))

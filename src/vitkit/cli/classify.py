@@ -16,6 +16,7 @@ from vitkit.cli.common import (
     app,
     finish_items,
     path_width,
+    plural,
     print_json,
     short_path,
 )
@@ -84,7 +85,7 @@ def train(
     else:
         stderr_console.print(
             f"[bold green]done[/]: val accuracy {result.val_accuracy:.3f} after "
-            f"{result.epochs_run} epochs (best epoch {result.best_epoch})\n"
+            f"{plural(result.epochs_run, 'epoch')} (best epoch {result.best_epoch})\n"
             f"  bundle: {result.bundle}\n  report: {result.report}"
         )
 
@@ -158,7 +159,7 @@ def distill(
     else:
         stderr_console.print(
             f"[bold green]done[/]: student val accuracy {result.val_accuracy:.3f} (teacher "
-            f"{result.teacher['val_accuracy']:.3f}) after {result.epochs_run} epochs\n"
+            f"{result.teacher['val_accuracy']:.3f}) after {plural(result.epochs_run, 'epoch')}\n"
             f"  bundle: {result.bundle}\n  report: {result.report}"
         )
 

@@ -32,6 +32,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 

@@ -167,8 +167,11 @@ def ood_eval(
     in_data: Annotated[str, typer.Option(
         "--in", help="In-distribution images: the held-out val split when this is the "
                      "bundle's training data, else its test/ or val/ split, else all.")],
-    out_dir: Annotated[str, typer.Option(
-        "--out", help="Out-of-distribution images (a folder, searched recursively).")],
+    ood_dir: Annotated[str | None, typer.Option(
+        "--ood-dir", help="Out-of-distribution images: a folder, searched recursively, of "
+                          "images the model should refuse. (--out is the older name of this "
+                          "option and still works.)")] = None,
+    out_dir: Annotated[str | None, typer.Option("--out", hidden=True)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch. (default: 32)")] = 32,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -178,6 +181,13 @@ def ood_eval(
     Each method is fitted on the bundle's training images and thresholded on its val split.
     """
     from vitkit.workflows.ood import run_ood_eval
+
+    if ood_dir is not None and out_dir is not None and ood_dir != out_dir:
+        raise VitkitError("--ood-dir and --out name the same thing (the out-of-distribution "
+                          "images); give one of them.")
+    out_dir = ood_dir or out_dir
+    if out_dir is None:
+        raise VitkitError("give the out-of-distribution images with --ood-dir FOLDER.")
 
     result = run_ood_eval(bundle, in_data, out_dir, batch_size=batch_size, progress=not quiet)
     if json_out:

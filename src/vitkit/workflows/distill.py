@@ -57,6 +57,7 @@ from vitkit.workflows.train import (
     finish_run,
     input_preprocessing,
     refuse_to_overwrite,
+    removed_on_user_error,
 )
 
 
@@ -202,12 +203,14 @@ def run_distill(config: DistillConfig, resume: bool = False,
     check_model_name(config.model)
     refuse_to_overwrite(run_dir, resume)
     teacher_meta = _read_teacher(config.teacher)
+    new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
-    samples, skipped = _prepare_data(config, run_dir, progress)
-    classes = sorted({s.label for s in samples})
-    columns = _teacher_columns(config.teacher, teacher_meta.labels, classes)
+    with removed_on_user_error(run_dir, new_folder):
+        samples, skipped = _prepare_data(config, run_dir, progress)
+        classes = sorted({s.label for s in samples})
+        columns = _teacher_columns(config.teacher, teacher_meta.labels, classes)
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     stderr_console.print(_describe_counts(class_counts(samples)))
 

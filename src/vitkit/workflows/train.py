@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +39,7 @@ from vitkit.data import (
     validate_samples,
     write_skipped_csv,
 )
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, VitkitError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
 from vitkit.workflows.trust import TrustContext, after_training
@@ -87,10 +91,28 @@ def resolve_resume_config(run_dir: Path, given: ConfigT, changed: set[str]) -> C
 
 
 def refuse_to_overwrite(run_dir: Path, resume: bool) -> None:
-    """A new run never starts over a folder that holds one (its checkpoints would be lost)."""
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"{run_dir} already holds a training run. Pass --resume to continue "
-                          "it, or choose another --out.")
+    """A new run never starts over a folder that holds one (its checkpoints would be lost);
+    the message says whether that run finished or was interrupted, and what to do."""
+    if resume or not (run_dir / "checkpoints" / "last.pt").exists():
+        return
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        raise ConfigError(f"{run_dir} already holds a finished training run (its bundle is "
+                          f"{run_dir / 'bundle'}). Choose another --out, or delete the folder "
+                          "to train again there.")
+    done = max(0, len(_csv_rows(run_dir / "metrics.csv")))
+    raise ConfigError(f"{run_dir} holds an interrupted training run ({done} epoch"
+                      f"{'' if done == 1 else 's'} done, the last one checkpointed). Pass "
+                      "--resume to continue it, or choose another --out (or delete the folder) "
+                      "to start over.")
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    except OSError:
+        return []
 
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -99,10 +121,12 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     run_dir = Path(config.out)
     check_model_name(config.model)  # seconds before the data is decoded, not minutes after
     refuse_to_overwrite(run_dir, resume)
+    new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
-    samples, skipped = _prepare_data(config, run_dir, progress)
+    with removed_on_user_error(run_dir, new_folder):
+        samples, skipped = _prepare_data(config, run_dir, progress)
     classes = sorted({s.label for s in samples})
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     stderr_console.print(_describe_counts(class_counts(samples)))
@@ -147,6 +171,18 @@ def input_preprocessing(created: CreatedModel, config: TrainConfig) -> Preproces
     if config.crop_pct is not None:
         changes["crop_pct"] = config.crop_pct
     return pre.model_copy(update=changes) if changes else pre
+
+
+@contextmanager
+def removed_on_user_error(run_dir: Path, created_here: bool) -> Iterator[None]:
+    """Removes a run folder this run created when the data turns out unusable, so a failed
+    attempt leaves nothing half-written behind (a run that trained keeps its checkpoints)."""
+    try:
+        yield
+    except VitkitError:
+        if created_here:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def check_head_stage(created: CreatedModel, config: TrainConfig) -> None:
