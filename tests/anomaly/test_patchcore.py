@@ -204,3 +204,11 @@ def test_bad_inputs_are_refused_with_a_hint() -> None:
         locally_aware_patches([torch.randn(1, 2, 4, 4)], neighbourhood=2)
     with pytest.raises(ValueError, match="batch size"):
         locally_aware_patches([torch.randn(1, 2, 4, 4), torch.randn(2, 2, 2, 2)])
+
+
+def test_greedy_coreset_reports_progress_to_the_last_point() -> None:
+    features = torch.randn(600, 16, generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
+    index = patchcore.greedy_coreset(features, 60, projection_dim=None, on_progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 60
+    assert torch.equal(index, patchcore.greedy_coreset(features, 60, projection_dim=None))

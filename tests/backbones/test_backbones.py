@@ -309,8 +309,8 @@ def test_unknown_model_name_suggests_similar_names() -> None:
         create("resnet_nonexistent", num_classes=2, weights="none")
     message = str(info.value)
     assert "unknown model 'resnet_nonexistent'" in message
-    assert "Similar names:" in message
-    assert "resnet" in message.split("Similar names:")[1]
+    assert "Did you mean:" in message
+    assert "resnet" in message.split("Did you mean:")[1]
 
 
 def test_hub_weights_offline_point_to_weights_option(
@@ -434,3 +434,30 @@ def test_hf_model_id_offline_is_a_weights_error(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(WeightsError, match="local Hugging Face folder"):
         create("hf:nobody/no-such-model", num_classes=2)
+
+
+def test_unknown_model_names_suggest_the_closest() -> None:
+    from vitkit.backbones import check_model_name
+    from vitkit.errors import WeightsError
+
+    with pytest.raises(WeightsError) as info:
+        check_model_name("resnet5")
+    message = str(info.value)
+    assert "Did you mean: resnet50," in message, "the closest name first"
+    check_model_name("resnet50")
+    check_model_name("hf:google/vit-base-patch16-224")  # only loading can tell
+
+
+def test_image_size_and_crop_override_the_backbone_preprocessing() -> None:
+    from vitkit.backbones import create
+    from vitkit.classify.config import TrainConfig
+    from vitkit.errors import ConfigError
+    from vitkit.workflows.train import input_preprocessing
+
+    cnn = create("test_resnet", num_classes=2, weights="none")
+    pre = input_preprocessing(cnn, TrainConfig(model="test_resnet", image_size=96, crop_pct=1.0))
+    assert pre.input_size == (96, 96) and pre.crop_pct == 1.0
+    assert input_preprocessing(cnn, TrainConfig(model="test_resnet")) == cnn.preprocessing
+    vit = create("test_vit", num_classes=2, weights="none")
+    with pytest.raises(ConfigError, match="fixed input size"):
+        input_preprocessing(vit, TrainConfig(model="test_vit", image_size=96))

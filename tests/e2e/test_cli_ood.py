@@ -36,10 +36,13 @@ def test_ood_fit_and_eval_print_one_json_document(trained_bundles: dict[str, Pat
     assert fitted["method"] == "energy" and fitted["rough_threshold"] is True
     assert {"threshold", "accept_rate_val", "methods", "n_train", "n_val"} <= set(fitted)
 
-    evaluated = run_cli("ood", "eval", bundle, "--in", tiny_image_folder, "--out", odd_folder,
-                        "--json", "-q")
+    evaluated = run_cli("ood", "eval", bundle, "--in", tiny_image_folder, "--ood-dir",
+                        odd_folder, "--json", "-q")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads(evaluated.stdout)
+    old_name = run_cli("ood", "eval", bundle, "--in", tiny_image_folder, "--out", odd_folder,
+                       "--json", "-q")
+    assert json.loads(old_name.stdout)["methods"] == report["methods"], "--out still works"
     assert report["selected"] == "energy"
     for name in ("msp", "energy", "mahalanobis", "knn", "vim", "relative_mahalanobis"):
         assert {"auroc", "fpr95"} <= set(report["methods"][name])

@@ -30,7 +30,7 @@ def _again_lines(stderr: str) -> list[str]:
     start = lines.index("again:") + 1
     commands = []
     for line in lines[start:]:
-        if not line.startswith("  "):
+        if not line.startswith("  ") or line[2:3].isspace():
             break
         commands.append(line.strip())
     return commands

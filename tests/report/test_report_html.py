@@ -129,7 +129,15 @@ def test_corrupt_png_is_reported_and_redrawn(fake_run: FakeRun) -> None:
     decode_data_uri(img_src(page, "confusion-matrix"), "image/png")
 
 
-def test_empty_run_dir_says_what_is_missing(tmp_path: Path) -> None:
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(VitkitError, match="not a training run folder"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_a_run_with_only_its_config_says_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("model: x\n")  # interrupted before the first epoch
     page = write_report(tmp_path).read_text(encoding="utf-8")
     notice = page[page.index('id="missing-inputs"') :]
     notice = notice[: notice.index("</aside>")]
@@ -138,6 +146,18 @@ def test_empty_run_dir_says_what_is_missing(tmp_path: Path) -> None:
     assert element_text(page, "metric-accuracy") == "—"
     assert 'id="learning-curves"' not in page and 'id="confusion-matrix"' not in page
     assert "No list of skipped files" in element_text(page, "skipped")
+
+
+def test_the_test_split_is_shown_in_plain_words(fake_run: FakeRun) -> None:
+    evaluation = json.loads((fake_run.run_dir / "eval.json").read_text())
+    (fake_run.run_dir / "test_eval.json").write_text(json.dumps({**evaluation,
+                                                                 "split": "test"}))
+    page = write_report(fake_run.run_dir).read_text(encoding="utf-8")
+    assert element_text(page, "metric-test-accuracy") == "70.0%"
+    assert 'id="test-evaluation"' in page and 'id="test-per-class"' in page
+    words = element_text(page, "test-in-words")
+    assert words.startswith(f"Of {evaluation['n']} test images, ")
+    assert "got the right class" in words
 
 
 @pytest.mark.parametrize("missing", ALL_INPUTS)

@@ -108,13 +108,16 @@ def check_model_name(name: str) -> None:
 
 def similar_model_names(name: str, limit: int = 8) -> list[str]:
     """timm names close to ``name``: whole-name similarity first (``resnet5`` → ``resnet50``),
-    then names that contain it."""
+    then names that contain it, then names of the same family (the part before ``_``)."""
     import difflib
 
     names = timm.list_models()
-    close = difflib.get_close_matches(name.lower(), names, n=limit, cutoff=0.6)
-    containing = sorted((n for n in names if name.lower() in n), key=len)
-    return list(dict.fromkeys(close + containing))[:limit]
+    wanted = name.lower()
+    close = difflib.get_close_matches(wanted, names, n=limit, cutoff=0.6)
+    containing = sorted((n for n in names if wanted in n), key=len)
+    family = wanted.split("_")[0]  # "resnet_nonexistent": other resnets
+    same_family = sorted((n for n in names if n.startswith(family)), key=len) if family else []
+    return list(dict.fromkeys(close + containing + same_family))[:limit]
 
 
 def rebuild(spec: BackboneSpec, num_classes: int) -> ImageClassifier:

@@ -24,7 +24,7 @@ from vitkit.console import make_progress, stderr_console
 from vitkit.errors import VitkitError
 
 if TYPE_CHECKING:
-    from vitkit.classify.predict import Prediction, PredictionError
+    from vitkit.classify.predict import Prediction, PredictionError  # noqa: F401
 
 
 @app.command()
@@ -253,7 +253,7 @@ def predict(
     Exit code 0 when at least one image was classified (failures are counted on stderr and
     listed as rows with an error); 2 when none could be (missing paths, empty folders,
     unreadable files)."""
-    from vitkit.classify.predict import Prediction, expand_paths, load
+    from vitkit.classify.predict import Prediction, PredictionError, expand_paths, load
     from vitkit.classify.tta import TTA_VIEWS, TtaTiming
     from vitkit.data.files import require_images
 

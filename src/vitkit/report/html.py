@@ -47,8 +47,10 @@ _METRIC_COLUMNS = {
 }
 
 
-RUN_MARKERS = ("summary.json", "metrics.csv", "config.yaml")
-"""Files of which a training run folder holds at least one (an interrupted run: the last two)."""
+RUN_MARKERS = ("summary.json", "eval.json", "metrics.csv", "predictions.json", "skipped.csv",
+               "config.yaml")
+"""Files of which a training run folder holds at least one (an interrupted run: config.yaml
+and skipped.csv from the start, metrics.csv after the first epoch)."""
 
 
 def write_report(
