@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from vitkit.bench import QUICK, BenchConfig, run_bench
-from vitkit.bench.output import bench_table, write_csv
+from vitkit.bench.output import bench_stacked, bench_table, write_csv
 from vitkit.bundle import read_meta, update_meta
 from vitkit.compress import runtimes
 from vitkit.compress.variants import Variant, record_variant
@@ -106,6 +108,11 @@ def test_csv_html_and_table_are_written(trained_bundles: dict[str, Path], tmp_pa
     page = write_bench_report(tmp_path / "bench.html", result.to_dict()).read_text()
     assert 'id="scatter"' in page and "torch-bf16" in page
     assert bench_table(result).row_count == 2
+    narrow = Console(width=80, record=True, file=io.StringIO())
+    narrow.print(bench_stacked(result))
+    lines = narrow.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert {"torch-fp32", "torch-bf16"} <= set(lines), "one block per variant, named alone"
 
 
 def test_bad_requests_are_user_errors(trained_bundles: dict[str, Path]) -> None:

@@ -58,6 +58,7 @@ def run_eval(bundle: Path, data: str, batch_size: int = 32, progress: bool = Tru
         "variant": predictor.variant.name,
         "temperature": predictor.temperature,
         **({"tta": timing.to_dict()} if timing is not None else {}),
+        "n_skipped": len(report.skipped),
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
         **({"fairness": fairness} if fairness is not None else {}),
     }
