@@ -325,7 +325,7 @@ def demo(
              "points at the newest complete one (earlier runs are removed once it is "
              "complete). (default: demo-output)")] = Path("demo-output"),
     quick: Annotated[bool, typer.Option(
-        "--quick", help="The same steps on a tenth of the images in about a minute: checks "
+        "--quick", help="The same steps on a tenth of the images in about 20 seconds: checks "
                         "an installation; the figures mean little.")] = False,
     epochs: Annotated[int | None, typer.Option(
         min=2, help="Training epochs: one on the head alone, the rest on every layer. "

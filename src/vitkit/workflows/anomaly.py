@@ -95,8 +95,8 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
             None if bar is None else lambda done, total: bar.update(task, completed=done,
                                                                     total=total))
         details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
-        if bar is not None and task is not None:
-            bar.update(task, total=1, completed=1)
+        if bar is not None and task is not None and bar.tasks[0].total is None:
+            bar.update(task, total=1, completed=1)  # a step that reported no progress: done
     with make_progress(progress and method.calibrates) as bar:
         task = bar.add_task("Calibrating on held-out", total=len(holdout_paths),
                             stats="") if bar else None

@@ -39,7 +39,7 @@ CLASSES = ("nominal", "local", "global")
 @dataclass(frozen=True)
 class DemoPlan:
     """How much the demo does. ``FULL`` is what `make demo` runs; ``QUICK`` shows the same
-    steps on a tenth of the images in about a minute (a smoke test of an installation)."""
+    steps on a tenth of the images in about 20 seconds (a smoke test of an installation)."""
 
     images_per_class: int | None  # None: all 2,000 images (1,000 nominal, 500 each defect)
     epochs: int
