@@ -61,6 +61,12 @@ def _explain(cls: type[BaseModel], exc: ValidationError, path: Path | None) -> s
 def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     model: Any = cls
     for part in loc:
+        if not isinstance(part, str) or not hasattr(model, "model_fields"):
+            # an item of a list or dict section: the model of its items
+            model = next((a for a in reversed(get_args(model)) if hasattr(a, "model_fields")),
+                         model)
+            if not isinstance(part, str):
+                continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []

@@ -168,7 +168,15 @@ class Predictor:
     def _predict_batch(
         self, items: list[tuple[Path, torch.Tensor]], k: int, timing: TtaTiming | None = None
     ) -> Iterator[Prediction]:
-        batch = torch.stack([t for _, t in items])
+        yield from self.predict_batch(torch.stack([t for _, t in items]),
+                                      [str(path) for path, _ in items], k, timing)
+
+    def predict_batch(self, batch: torch.Tensor, names: Sequence[str], top_k: int = 5,
+                      timing: TtaTiming | None = None) -> list[Prediction]:
+        """Predictions for a preprocessed batch (B, 3, H, W), one per name (the ``path``
+        field), with the OOD verdict when the bundle has a detector: what a server calls on
+        the images it has already decoded."""
+        k = max(1, min(top_k, len(self.labels)))
         ood_scores, unknown = None, None
         detector = self.ood
         if detector is None:
@@ -177,17 +185,19 @@ class Predictor:
             probs, ood_scores = self._proba_and_ood_scores(batch, detector, timing)
             unknown = detector.is_unknown(ood_scores)
         scores, indices = probs.topk(k, dim=1)
-        for row, ((path, _), row_scores, row_idx) in enumerate(
-                zip(items, scores, indices, strict=True)):
+        predictions = []
+        for row, (name, row_scores, row_idx) in enumerate(
+                zip(names, scores, indices, strict=True)):
             topk = [{"label": self.labels[int(i)], "score": float(s)}
                     for s, i in zip(row_scores, row_idx, strict=True)]
-            prediction = Prediction(str(path), topk[0]["label"], topk[0]["score"], topk)
+            prediction = Prediction(str(name), topk[0]["label"], topk[0]["score"], topk)
             if ood_scores is not None and unknown is not None:
                 prediction.ood_score = float(ood_scores[row])
                 prediction.ood = bool(unknown[row])
                 if prediction.ood:
                     prediction.label = UNKNOWN
-            yield prediction
+            predictions.append(prediction)
+        return predictions
 
     def _proba_and_ood_scores(self, batch: torch.Tensor, detector: OodDetector,
                               timing: TtaTiming | None) -> tuple[torch.Tensor, Any]:

@@ -23,7 +23,7 @@ from vitkit.errors import VitkitError
 
 __all__ = ["app", "main"]
 
-for _verbs in ("classify", "compress", "trust", "anomaly"):  # --help's order
+for _verbs in ("classify", "compress", "trust", "anomaly", "serve"):  # --help's order
     importlib.import_module(f"vitkit.cli.{_verbs}")
 
 

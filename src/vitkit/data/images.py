@@ -7,6 +7,7 @@ colour mode, bit depth, transparency, animation) is fixed and reported as a conv
 
 from __future__ import annotations
 
+import io
 import threading
 import warnings
 from pathlib import Path
@@ -86,7 +87,23 @@ def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Im
     """
     path = Path(path)
     _check_file(path)
-    with _open(path, max_pixels) as im:
+    return _decode(path, max_pixels)
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> tuple[Image.Image, list[str]]:
+    """:func:`load_rgb` for bytes already in memory (an upload), with the same checks.
+
+    Raises:
+        ImageProblem: Empty, not an image, truncated or corrupt, too many pixels, too small.
+    """
+    if not data:
+        raise _problem(EMPTY_FILE, "0 bytes")
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, max_pixels: int) -> tuple[Image.Image, list[str]]:
+    with _open(source, max_pixels) as im:
         _check_size(im.size, max_pixels)
         conversions: list[str] = []
         try:
@@ -119,7 +136,7 @@ def _check_file(path: Path) -> None:
         raise _problem(EMPTY_FILE, "0 bytes")
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def _open(path: Path | io.BytesIO, max_pixels: int) -> Image.Image:
     # PIL warns above Image.MAX_IMAGE_PIXELS and raises above twice that. The warning becomes
     # an error here unless the caller explicitly allowed more pixels than PIL does.
     action: Literal["error", "ignore"] = (

@@ -1,0 +1,116 @@
+"""`vitkit serve BUNDLE|CONFIG` and `vitkit serve ab-report LOG`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from vitkit.cli.common import JsonOpt, app, print_json
+from vitkit.console import stderr_console
+from vitkit.errors import VitkitError
+
+
+class _ServeGroup(TyperGroup):
+    """``vitkit serve TARGET`` runs the server; ``vitkit serve ab-report …`` is a subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+serve_app = typer.Typer(cls=_ServeGroup, no_args_is_help=True,
+                        help="Serve bundles over HTTP (FastAPI + uvicorn): `vitkit serve "
+                             "BUNDLE|CONFIG`; `vitkit serve ab-report LOG` reads the request "
+                             "log.")
+app.add_typer(serve_app, name="serve")
+
+
+def _require_serve() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import sqlalchemy  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise VitkitError(f"serving needs the serve extra ({exc.name} is missing): pip "
+                          "install 'vitkit[serve]'.") from exc
+
+
+@serve_app.command("run")
+def serve_run(
+    target: Annotated[str, typer.Argument(help="A bundle folder (served alone) or a YAML serve "
+                                          "config naming models, routes, fallback, limits.")],
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to "
+                                      "the network. (default: 127.0.0.1)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="(default: 8000)")] = 8000,
+    variant: Annotated[str | None, typer.Option(
+        help="Variant of a single bundle (see `vitkit bench`). (default: torch-fp32)")] = None,
+    log_db: Annotated[str | None, typer.Option(
+        "--log-db", help="Request log: a SQLAlchemy URL (sqlite:///file.db, postgresql://…) "
+                         "or 'none'. (default: sqlite:///serve-requests.db)")] = None,
+) -> None:
+    """Serve a bundle (classifier or anomaly detector) or several from a config: POST
+    /v1/predict, /v1/feedback; GET /v1/models, /v1/ab, /livez, /readyz, /metrics.
+    Micro-batching, sticky A/B routes, fallback with circuit breakers, a request log. Stops
+    gracefully on SIGTERM (in-flight requests finish)."""
+    _require_serve()
+    from vitkit.serve.config import serve_config
+    from vitkit.serve.server import serve_forever
+
+    config = serve_config(target, variant)
+    if log_db is not None:
+        url = None if log_db == "none" else log_db
+        config = config.model_copy(update={"log": config.log.model_copy(update={"url": url})})
+    names = ", ".join(m.name for m in config.models)
+    stderr_console.print(f"serving {names} on http://{host}:{port} (ready at /readyz once the "
+                         "models are loaded and warmed)", highlight=False)
+    serve_forever(config, host, port)
+
+
+@serve_app.command("ab-report")
+def serve_ab_report(
+    log: Annotated[str, typer.Argument(help="The request log: a SQLite file or a SQLAlchemy "
+                                       "URL.")],
+    route: Annotated[str | None, typer.Option(help="Only this route. (default: all)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Per-arm requests, latency, unknown rate and, from feedback, accuracy with a
+    two-proportion test against the busiest arm."""
+    _require_serve()
+    from rich.table import Table
+
+    from vitkit.serve.log import RequestLog, ab_report
+
+    url = log if "://" in log else f"sqlite:///{Path(log)}"
+    if "://" not in log and not Path(log).is_file():
+        raise VitkitError(f"{log} does not exist; give the request log of `vitkit serve` "
+                          "(default serve-requests.db) or a SQLAlchemy URL.")
+    request_log = RequestLog(url)
+    try:
+        report = ab_report(request_log.rows(), route)
+    finally:
+        request_log.close()
+    if json_out:
+        print_json(report)
+        return
+    table = Table(title=f"A/B report of {log}")
+    for column in ("arm", "requests", "mean ms", "p95 ms", "unknown", "feedback", "accuracy"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+
+    def cell(value: float | None, pattern: str) -> str:
+        return "n/a" if value is None else pattern.format(value)
+
+    for arm in report["arms"]:
+        table.add_row(arm["arm"], str(arm["requests"]), cell(arm["latency_mean_ms"], "{:.1f}"),
+                      cell(arm["latency_p95_ms"], "{:.1f}"), cell(arm["unknown_rate"], "{:.1%}"),
+                      str(arm["with_feedback"]), cell(arm["accuracy"], "{:.1%}"))
+    stderr_console.print(table)
+    for comparison in report["comparisons"]:
+        a, b = comparison["arms"]
+        stderr_console.print(f"{b} vs {a}: accuracy {comparison['accuracy_difference']:+.1%}, "
+                             f"p = {cell(comparison['p_value'], '{:.3g}')} (two-proportion "
+                             "z-test)", highlight=False)

@@ -1,0 +1,1 @@
+"""Serving bundles over HTTP: `vitkit serve BUNDLE|CONFIG` (extra ``vitkit[serve]``)."""

@@ -1,0 +1,94 @@
+"""A bundle behind the service: classifier or anomaly detector, one interface.
+
+``prepare`` turns a decoded image into the model's input tensor (run in the decoding thread
+pool); ``infer`` runs a batch of them (run in the model's own worker thread) and returns one
+JSON-ready answer per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vitkit.bundle import read_meta
+from vitkit.errors import BundleError
+
+CLASSIFY = "classify"
+ANOMALY = "anomaly"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    bundle: Path
+    variant: str
+    kind: str  # "classify" or "anomaly"
+    version: str  # a short hash of the bundle's vitkit.json: changes with every new bundle
+    labels: list[str]
+    top_k: int = 5
+    _predictor: Any = field(default=None, repr=False)
+    _detector: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, name: str, bundle: str | Path, variant: str | None = None) -> ServedModel:
+        """Loads a bundle (safetensors only, as everywhere).
+
+        Raises:
+            BundleError: Not a bundle, or a task the service does not know.
+        """
+        bundle = Path(bundle)
+        meta = read_meta(bundle)
+        version = hashlib.sha256((bundle / "vitkit.json").read_bytes()).hexdigest()[:12]
+        if meta.task == CLASSIFY:
+            from vitkit.classify.predict import load
+
+            predictor = load(bundle, variant=variant)
+            return cls(name, bundle, predictor.variant.name, CLASSIFY, version,
+                       list(predictor.labels), _predictor=predictor)
+        if meta.task == ANOMALY:
+            if variant not in (None, "torch-fp32"):
+                raise BundleError(f"{bundle} is an anomaly detector: it runs as torch-fp32 "
+                                  f"only, not {variant}.")
+            from vitkit.anomaly.detector import load_detector
+
+            detector = load_detector(bundle, "cpu")
+            return cls(name, bundle, "torch-fp32", ANOMALY, version, ["normal", "anomaly"],
+                       _detector=detector)
+        raise BundleError(f"{bundle} is a '{meta.task}' bundle; the service serves classifiers "
+                          "and anomaly detectors.")
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        if self._predictor is not None:
+            return self._predictor.transform(image)
+        return self._detector.method.prepare(image)
+
+    @torch.no_grad()
+    def infer(self, batch: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """One answer per prepared image: ``label, score, topk, unknown, ood_score`` for a
+        classifier, ``label ("normal"|"anomaly"), score (0.5 = threshold), raw_score`` for an
+        anomaly detector."""
+        stacked = torch.stack(batch)
+        if self._predictor is not None:
+            names = [""] * len(batch)
+            return [{"label": p.label, "score": p.score, "topk": p.topk,
+                     "unknown": bool(p.ood), "ood_score": p.ood_score}
+                    for p in self._predictor.predict_batch(stacked, names, self.top_k)]
+        raw, _ = self._detector.method.score(stacked)
+        return [{"label": v.label, "score": v.score, "raw_score": v.raw_score}
+                for v in self._detector.verdicts([""] * len(batch), raw)]
+
+    def warm(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        """Runs the model on gray images, so the first real request does not pay for lazy
+        setup (runtime compilation, the OOD bank); ``/readyz`` waits for this."""
+        gray = self.prepare(Image.new("RGB", (64, 64), (128, 128, 128)))
+        for size in batch_sizes:
+            self.infer([gray] * size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "version": self.version,
+                "variant": self.variant, "bundle": str(self.bundle), "labels": self.labels}
