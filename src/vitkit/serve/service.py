@@ -94,8 +94,9 @@ class Service:
     def add_model(self, model: ServedModel) -> None:
         batching = self.config.batching
         batcher: MicroBatcher[Any, dict[str, Any]] = MicroBatcher(
-            lambda items: model.infer(items), batching.max_batch, batching.max_wait_ms, batching.max_queue,
-            model.name, on_batch=self.metrics.batch_size.labels(model.name).observe)
+            lambda items: model.infer(items),  # looked up per call: a model can be swapped
+            batching.max_batch, batching.max_wait_ms, batching.max_queue, model.name,
+            on_batch=self.metrics.batch_size.labels(model.name).observe)
         batcher.start()
         self.models[model.name] = model
         self.batchers[model.name] = batcher
