@@ -1,0 +1,174 @@
+"""Bounded load on loopback against `vitkit serve`, with ratios measured in one run.
+
+Starts the server in this process (uvicorn on 127.0.0.1, a free port) for each setting, sends
+N concurrent clients x M requests of one image each, and prints throughput, p50/p95/p99 and
+errors; then the ratios the serving issue asks for:
+
+- micro-batching on (max_batch 32) vs off (max_batch 1) at 16 and 32 clients;
+- served throughput at 32 clients vs the offline batch-32 throughput of the same model;
+- single-client p50 vs the offline batch-1 p50;
+- vitkit vs a plain one-request-per-call FastAPI endpoint around the same torch model.
+
+    python bench/serve_load.py BUNDLE [--requests 30] [--clients 1,16,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+import uvicorn
+from fastapi import FastAPI, UploadFile
+from PIL import Image
+
+from vitkit.classify.predict import load
+from vitkit.serve.config import ServeConfig
+from vitkit.serve.server import BackgroundServer
+
+
+def image_bytes(bundle: Path) -> bytes:
+    size = load(bundle).preprocessing.input_size
+    buffer = io.BytesIO()
+    Image.new("RGB", (size[1], size[0]), (120, 130, 140)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+async def _client(url: str, image: bytes, n: int, latencies: list[float],
+                  errors: list[int]) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _ in range(n):
+            started = time.perf_counter()
+            response = await client.post(f"{url}/v1/predict",
+                                         files={"files": ("x.jpg", image, "image/jpeg")})
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                errors.append(response.status_code)
+
+
+def load_test(url: str, image: bytes, clients: int, per_client: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main() -> None:
+        await asyncio.gather(*[_client(url, image, per_client, latencies, errors)
+                               for _ in range(clients)])
+
+    asyncio.run(_client(url, image, 2, [], []))  # warm the connection path
+    started = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"clients": clients, "requests": len(latencies), "throughput": len(latencies) / wall,
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+            "errors": len(errors)}
+
+
+def vitkit_server(bundle: Path, max_batch: int) -> BackgroundServer:
+    config = ServeConfig.model_validate({
+        "models": [{"name": "m", "bundle": str(bundle)}],
+        "batching": {"max_batch": max_batch, "max_wait_ms": 5, "max_queue": 1024},
+        "log": {"url": None}})
+    return BackgroundServer(config)
+
+
+def plain_server(bundle: Path) -> tuple[Any, threading.Thread, str]:
+    """What users write today: one request, one model call, in the request handler."""
+    predictor = load(bundle, ood=False)
+    app = FastAPI()
+
+    @app.post("/v1/predict")
+    def predict(files: UploadFile) -> dict[str, Any]:
+        image = Image.open(io.BytesIO(files.file.read())).convert("RGB")
+        with torch.no_grad():
+            probs = predictor.predict_proba(predictor.transform(image)[None])
+        return {"label": predictor.labels[int(probs.argmax())], "score": float(probs.max())}
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str) -> None:
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        time.sleep(0.1)
+
+
+def offline(bundle: Path, repeats: int = 20) -> dict[str, float]:
+    predictor = load(bundle, ood=False)
+    size = predictor.preprocessing.input_size
+    one, many = torch.randn(1, 3, *size), torch.randn(32, 3, *size)
+    for batch in (one, many):
+        predictor(batch)
+    singles = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor(one)
+        singles.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(max(2, repeats // 5)):
+        predictor(many)
+    throughput = 32 * max(2, repeats // 5) / (time.perf_counter() - started)
+    return {"p50_b1_ms": 1000 * statistics.median(singles), "throughput_b32": throughput}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--requests", type=int, default=30, help="per client")
+    parser.add_argument("--clients", default="1,16,32")
+    args = parser.parse_args()
+    image = image_bytes(args.bundle)
+    clients = [int(c) for c in args.clients.split(",")]
+    rows: dict[tuple[str, int], dict[str, float]] = {}
+    for label, max_batch in (("batched", 32), ("unbatched", 1)):
+        background = vitkit_server(args.bundle, max_batch)
+        with background as url:
+            wait_ready(url)
+            for n in clients:
+                rows[(label, n)] = load_test(url, image, n, args.requests)
+    server, thread, url = plain_server(args.bundle)
+    for n in clients:
+        rows[("plain FastAPI", n)] = load_test(url, image, n, args.requests)
+    server.should_exit = True
+    thread.join(timeout=30)
+    reference = offline(args.bundle)
+
+    print(f"{'server':<14} {'clients':>7} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'errors':>6}")
+    for (label, n), r in rows.items():
+        print(f"{label:<14} {n:>7} {r['throughput']:>8.1f} {r['p50_ms']:>8.1f} "
+              f"{r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6}")
+    print(f"offline: batch-1 p50 {reference['p50_b1_ms']:.1f} ms, batch-32 "
+          f"{reference['throughput_b32']:.1f} img/s")
+    for n in clients:
+        if n > 1:
+            ratio = rows[("batched", n)]["throughput"] / rows[("unbatched", n)]["throughput"]
+            plain = rows[("batched", n)]["throughput"] / rows[("plain FastAPI", n)]["throughput"]
+            print(f"{n} clients: batching on/off {ratio:.2f}x; vitkit/plain FastAPI "
+                  f"{plain:.2f}x")
+    top = max(clients)
+    print(f"served at {top} clients / offline batch-32: "
+          f"{rows[('batched', top)]['throughput'] / reference['throughput_b32']:.2f}")
+    if 1 in clients:
+        print(f"single-client p50 - offline batch-1 p50: "
+              f"{rows[('batched', 1)]['p50_ms'] - reference['p50_b1_ms']:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
