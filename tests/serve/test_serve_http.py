@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import threading
 import time
@@ -245,3 +246,58 @@ def test_a_full_queue_answers_503_with_retry_after(server: tuple[str, Any],
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.headers["retry-after"] == "1" and refused.json()["error"] == "overloaded"
     assert set(statuses) <= {200, 503}
+
+
+@pytest.mark.slow
+def test_cli_serves_a_bundle_and_stops_gracefully_on_sigterm(two_bundles: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "requests.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vitkit", "serve", str(two_bundles["a"]), "--port", str(port),
+         "--log-db", f"sqlite:///{log}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.2)
+        image = png_bytes(Image.new("RGB", (48, 48), (215, 45, 40)))
+        def status() -> int | str:
+            try:
+                return predict(url, [image]).status_code
+            except httpx.ConnectError:  # arrived after the listening socket closed
+                return "refused"
+
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(status) for _ in range(8)]
+            time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            statuses = [f.result() for f in pending]
+        assert set(statuses) <= {200, 503, "refused"} and 200 in statuses, statuses
+        # uvicorn re-raises the signal after its graceful shutdown: the usual SIGTERM status.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in (process.stderr.read() if process.stderr
+                                                   else "")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    report = subprocess.run([sys.executable, "-m", "vitkit", "serve", "ab-report", str(log),
+                             "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stderr
+    assert sum(a["requests"] for a in json.loads(report.stdout)["arms"]) == statuses.count(200)
