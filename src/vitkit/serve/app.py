@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
 from vitkit.serve.config import ServeConfig
 from vitkit.serve.log import ab_report
-from vitkit.serve.service import NoModelAvailable, Service, UnknownRoute
+from vitkit.serve.service import NoModelAvailable, RolloutError, Service, UnknownRoute
 
 RETRY_AFTER_S = 1
 
@@ -38,6 +39,21 @@ class HttpProblem(Exception):
 def create_app(config: ServeConfig) -> FastAPI:
     service = Service(config)
     limits = config.limits
+    admin_token = config.admin_token()
+
+    def require_admin(request: Request) -> None:
+        """``Authorization: Bearer <token>``, compared in constant time."""
+        if admin_token is None:
+            raise HttpProblem(403, "admin disabled", f"set {config.admin_token_env} (or "
+                              "admin_token_file) when starting the server to enable admin "
+                              "endpoints")
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HttpProblem(401, "unauthorized", "send Authorization: Bearer <token>",
+                              {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.encode(), admin_token.encode()):
+            raise HttpProblem(403, "forbidden", "wrong admin token")
     max_bytes = int(limits.max_upload_mb * 1024 * 1024)
 
     @contextlib.asynccontextmanager
@@ -137,6 +153,27 @@ def create_app(config: ServeConfig) -> FastAPI:
                               "which is off (log.url is null)")
         rows = await asyncio.get_running_loop().run_in_executor(None, service.log.rows)
         return ab_report(rows, route)
+
+    @app.post("/admin/models/{name}/candidate", status_code=202)
+    async def candidate(name: str, request: Request) -> dict[str, Any]:
+        require_admin(request)
+        body = await _json_body(request)
+        bundle = body.get("bundle")
+        if not isinstance(bundle, str):
+            raise HttpProblem(422, "bad request", 'send {"bundle": "/path/to/bundle", '
+                              '"variant": optional}')
+        try:
+            return await service.start_candidate(name, bundle, body.get("variant"))
+        except RolloutError as exc:
+            raise HttpProblem(exc.status, "candidate refused", str(exc)) from None
+
+    @app.post("/admin/models/{name}/rollback")
+    async def rollback(name: str, request: Request) -> dict[str, Any]:
+        require_admin(request)
+        try:
+            return service.rollback(name)
+        except RolloutError as exc:
+            raise HttpProblem(exc.status, "nothing to roll back", str(exc)) from None
 
     @app.get("/", response_class=PlainTextResponse)
     async def index() -> str:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vitkit.config import load_config
 from vitkit.errors import ConfigError
+from vitkit.serve.rollout import RolloutConfig
 
 DEFAULT_ROUTE = "default"
 
@@ -82,8 +83,24 @@ class ServeConfig(_Strict):
     breaker: Breaker = Breaker()
     limits: Limits = Limits()
     log: LogConfig = LogConfig()
+    rollout: RolloutConfig = RolloutConfig()
     admin_token_env: str = Field("VITKIT_ADMIN_TOKEN", description="environment variable "
                                  "holding the admin token; admin endpoints are off without one")
+    admin_token_file: str | None = Field(None, description="file holding the admin token "
+                                         "(first line), instead of the environment variable")
+
+    def admin_token(self) -> str | None:
+        """The admin token, or None (admin endpoints answer 403)."""
+        import os
+
+        if self.admin_token_file:
+            try:
+                token = Path(self.admin_token_file).read_text().strip().splitlines()[0]
+            except (OSError, IndexError) as exc:
+                raise ConfigError(f"cannot read the admin token from "
+                                  f"{self.admin_token_file}: {exc}") from exc
+            return token or None
+        return os.environ.get(self.admin_token_env) or None
 
     @model_validator(mode="after")
     def _names_resolve(self) -> ServeConfig:
