@@ -1,9 +1,12 @@
 """HTTP around :class:`~vitkit.serve.service.Service` (FastAPI; run by uvicorn).
 
 Endpoints: ``POST /v1/predict`` (multipart files or JSON with base64 images; ``X-User-Id``
-for sticky A/B arms), ``POST /v1/feedback``, ``GET /v1/models``, ``GET /v1/ab``,
-``GET /livez``, ``GET /readyz``, ``GET /metrics``. User errors are JSON
-``{"error", "detail"}`` with a 4xx status, never a 500 or a traceback.
+for sticky A/B arms; ``?route=``, ``?maps=1`` for anomaly heat maps), ``POST /v1/feedback``,
+``GET /v1/models``, ``GET /v1/ab``, ``GET /livez``, ``GET /readyz``, ``GET /metrics``, the
+Open Inference Protocol v2 subset (``/v2/health/ready``, ``/v2/models/{name}``,
+``/v2/models/{name}/infer``), admin (``POST /admin/models/{name}/candidate|rollback``, bearer
+token) and a web page at ``/``. User errors are JSON ``{"error", "detail"}`` with a 4xx
+status, never a 500 or a traceback.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
 from vitkit.serve.config import ServeConfig
 from vitkit.serve.log import ab_report
+from vitkit.serve.page import PAGE
 from vitkit.serve.service import NoModelAvailable, RolloutError, Service, UnknownRoute
 
 RETRY_AFTER_S = 1
@@ -118,8 +122,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             loop.run_in_executor(service.decoders, _decode, data, name, limits.max_pixels)
             for name, data in payloads])
         try:
-            answers = await service.answer(images, request.headers.get("x-user-id"),
-                                           request.query_params.get("route"))
+            answers = await service.answer(
+                images, request.headers.get("x-user-id"), request.query_params.get("route"),
+                with_maps=request.query_params.get("maps", "").lower() in ("1", "true"))
         except UnknownRoute as exc:
             raise HttpProblem(404, "unknown route", f"no route '{exc}'; routes: "
                               f"{', '.join(config.routes)}") from None
@@ -175,12 +180,105 @@ def create_app(config: ServeConfig) -> FastAPI:
         except RolloutError as exc:
             raise HttpProblem(exc.status, "nothing to roll back", str(exc)) from None
 
-    @app.get("/", response_class=PlainTextResponse)
+    @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
-        return ("vitkit serve: POST images to /v1/predict (multipart 'files', or JSON "
-                '{"images": [base64, ...]}); see /docs, /v1/models, /metrics.\n')
+        return PAGE
+
+    # ------------------------------------------------------------ Open Inference Protocol v2
+    @app.get("/v2/health/live")
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready() -> JSONResponse:
+        ready = service.ready and not service.draining
+        return JSONResponse({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/v2/models/{name}")
+    async def v2_model(name: str) -> dict[str, Any]:
+        model = _v2_model(service, name)
+        height, width = model.input_size
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "score", "datatype": "FP32", "shape": [-1]}]
+        if model.kind == "classify":
+            outputs.append({"name": "unknown", "datatype": "BOOL", "shape": [-1]})
+        return {"name": name, "versions": [model.version], "platform": f"vitkit-{model.kind}",
+                "inputs": [{"name": "input", "datatype": "FP32",
+                            "shape": [-1, 3, height, width]},
+                           {"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": outputs, "parameters": {"labels": model.labels}}
+
+    @app.post("/v2/models/{name}/infer")
+    async def v2_infer(name: str, request: Request) -> dict[str, Any]:
+        model = _v2_model(service, name)
+        body = _parse_json(await _bounded_body(request, max_bytes))
+        tensors = await _v2_inputs(body, model, limits.max_images, limits.max_pixels,
+                                   service)
+        try:
+            answers = await service.infer_prepared(name, tensors)
+        except Exception as exc:  # noqa: BLE001 - overload, timeout or model failure
+            raise HttpProblem(503, "inference failed", f"{type(exc).__name__}: {exc}",
+                              {"Retry-After": str(RETRY_AFTER_S)}) from None
+        outputs = [{"name": "label", "datatype": "BYTES", "shape": [len(answers)],
+                    "data": [a["label"] for a in answers]},
+                   {"name": "score", "datatype": "FP32", "shape": [len(answers)],
+                    "data": [float(a["score"]) for a in answers]}]
+        if model.kind == "classify":
+            outputs.append({"name": "unknown", "datatype": "BOOL", "shape": [len(answers)],
+                            "data": [bool(a.get("unknown")) for a in answers]})
+        response: dict[str, Any] = {"model_name": name, "model_version": model.version,
+                                    "outputs": outputs}
+        if "id" in body:
+            response["id"] = body["id"]
+        return response
 
     return app
+
+
+def _v2_model(service: Service, name: str) -> Any:
+    model = service.models.get(name)
+    if model is None:
+        raise HttpProblem(404, "unknown model", f"no loaded model '{name}'; models: "
+                          f"{', '.join(service.models) or 'none yet'}")
+    return model
+
+
+async def _v2_inputs(body: dict[str, Any], model: Any, max_images: int, max_pixels: int,
+                     service: Service) -> list[Any]:
+    """Tensors from a v2 request: ``input`` FP32 [B, 3, H, W] (preprocessed), or ``image``
+    BYTES [B] (base64 image files, decoded and preprocessed here)."""
+    import torch
+
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise HttpProblem(422, "bad v2 request", 'send {"inputs": [{"name": "input" or '
+                          '"image", "shape": [...], "datatype": "FP32" or "BYTES", '
+                          '"data": [...]}]}')
+    tensor = inputs[0]
+    shape, data = tensor.get("shape"), tensor.get("data")
+    if not isinstance(shape, list) or not isinstance(data, list) or not shape:
+        raise HttpProblem(422, "bad v2 request", "each input needs a shape and data lists")
+    if shape[0] > max_images:
+        raise HttpProblem(413, "too many images", f"at most {max_images} per request")
+    if tensor.get("datatype") == "FP32":
+        height, width = model.input_size
+        if shape[1:] != [3, height, width]:
+            raise HttpProblem(422, "bad shape", f"input must be [B, 3, {height}, {width}], "
+                              f"got {shape}")
+        try:
+            batch = torch.tensor(data, dtype=torch.float32).reshape(shape)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise HttpProblem(422, "bad data", f"data does not fill {shape}: {exc}") from None
+        return list(batch)
+    if tensor.get("datatype") == "BYTES":
+        loop = asyncio.get_running_loop()
+        payloads = _base64_images({"images": data}, max_images)
+        images = await asyncio.gather(*[
+            loop.run_in_executor(service.decoders, _decode, raw, name, max_pixels)
+            for name, raw in payloads])
+        return [model.prepare(image) for image in images]
+    raise HttpProblem(422, "bad datatype", "datatype must be FP32 (preprocessed) or BYTES "
+                      "(base64 image files)")
 
 
 def _too_large(detail: str) -> JSONResponse:

@@ -78,9 +78,22 @@ class ServedModel:
             return [{"label": p.label, "score": p.score, "topk": p.topk,
                      "unknown": bool(p.ood), "ood_score": p.ood_score}
                     for p in self._predictor.predict_batch(stacked, names, self.top_k)]
-        raw, _ = self._detector.method.score(stacked)
-        return [{"label": v.label, "score": v.score, "raw_score": v.raw_score}
-                for v in self._detector.verdicts([""] * len(batch), raw)]
+        raw, maps = self._detector.method.score(stacked)
+        # "_map": the low-resolution map, turned into a PNG overlay only when a client asks
+        # (see overlay_png); never part of the JSON answer.
+        return [{"label": v.label, "score": v.score, "raw_score": v.raw_score, "_map": m}
+                for v, m in zip(self._detector.verdicts([""] * len(batch), raw), maps.cpu(),
+                                strict=True)]
+
+    def overlay_png(self, image: Image.Image, patch_map: torch.Tensor, max_side: int = 512
+                    ) -> bytes:
+        """The anomaly map over the image (0.5 = threshold outlined), as PNG bytes."""
+        from vitkit.anomaly.overlay import heatmap_overlay, png_bytes
+
+        shown = image.copy()
+        shown.thumbnail((max_side, max_side))
+        full = self._detector.full_maps(patch_map[None], [shown.size])[0]
+        return png_bytes(heatmap_overlay(shown, full, 0.0, 1.0, threshold=0.5))
 
     def warm(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         """Runs the model on gray images, so the first real request does not pay for lazy
@@ -88,6 +101,13 @@ class ServedModel:
         gray = self.prepare(Image.new("RGB", (64, 64), (128, 128, 128)))
         for size in batch_sizes:
             self.infer([gray] * size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the tensors :meth:`prepare` makes."""
+        if self._predictor is not None:
+            return tuple(self._predictor.preprocessing.input_size)  # type: ignore[return-value]
+        return tuple(self._detector.input_size)  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "version": self.version,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 import uuid
@@ -159,8 +160,10 @@ class Service:
 
     # ------------------------------------------------------------------ answering
     async def answer(self, images: Sequence[Image.Image], user_id: str | None = None,
-                     route: str | None = None) -> list[dict[str, Any]]:
-        """One answer per image from the route's arm for this user, or from the fallback chain.
+                     route: str | None = None, with_maps: bool = False
+                     ) -> list[dict[str, Any]]:
+        """One answer per image from the route's arm for this user, or from the fallback chain;
+        ``with_maps`` adds ``map_png`` (base64 PNG overlay) to anomaly answers.
 
         Raises:
             UnknownRoute: No such route.
@@ -199,8 +202,17 @@ class Service:
                 continue
             breaker.success()
             latency = time.perf_counter() - started
-            return self._finish(slot.model, arm.model, route, results, latency,
-                                next(iter(reasons), None))
+            answers = self._finish(slot.model, arm.model, route, results, latency,
+                                   next(iter(reasons), None))
+            if with_maps and slot.model.kind == "anomaly":
+                loop = asyncio.get_running_loop()
+                pngs = await asyncio.gather(*[
+                    loop.run_in_executor(self.decoders, slot.model.overlay_png, image,
+                                         result["_map"])
+                    for image, result in zip(images, results, strict=True)])
+                for answer, png in zip(answers, pngs, strict=True):
+                    answer["map_png"] = base64.b64encode(png).decode("ascii")
+            return answers
         raise NoModelAvailable(reasons, overloaded)
 
     async def _answer_with(self, name: str, slot: Slot, images: Sequence[Image.Image]
@@ -245,6 +257,27 @@ class Service:
             for call in calls:
                 call.cancel()
             raise
+
+    async def infer_prepared(self, name: str, tensors: Sequence[Any]) -> list[dict[str, Any]]:
+        """Answers for already preprocessed tensors from one named model (the v2 protocol
+        names its model: no A/B arm, no fallback), through its batcher.
+
+        Raises:
+            KeyError: No loaded model of that name.
+            Overloaded: Its queue is full.
+        """
+        slot = self.slots[name]
+        calls = [asyncio.ensure_future(slot.batcher.submit(t)) for t in tensors]
+        started = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*calls),
+                                             self.config.batching.timeout_ms / 1000)
+        except BaseException:
+            for call in calls:
+                call.cancel()
+            raise
+        return self._finish(slot.model, name, "v2", list(results),
+                            time.perf_counter() - started, None)
 
     # ------------------------------------------------------------------ rollouts
     async def start_candidate(self, name: str, bundle: str, variant: str | None = None
@@ -384,7 +417,8 @@ class Service:
         now = time.time()
         answers = []
         for result in results:
-            answer = {**result, "kind": model.kind, "model": model.name,
+            answer = {**{k: v for k, v in result.items() if not k.startswith("_")},
+                      "kind": model.kind, "model": model.name,
                       "version": model.version, "arm": arm, "route": route,
                       "request_id": uuid.uuid4().hex, "latency_ms": round(1000 * latency, 3)}
             if fallback_from is not None:
