@@ -115,3 +115,39 @@ def test_the_web_page_answers_an_uploaded_image(mixed_server: Any, chromium_driv
     assert len(bars) == len(expected["topk"])
     assert "model a" in chromium_driver.find_element(By.ID, "who").text
     assert chromium_driver.find_element(By.ID, "error").text == ""
+
+
+def test_drift_of_the_live_inputs_is_watched(trained_bundles: dict[str, Path],
+                                             tiny_image_folder: Path, tmp_path: Path,
+                                             imagegen: Any) -> None:
+    bundles = {"a": Path(shutil.copytree(trained_bundles["cnn"], tmp_path / "a"))}
+    cfg = config(bundles, tmp_path, fallback=[],
+                 drift={"window": 24, "every": 12, "permutations": 100})
+    same = [p.read_bytes() for cls in ("red", "green", "blue")
+            for p in sorted((tiny_image_folder / cls).iterdir())[:4]]
+    other = imagegen.folder(tmp_path / "other", ("yellow",), per_class=24, seed=5)
+    shifted = [p.read_bytes() for p in sorted((other / "yellow").iterdir())]
+    with BackgroundServer(cfg) as url:
+        wait_ready(url)
+        assert httpx.get(f"{url}/v1/drift").json()["a"]["last"] is None
+        for start in range(0, 12, 4):
+            assert predict(url, same[start:start + 4]).status_code == 200
+        calm = _wait_for_check(url, 1)
+        assert calm["window"] == 12
+        for start in range(0, 24, 4):
+            assert predict(url, shifted[start:start + 4]).status_code == 200
+        drifted = _wait_for_check(url, 3)
+        assert drifted["drifted"] and drifted["reasons"], drifted
+        assert 'vitkit_drift{model="a"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+def _wait_for_check(url: str, checks: int, timeout: float = 60) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{url}/v1/drift").json()["a"]
+        if state["checks"] >= checks:
+            return state["last"]
+        time.sleep(0.05)
+    raise AssertionError("no drift check ran")

@@ -37,6 +37,9 @@ class Prediction:
     topk: list[dict[str, Any]] = field(default_factory=list)
     ood_score: float | None = None  # set when the bundle has an OOD fit; higher = less familiar
     ood: bool | None = None  # True: out of distribution, and ``label`` is "unknown"
+    # The pooled embedding, when the OOD score needed it (drift monitors reuse it); never in
+    # to_dict.
+    features: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"path": self.path, "label": self.label, "score": self.score, "topk": self.topk}
@@ -177,12 +180,12 @@ class Predictor:
         field), with the OOD verdict when the bundle has a detector: what a server calls on
         the images it has already decoded."""
         k = max(1, min(top_k, len(self.labels)))
-        ood_scores, unknown = None, None
+        ood_scores, unknown, features = None, None, None
         detector = self.ood
         if detector is None:
             probs = self.predict_proba(batch, timing)
         else:
-            probs, ood_scores = self._proba_and_ood_scores(batch, detector, timing)
+            probs, ood_scores, features = self._proba_and_ood_scores(batch, detector, timing)
             unknown = detector.is_unknown(ood_scores)
         scores, indices = probs.topk(k, dim=1)
         predictions = []
@@ -194,13 +197,15 @@ class Predictor:
             if ood_scores is not None and unknown is not None:
                 prediction.ood_score = float(ood_scores[row])
                 prediction.ood = bool(unknown[row])
+                prediction.features = features[row] if features is not None else None
                 if prediction.ood:
                     prediction.label = UNKNOWN
             predictions.append(prediction)
         return predictions
 
     def _proba_and_ood_scores(self, batch: torch.Tensor, detector: OodDetector,
-                              timing: TtaTiming | None) -> tuple[torch.Tensor, Any]:
+                              timing: TtaTiming | None
+                              ) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Probabilities and OOD scores of a batch. One forward pass gives both features and
         logits when this predictor runs the fp32 torch model without test-time augmentation;
         otherwise the runtime gives the probabilities and the fp32 model the features."""
@@ -213,7 +218,7 @@ class Predictor:
         else:
             probs = self.predict_proba(batch, timing)
             features, logits = embed_batch(self.torch_model(), batch)
-        return probs, detector.score(features, logits)
+        return probs, detector.score(features, logits), features
 
 
 def load(path: str | Path, device: str = "cpu", variant: str | None = None,

@@ -151,6 +151,14 @@ def create_app(config: ServeConfig) -> FastAPI:
                               f"{request_id!r}")
         return {"request_id": request_id, "label": label, "recorded": True}
 
+    @app.get("/v1/drift")
+    async def drift() -> dict[str, Any]:
+        return {name: {"version": service.slots[name].model.version if name in service.slots
+                       else None, "window": monitor.config.window,
+                       "every": monitor.config.every, "checks": monitor.checks,
+                       "last": monitor.report}
+                for name, monitor in service.drift.items()}
+
     @app.get("/v1/ab")
     async def ab(route: str | None = None) -> dict[str, Any]:
         if service.log is None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vitkit.config import load_config
 from vitkit.errors import ConfigError
+from vitkit.serve.drift import DriftConfig
 from vitkit.serve.rollout import RolloutConfig
 
 DEFAULT_ROUTE = "default"
@@ -84,6 +85,7 @@ class ServeConfig(_Strict):
     limits: Limits = Limits()
     log: LogConfig = LogConfig()
     rollout: RolloutConfig = RolloutConfig()
+    drift: DriftConfig = DriftConfig()
     admin_token_env: str = Field("VITKIT_ADMIN_TOKEN", description="environment variable "
                                  "holding the admin token; admin endpoints are off without one")
     admin_token_file: str | None = Field(None, description="file holding the admin token "

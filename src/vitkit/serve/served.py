@@ -75,8 +75,11 @@ class ServedModel:
         stacked = torch.stack(batch)
         if self._predictor is not None:
             names = [""] * len(batch)
+            # "_features": the embedding for the drift monitor (never part of the answer).
             return [{"label": p.label, "score": p.score, "topk": p.topk,
-                     "unknown": bool(p.ood), "ood_score": p.ood_score}
+                     "unknown": bool(p.ood), "ood_score": p.ood_score,
+                     "_features": p.features,
+                     "_class": self.labels.index(p.topk[0]["label"])}
                     for p in self._predictor.predict_batch(stacked, names, self.top_k)]
         raw, maps = self._detector.method.score(stacked)
         # "_map": the low-resolution map, turned into a PNG overlay only when a client asks
@@ -108,6 +111,20 @@ class ServedModel:
         if self._predictor is not None:
             return tuple(self._predictor.preprocessing.input_size)  # type: ignore[return-value]
         return tuple(self._detector.input_size)  # type: ignore[return-value]
+
+    def drift_monitor(self, config: Any) -> Any:
+        """A drift monitor against the bundle's reference sample, or None (anomaly bundles,
+        bundles without an OOD fit)."""
+        if self._predictor is None:
+            return None
+        from vitkit.ood.detector import load_drift_reference
+        from vitkit.serve.drift import DriftMonitor
+
+        reference = load_drift_reference(self.bundle)
+        detector = self._predictor.ood
+        if reference is None or detector is None:
+            return None
+        return DriftMonitor(reference, self.labels, detector.expected_ood_share, config)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "version": self.version,

@@ -85,6 +85,11 @@ class Metrics:
                                  ["failed", "answered"], registry=r)
         self.ready = Gauge("vitkit_model_ready", "1 when the model is loaded and warmed",
                            ["model"], registry=r)
+        self.drift = Gauge("vitkit_drift", "1 when the last drift check of the live model's "
+                           "recent inputs rejected 'like the training data'", ["model"],
+                           registry=r)
+        self.drift_p_value = Gauge("vitkit_drift_feature_p_value", "p-value of the last "
+                                   "feature-distribution test", ["model"], registry=r)
 
 
 class Service:
@@ -94,6 +99,7 @@ class Service:
         self.previous: dict[str, Slot] = {}  # what a manual rollback after promotion restores
         self.rollouts: dict[str, Rollout] = {}
         self.candidates: dict[str, Slot] = {}
+        self.drift: dict[str, Any] = {}  # model name -> DriftMonitor of its live version
         self.rng = random.Random()
         self._background: set[asyncio.Task[Any]] = set()
         self.breakers = {m.name: CircuitBreaker(config.breaker.failures,
@@ -124,6 +130,14 @@ class Service:
     def add_model(self, model: ServedModel) -> None:
         self.slots[model.name] = self._slot(model)
         self.metrics.ready.labels(model.name).set(1)
+        self._watch_drift(model)
+
+    def _watch_drift(self, model: ServedModel) -> None:
+        monitor = model.drift_monitor(self.config.drift)
+        if monitor is None:
+            self.drift.pop(model.name, None)
+        else:
+            self.drift[model.name] = monitor
 
     def _slot(self, model: ServedModel) -> Slot:
         batching = self.config.batching
@@ -337,6 +351,7 @@ class Service:
                                404)
         replaced = self.slots[name]
         self.slots[name] = previous
+        self._watch_drift(previous.model)
         self._retire(replaced)
         if rollout is not None:
             rollout.move(ROLLED_BACK, f"{reason}: version {previous.model.version} restored")
@@ -364,6 +379,7 @@ class Service:
         self.slots[name] = candidate  # new requests take the new slot; queued ones finish
         stale = self.previous.get(name)
         self.previous[name] = old
+        self._watch_drift(candidate.model)
         if stale is not None:
             self._retire(stale)
 
@@ -437,7 +453,28 @@ class Service:
                               "fallback_from": fallback_from})
         if fallback_from is not None:
             m.fallbacks.labels(fallback_from, model.name).inc(len(results))
+        self._observe_drift(model, results)
         return answers
+
+    def _observe_drift(self, model: ServedModel, results: list[dict[str, Any]]) -> None:
+        monitor = self.drift.get(model.name)
+        live = self.slots.get(model.name)
+        if monitor is None or live is None or live.model is not model:
+            return  # only the live version's inputs count (not a canary's)
+        due = False
+        for result in results:
+            if result.get("_features") is not None:
+                due |= monitor.observe(result["_features"], result["_class"],
+                                       bool(result.get("unknown")))
+        if due:
+            self._in_background(self._check_drift(model.name, monitor))
+
+    async def _check_drift(self, name: str, monitor: Any) -> None:
+        report = await asyncio.get_running_loop().run_in_executor(None, monitor.check)
+        self.metrics.drift.labels(name).set(1.0 if report["drifted"] else 0.0)
+        feature = report.get("feature_distance") or {}
+        if feature.get("p_value") is not None:
+            self.metrics.drift_p_value.labels(name).set(feature["p_value"])
 
     def describe(self) -> dict[str, Any]:
         models = []
