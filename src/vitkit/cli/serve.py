@@ -52,6 +52,12 @@ def serve_run(
     log_db: Annotated[str | None, typer.Option(
         "--log-db", help="Request log: a SQLAlchemy URL (sqlite:///file.db, postgresql://…) "
                          "or 'none'. (default: sqlite:///serve-requests.db)")] = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on Ray Serve (extra vitkit[ray]): a local Ray, or the cluster in "
+                      "RAY_ADDRESS.")] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="Ray replicas. (default: 1)")] = 1,
+    max_replicas: Annotated[int | None, typer.Option(
+        min=1, help="Autoscale Ray replicas from --replicas up to this.")] = None,
 ) -> None:
     """Serve a bundle (classifier or anomaly detector) or several from a config: POST
     /v1/predict, /v1/feedback; GET /v1/models, /v1/ab, /livez, /readyz, /metrics.
@@ -68,7 +74,12 @@ def serve_run(
     names = ", ".join(m.name for m in config.models)
     stderr_console.print(f"serving {names} on http://{host}:{port} (ready at /readyz once the "
                          "models are loaded and warmed)", highlight=False)
-    serve_forever(config, host, port)
+    if ray:
+        from vitkit.serve.ray import run
+
+        run(config, host, port, replicas, max_replicas)
+    else:
+        serve_forever(config, host, port)
 
 
 @serve_app.command("ab-report")
