@@ -10,6 +10,7 @@ errors; then the ratios the serving issue asks for:
 - vitkit vs a plain one-request-per-call FastAPI endpoint around the same torch model.
 
     python bench/serve_load.py BUNDLE [--requests 30] [--clients 1,16,32]
+    python bench/serve_load.py BUNDLE --soak 10000   # canary promote + rollback mid-way
 """
 
 from __future__ import annotations
@@ -127,12 +128,94 @@ def offline(bundle: Path, repeats: int = 20) -> dict[str, float]:
     return {"p50_b1_ms": 1000 * statistics.median(singles), "throughput_b32": throughput}
 
 
+def soak(bundle: Path, total: int, clients: int = 16) -> None:
+    """``total`` requests from ``clients`` clients; a candidate (the same weights, another
+    version) goes through shadow and canary to promotion at 1/3, a rollback by hand at 2/3.
+    Prints errors and whether every answer reached the request log."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="vitkit-soak-"))
+    candidate = work / "candidate"
+    shutil.copytree(bundle, candidate)
+    meta = json.loads((candidate / "vitkit.json").read_text())
+    meta["soak"] = time.time()
+    (candidate / "vitkit.json").write_text(json.dumps(meta))
+    os.environ["VITKIT_ADMIN_TOKEN"] = "soak"
+    config = ServeConfig.model_validate({
+        "models": [{"name": "m", "bundle": str(bundle)}],
+        "batching": {"max_batch": 32, "max_wait_ms": 5, "max_queue": 1024},
+        "rollout": {"shadow_requests": 50, "canary_requests": 200, "canary_share": 0.2,
+                    "latency_factor": 3.0, "reference_images": 50},
+        "log": {"url": f"sqlite:///{work / 'log.db'}"}})
+    image = image_bytes(bundle)
+    done: list[int] = []
+    errors: list[str] = []
+    events: list[str] = []
+    admin = {"Authorization": "Bearer soak"}
+
+    async def client(url: str, share: int) -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            for _ in range(share):
+                try:
+                    response = await http.post(f"{url}/v1/predict", files={
+                        "files": ("x.jpg", image, "image/jpeg")})
+                    if response.status_code != 200:
+                        errors.append(str(response.status_code))
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+                done.append(1)
+
+    def operator(url: str) -> None:
+        while len(done) < total // 3:
+            time.sleep(0.1)
+        started = httpx.post(f"{url}/admin/models/m/candidate", json={"bundle": str(candidate)},
+                             headers=admin, timeout=300)
+        events.append(f"candidate at {len(done)}: {started.status_code}")
+        while len(done) < 2 * total // 3:
+            time.sleep(0.1)
+        rollout = httpx.get(f"{url}/v1/models").json()["models"][0].get("rollout", {})
+        events.append(f"state at {len(done)}: {rollout.get('state')}")
+        back = httpx.post(f"{url}/admin/models/m/rollback", headers=admin, timeout=60)
+        events.append(f"rollback at {len(done)}: {back.status_code}")
+
+    background = BackgroundServer(config)
+    started = time.perf_counter()
+    with background as url:
+        wait_ready(url)
+        thread = threading.Thread(target=operator, args=(url,), daemon=True)
+        thread.start()
+
+        async def everyone() -> None:
+            await asyncio.gather(*[client(url, total // clients) for _ in range(clients)])
+
+        asyncio.run(everyone())
+        thread.join(timeout=60)
+        history = httpx.get(f"{url}/v1/models").json()["models"][0]["rollout"]["history"]
+        logged = len(background.service.log.rows())
+    wall = time.perf_counter() - started
+    answered = len(done) - len(errors)
+    print(f"soak: {len(done)} requests in {wall:.0f} s ({len(done) / wall:.1f}/s), "
+          f"{len(errors)} errors {sorted(set(errors))}, {logged} logged of {answered} answered")
+    for event in events:
+        print(f"  {event}")
+    for step in history:
+        print(f"  -> {step['to']}: {step['reason']}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--requests", type=int, default=30, help="per client")
     parser.add_argument("--clients", default="1,16,32")
+    parser.add_argument("--soak", type=int, default=0, help="run the soak test instead")
     args = parser.parse_args()
+    if args.soak:
+        soak(args.bundle, args.soak)
+        return
     image = image_bytes(args.bundle)
     clients = [int(c) for c in args.clients.split(",")]
     rows: dict[tuple[str, int], dict[str, float]] = {}
