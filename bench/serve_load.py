@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +81,65 @@ def load_test(url: str, image: bytes, clients: int, per_client: int) -> dict[str
             "errors": len(errors)}
 
 
-def vitkit_server(bundle: Path, max_batch: int) -> BackgroundServer:
-    config = ServeConfig.model_validate({
-        "models": [{"name": "m", "bundle": str(bundle)}],
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(command: list[str], port: int) -> Iterator[str]:
+    """A server in its own process (the load generator here must not share its GIL)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(process.stderr.read().decode() if process.stderr else "")
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def vitkit_server(bundle: Path, max_batch: int, folder: Path) -> Any:
+    import yaml
+
+    config = folder / f"serve-b{max_batch}.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": [{"name": "m", "bundle": str(bundle.resolve())}],
         "batching": {"max_batch": max_batch, "max_wait_ms": 5, "max_queue": 1024},
-        "log": {"url": None}})
-    return BackgroundServer(config)
+        "log": {"url": None}}))
+    port = _free_port()
+    return server_process([sys.executable, "-m", "vitkit", "serve", str(config), "--port",
+                           str(port)], port)
 
 
-def plain_server(bundle: Path) -> tuple[Any, threading.Thread, str]:
+def plain_server(bundle: Path) -> Any:
+    port = _free_port()
+    return server_process([sys.executable, __file__, str(bundle), "--plain-server",
+                           str(port)], port)
+
+
+def run_plain_server(bundle: Path, port: int) -> None:
     """What users write today: one request, one model call, in the request handler."""
     predictor = load(bundle, ood=False)
     app = FastAPI()
+
+    @app.get("/readyz")
+    def ready() -> dict[str, str]:
+        return {"status": "ready"}
 
     @app.post("/v1/predict")
     def predict(files: UploadFile) -> dict[str, Any]:
@@ -96,13 +148,7 @@ def plain_server(bundle: Path) -> tuple[Any, threading.Thread, str]:
             probs = predictor.predict_proba(predictor.transform(image)[None])
         return {"label": predictor.labels[int(probs.argmax())], "score": float(probs.max())}
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return server, thread, f"http://127.0.0.1:{port}"
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def wait_ready(url: str) -> None:
@@ -212,24 +258,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="per client")
     parser.add_argument("--clients", default="1,16,32")
     parser.add_argument("--soak", type=int, default=0, help="run the soak test instead")
+    parser.add_argument("--plain-server", type=int, default=0, metavar="PORT",
+                        help=argparse.SUPPRESS)  # the baseline server's own process
     args = parser.parse_args()
+    if args.plain_server:
+        run_plain_server(args.bundle, args.plain_server)
+        return
     if args.soak:
         soak(args.bundle, args.soak)
         return
     image = image_bytes(args.bundle)
     clients = [int(c) for c in args.clients.split(",")]
     rows: dict[tuple[str, int], dict[str, float]] = {}
+    folder = Path(tempfile.mkdtemp(prefix="vitkit-load-"))
     for label, max_batch in (("batched", 32), ("unbatched", 1)):
-        background = vitkit_server(args.bundle, max_batch)
-        with background as url:
-            wait_ready(url)
+        with vitkit_server(args.bundle, max_batch, folder) as url:
             for n in clients:
                 rows[(label, n)] = load_test(url, image, n, args.requests)
-    server, thread, url = plain_server(args.bundle)
-    for n in clients:
-        rows[("plain FastAPI", n)] = load_test(url, image, n, args.requests)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with plain_server(args.bundle) as url:
+        for n in clients:
+            rows[("plain FastAPI", n)] = load_test(url, image, n, args.requests)
     reference = offline(args.bundle)
 
     print(f"{'server':<14} {'clients':>7} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
