@@ -182,3 +182,30 @@ def test_a_candidate_that_disagrees_is_rolled_back_in_shadow(
     rollout = wait_state(url, {"canary", "promoted", "rolled back"})
     assert rollout["state"] == "rolled back"
     assert "agreement" in rollout["history"][-1]["reason"]
+
+
+def test_deploy_and_rollback_from_the_command_line(admin_server: tuple[str, Any],
+                                                   trained_bundles: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    url, service = admin_server
+    candidate = new_version(trained_bundles["cnn"], tmp_path / "cli")
+    env = {**os.environ, "VITKIT_ADMIN_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
+
+    def vitkit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "vitkit", "serve", *args], env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    deployed = vitkit("deploy", url, "a", str(candidate), "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    assert json.loads(deployed.stdout)["state"] == "shadow"
+    assert service.rollouts["a"].state == "shadow"
+    back = vitkit("rollback", url, "a")
+    assert back.returncode == 0 and "rolled back" in back.stderr
+    refused = subprocess.run([sys.executable, "-m", "vitkit", "serve", "rollback", url, "a"],
+                             env={**env, "VITKIT_ADMIN_TOKEN": "wrong"}, capture_output=True,
+                             text=True, timeout=300, check=False)
+    assert refused.returncode == 2 and "403" in refused.stderr

@@ -125,3 +125,74 @@ def serve_ab_report(
         stderr_console.print(f"{b} vs {a}: accuracy {comparison['accuracy_difference']:+.1%}, "
                              f"p = {cell(comparison['p_value'], '{:.3g}')} (two-proportion "
                              "z-test)", highlight=False)
+
+
+def _admin_call(url: str, path: str, token_env: str, body: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """POST to a running server's admin endpoint with the bearer token from ``token_env``."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    token = os.environ.get(token_env)
+    if not token:
+        raise VitkitError(f"set {token_env} to the server's admin token.")
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=json.dumps(body or {}).encode(), method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - user URL
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", "")
+        except ValueError:
+            detail = ""
+        raise VitkitError(f"{url} answered {exc.code}: {detail or exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise VitkitError(f"cannot reach {url}: {exc.reason}") from None
+
+
+@serve_app.command("deploy")
+def serve_deploy(
+    url: Annotated[str, typer.Argument(help="The running server, e.g. http://127.0.0.1:8000.")],
+    name: Annotated[str, typer.Argument(help="The model to update (as in /v1/models).")],
+    bundle: Annotated[str, typer.Argument(help="The candidate bundle, a path the server can "
+                                          "read.")],
+    variant: Annotated[str | None, typer.Option(help="Its variant. (default: torch-fp32)")
+                       ] = None,
+    token_env: Annotated[str, typer.Option(help="Environment variable with the admin token. "
+                                           "(default: VITKIT_ADMIN_TOKEN)")
+                         ] = "VITKIT_ADMIN_TOKEN",
+    json_out: JsonOpt = False,
+) -> None:
+    """Hand a new bundle to a running server: validated, then shadow, canary and automatic
+    promotion or rollback (follow it in /v1/models)."""
+    body: dict[str, Any] = {"bundle": bundle}
+    if variant is not None:
+        body["variant"] = variant
+    result = _admin_call(url, f"/admin/models/{name}/candidate", token_env, body)
+    if json_out:
+        print_json(result)
+        return
+    stderr_console.print(f"candidate {result['candidate_version']} for {name}: "
+                         f"{result['state']} ({result['history'][-1]['reason']})",
+                         highlight=False)
+
+
+@serve_app.command("rollback")
+def serve_rollback(
+    url: Annotated[str, typer.Argument(help="The running server.")],
+    name: Annotated[str, typer.Argument(help="The model to roll back.")],
+    token_env: Annotated[str, typer.Option(help="Environment variable with the admin token. "
+                                           "(default: VITKIT_ADMIN_TOKEN)")
+                         ] = "VITKIT_ADMIN_TOKEN",
+    json_out: JsonOpt = False,
+) -> None:
+    """End a running candidate, or restore the version the last promotion replaced."""
+    result = _admin_call(url, f"/admin/models/{name}/rollback", token_env)
+    if json_out:
+        print_json(result)
+    else:
+        stderr_console.print(f"{name}: {result.get('state')}", highlight=False)
