@@ -139,6 +139,7 @@ def test_bad_input_gets_a_clear_4xx(server: tuple[str, Any]) -> None:
     noise = Image.frombytes("RGB", (160, 160), bytes(range(256)) * 300)
     cases = {
         "too many": (predict(url, [small] * 3), 413),
+        "far too many": (predict(url, [small[:40]] * 20), 413),
         "too large body": (predict(url, [png_bytes(noise)]), 413),
         "too many pixels": (predict(url, [png_bytes(Image.new("RGB", (200, 200)))]), 413),
         "not an image": (predict(url, [b"hello, not an image"]), 415),

@@ -97,6 +97,33 @@ def test_incompatible_candidate_is_rejected(admin_server: tuple[str, Any],
     assert httpx.get(f"{url}/v1/models").json()["models"][0]["rollout"]["state"] == "rejected"
 
 
+def test_a_candidate_that_measures_worse_is_rejected(trained_bundles: dict[str, Path],
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live bundle sits in its run folder, so both are re-measured on its val split."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("VITKIT_ADMIN_TOKEN", TOKEN)
+    run = Path(shutil.copytree(trained_bundles["cnn"].parent, tmp_path / "run"))
+    broken = new_version(run / "bundle", tmp_path / "broken")
+    weights = load_file(str(broken / "model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+               for k, v in weights.items()}, str(broken / "model.safetensors"))
+    cfg = config({"a": run / "bundle"}, tmp_path, fallback=[],
+                 rollout={**FAST_ROLLOUT, "max_drop": 0.05})
+    with BackgroundServer(cfg) as url:
+        wait_ready(url)
+        response = httpx.post(f"{url}/admin/models/a/candidate", json={"bundle": str(broken)},
+                              headers=ADMIN, timeout=120)
+        assert response.status_code == 409, response.text
+        assert "reference images" in response.json()["detail"]
+        rollout = httpx.get(f"{url}/v1/models").json()["models"][0]["rollout"]
+        reference = rollout["validation"]["reference"]
+        assert reference["n"] > 0 and reference["candidate"] < reference["live"] - 0.05
+
+
 def test_promote_under_load_drops_nothing_then_rollback_by_hand(
         admin_server: tuple[str, Any], trained_bundles: dict[str, Path], tmp_path: Path) -> None:
     url, service = admin_server

@@ -19,7 +19,7 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -299,7 +299,13 @@ async def _read_images(request: Request, max_images: int, max_bytes: int
     content_type = request.headers.get("content-type", "")
     body = await _bounded_body(request, max_bytes)
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=max_images + 1, max_fields=max_images + 8)
+        try:
+            form = await request.form(max_files=max_images, max_fields=max_images + 8)
+        except HTTPException as exc:  # starlette refuses too many parts or a broken body
+            if "too many" in str(exc.detail).lower():
+                raise HttpProblem(413, "too many images", f"at most {max_images} images per "
+                                  f"request (limits.max_images): {exc.detail}") from None
+            raise HttpProblem(422, "bad multipart body", str(exc.detail)) from None
         files = [(getattr(v, "filename", None) or k, v) for k, v in form.multi_items()
                  if hasattr(v, "read")]
         if len(files) > max_images:

@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests for one model share a model call.
 
-The first image waits at most ``max_wait_ms`` for others, up to ``max_batch``; the batch runs
-in the model's own worker thread, so the event loop never blocks. The queue is bounded: when
-it is full, :meth:`MicroBatcher.submit` raises :class:`Overloaded` at once (the service
+Images that queued while the model was busy form the next batch; under concurrent traffic
+the first image also waits at most ``max_wait_ms`` for others, up to ``max_batch``, while a
+lone client's image runs at once. The batch runs in the model's own worker thread, so the
+event loop never blocks. The queue is bounded: when it is full, :meth:`MicroBatcher.submit` raises :class:`Overloaded` at once (the service
 answers 503 with ``Retry-After``) instead of letting latency grow without limit.
 """
 
@@ -71,9 +72,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def _loop(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        last_size = 1
         while True:
             pending = [await self._queue.get()]
-            deadline = time.monotonic() + self.max_wait
+            # Wait for company only when there is traffic to wait for (the last batch had
+            # more than one image): a lone client never pays max_wait_ms.
+            deadline = time.monotonic() + (self.max_wait if last_size > 1 else 0.0)
             while len(pending) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -86,6 +90,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 except TimeoutError:
                     break
             live = [(item, future) for item, future in pending if not future.done()]
+            last_size = max(1, len(pending))
             if not live:
                 continue
             if self.on_batch is not None:

@@ -37,6 +37,8 @@ class RolloutConfig(BaseModel):
     shadow_requests: int = Field(20, ge=0, description="mirrored images before the canary")
     canary_share: float = Field(0.1, gt=0, le=1, description="share of traffic it answers")
     canary_requests: int = Field(50, ge=1, description="images it answers before the verdict")
+    canary_seconds: float | None = Field(None, gt=0, description="or this long in canary, "
+                                         "whichever comes first (with at least one answer)")
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_unknown_increase: float = Field(0.05, ge=0, le=1, description="unknown rate over live")
     min_agreement: float = Field(0.9, ge=0, le=1, description="same label as live, shadow and "
@@ -86,11 +88,20 @@ class Rollout:
     compared: int = 0
     agreed: int = 0
     shadowed: int = 0
+    entered: float = field(default_factory=time.time)
 
     def move(self, state: str, reason: str) -> None:
         self.history.append({"time": time.time(), "from": self.state, "to": state,
                              "reason": reason})
         self.state = state
+        self.entered = time.time()
+
+    def canary_over(self) -> bool:
+        judged = self.trial.answers + self.trial.errors
+        if judged >= self.config.canary_requests:
+            return True
+        seconds = self.config.canary_seconds
+        return seconds is not None and judged > 0 and time.time() - self.entered >= seconds
 
     def agreement(self) -> float | None:
         return self.agreed / self.compared if self.compared else None

@@ -362,8 +362,7 @@ class Service:
         rollout = self.rollouts[name]
         if rollout.state != CANARY:
             return
-        judged = rollout.trial.answers + rollout.trial.errors
-        if judged < rollout.config.canary_requests:
+        if not rollout.canary_over():
             return
         held, reason = rollout.verdict()
         if held:
