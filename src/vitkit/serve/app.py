@@ -19,10 +19,11 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
 from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
 from vitkit.serve.config import ServeConfig

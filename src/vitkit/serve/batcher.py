@@ -3,8 +3,9 @@
 Images that queued while the model was busy form the next batch; under concurrent traffic
 the first image also waits at most ``max_wait_ms`` for others, up to ``max_batch``, while a
 lone client's image runs at once. The batch runs in the model's own worker thread, so the
-event loop never blocks. The queue is bounded: when it is full, :meth:`MicroBatcher.submit` raises :class:`Overloaded` at once (the service
-answers 503 with ``Retry-After``) instead of letting latency grow without limit.
+event loop never blocks. The queue is bounded: when it is full, :meth:`MicroBatcher.submit`
+raises :class:`Overloaded` at once (the service answers 503 with ``Retry-After``) instead of
+letting latency grow without limit.
 """
 
 from __future__ import annotations
