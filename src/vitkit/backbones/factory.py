@@ -42,6 +42,8 @@ class BackboneSpec:
         out: dict[str, Any] = {"name": self.name, "source": self.source, "weights": self.weights}
         if self.hf_config is not None:
             out["hf_config"] = self.hf_config
+        if self.extra.get("timm_kwargs"):
+            out["timm_kwargs"] = dict(self.extra["timm_kwargs"])
         return out
 
     @classmethod
@@ -51,6 +53,7 @@ class BackboneSpec:
             source=data["source"],
             weights=data.get("weights", "unknown"),
             hf_config=data.get("hf_config"),
+            extra={"timm_kwargs": dict(data["timm_kwargs"])} if data.get("timm_kwargs") else {},
         )
 
 
@@ -123,7 +126,8 @@ def similar_model_names(name: str, limit: int = 8) -> list[str]:
 def rebuild(spec: BackboneSpec, num_classes: int) -> ImageClassifier:
     """Rebuilds the architecture of a bundle (weights are loaded by the caller)."""
     if spec.source == "timm":
-        model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(spec.name, pretrained=False, num_classes=num_classes,
+                                  **spec.extra.get("timm_kwargs", {}))
         return ImageClassifier(model, "timm")
     from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -143,13 +147,18 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
     check_model_name(name)
     source_note = weights
     new_head = True
+    timm_kwargs: dict[str, Any] = {}
     if weights == "auto" and (found := offline_weights(name)) is not None:
         path, entry = found
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        timm_kwargs = dict(entry.timm_kwargs)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
         classifier = ImageClassifier(model, "timm")
+        state = read_state_dict(path)
+        if entry.adapt is not None:
+            state = entry.adapt(state, model)
         result = load_into(
             model,
-            read_state_dict(path),
+            state,
             classifier.head_parameter_names(),
             entry.note,
             match_by_order=entry.match_by_order,
@@ -174,10 +183,13 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
             result = load_into(model, read_state_dict(Path(weights)),
                                classifier.head_parameter_names(), weights)
             new_head = result.head_missing
-    data_config = timm.data.resolve_data_config(model=model)
+    data_config = dict(timm.data.resolve_data_config(model=model))
+    if "img_size" in timm_kwargs:  # timm's config keeps the original size (518 for DINOv2)
+        data_config["input_size"] = (3, timm_kwargs["img_size"], timm_kwargs["img_size"])
     return CreatedModel(
         model=ImageClassifier(model, "timm"),
-        spec=BackboneSpec(name=name, source="timm", weights=source_note),
+        spec=BackboneSpec(name=name, source="timm", weights=source_note,
+                          extra={"timm_kwargs": timm_kwargs} if timm_kwargs else {}),
         preprocessing=Preprocessing.from_timm_config(data_config),
         new_head=new_head,
     )

