@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitkit.classify.embed import Embeddings, embed_paths
-from vitkit.classify.predict import expand_paths, load
 from vitkit.compress.reference import reference_images
 from vitkit.ood.metrics import accept_rate, accept_threshold, auroc, fpr_at_tpr
 from vitkit.ood.scores import METHODS, OodMethod, Stats, TrainingSet, fit_knn, fit_vim
+from vitkit.predictor.embed import Embeddings, embed_paths
+from vitkit.predictor.predict import expand_paths, load
 from vitkit.workflows.ood import backbone_family, default_method, embed_labelled, training_set
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -34,7 +34,7 @@ from vitkit.compress.quantize import (
     quantize_onnx_static,
     quantize_openvino,
 )
-from vitkit.compress.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime
+from vitkit.predictor.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -35,7 +35,7 @@ import uvicorn
 from fastapi import FastAPI, UploadFile
 from PIL import Image
 
-from vitkit.classify.predict import load
+from vitkit.predictor.predict import load
 from vitkit.serve.config import ServeConfig
 from vitkit.serve.server import BackgroundServer
 

@@ -29,8 +29,8 @@ import torch
 
 from vitkit.bench.timing import Budget, measure_latency, measure_throughput
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.predict import load
 from vitkit.compress.quantize import quantize_bundle
+from vitkit.predictor.predict import load
 from vitkit.workflows.train import run_training
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"

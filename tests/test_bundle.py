@@ -22,9 +22,9 @@ from vitkit.bundle import (
     save_bundle,
     update_meta,
 )
-from vitkit.classify.predict import Prediction, PredictionError, expand_paths, load
 from vitkit.data import eval_transform, load_rgb
 from vitkit.errors import BundleError, VitkitError
+from vitkit.predictor.predict import Prediction, PredictionError, expand_paths, load
 
 LABELS = ["blue", "green", "red"]
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from vitkit.classify.config import TrainConfig
-    from vitkit.classify.predict import Predictor
+    from vitkit.predictor.predict import Predictor
     from vitkit.workflows.train import TrainResult
 
 
@@ -23,7 +23,7 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
     With ``ood`` (default) and an OOD fit in the bundle, images unlike the training data are
     predicted as "unknown" (``ood=False``: always a class).
     """
-    from vitkit.classify.predict import load as _load
+    from vitkit.predictor.predict import load as _load
 
     return _load(path, device=device, variant=variant, threads=threads, ood=ood)
 

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from tests.conftest import write_broken_images
 
-from vitkit.classify.embed import embed_paths, embed_samples
-from vitkit.classify.predict import load
 from vitkit.data import scan
+from vitkit.predictor.embed import embed_paths, embed_samples
+from vitkit.predictor.predict import load
 
 
 def test_embeddings_match_the_predictor_and_skip_broken_files(

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vitkit.bundle import update_meta
-from vitkit.classify.predict import Prediction, load
-from vitkit.classify.tta import TTA_VIEWS, TtaTiming, check_tta, views, zoom
 from vitkit.errors import ConfigError
+from vitkit.predictor.predict import Prediction, load
+from vitkit.predictor.tta import TTA_VIEWS, TtaTiming, check_tta, views, zoom
 
 
 def _batch(size: int = 48, seed: int = 0) -> torch.Tensor:

@@ -14,9 +14,9 @@ from rich.console import Console
 from vitkit.bench import QUICK, BenchConfig, run_bench
 from vitkit.bench.output import bench_stacked, bench_table, write_csv
 from vitkit.bundle import read_meta, update_meta
-from vitkit.compress import runtimes
-from vitkit.compress.variants import Variant, record_variant
 from vitkit.errors import VitkitError
+from vitkit.predictor import runtimes
+from vitkit.predictor.variants import Variant, record_variant
 from vitkit.report.bench import write_bench_report
 
 CONTRACT_KEYS = {"name", "runtime", "precision", "size_mb", "accuracy", "accuracy_drop",

@@ -14,9 +14,9 @@ import vitkit
 from vitkit.bundle import read_meta
 from vitkit.compress.export import COREML_MESSAGE, LiteRunner, staged
 from vitkit.compress.reference import image_batches, reference_images
-from vitkit.compress.runtimes import RuntimeMissing
-from vitkit.compress.variants import find_variant
 from vitkit.errors import VitkitError
+from vitkit.predictor.runtimes import RuntimeMissing
+from vitkit.predictor.variants import find_variant
 from vitkit.workflows.export import list_exports, parse_formats, run_export
 
 PREDICTOR_FORMATS = {"onnx": "onnx-fp32", "openvino": "openvino-fp32",
@@ -201,7 +201,7 @@ def test_hugging_face_models_export_to_every_runtime(tiny_hf_folder: Path, tmp_p
     """A (tiny) Hugging Face ViT through each exporter, OpenVINO from its PyTorch frontend."""
     from vitkit.backbones import create
     from vitkit.compress import export as ex
-    from vitkit.compress.runtimes import OnnxRuntime, OpenVinoRuntime, TorchScriptRuntime
+    from vitkit.predictor.runtimes import OnnxRuntime, OpenVinoRuntime, TorchScriptRuntime
 
     model = create(str(tiny_hf_folder), num_classes=3, weights="auto").model.eval()
     size = (32, 32)

@@ -14,8 +14,8 @@ import vitkit
 from vitkit.bundle import read_meta
 from vitkit.compress import quantize as q
 from vitkit.compress.quantize import QuantizationRefused, quantize_bundle, resolve_plan
-from vitkit.compress.variants import find_variant
 from vitkit.errors import DataError, VitkitError
+from vitkit.predictor.variants import find_variant
 
 NEEDS = {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnx", "onnxruntime"), "torch": ()}
 

@@ -11,9 +11,9 @@ import torch
 import vitkit
 from vitkit.bundle import read_meta
 from vitkit.compress.reference import compare, image_batches, reference_images
-from vitkit.compress.runtimes import RuntimeMissing, require
-from vitkit.compress.variants import Variant, find_variant, list_variants, record_variant
 from vitkit.errors import BundleError
+from vitkit.predictor.runtimes import RuntimeMissing, require
+from vitkit.predictor.variants import Variant, find_variant, list_variants, record_variant
 
 
 @pytest.mark.parametrize("family", ["cnn", "vit"])

@@ -24,9 +24,9 @@ import torch
 import yaml
 
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.predict import load
 from vitkit.config import dump_config
 from vitkit.data import eval_transform, load_rgb
+from vitkit.predictor.predict import load
 
 MODEL = ["--model", "test_resnet", "--weights", "none"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from tests.conftest import class_image
 
-from vitkit.classify.embed import embed_paths
-from vitkit.classify.predict import Prediction, load
 from vitkit.compress.reference import reference_images
 from vitkit.ood import METHODS, load_detector
+from vitkit.predictor.embed import embed_paths
+from vitkit.predictor.predict import Prediction, load
 from vitkit.workflows.drift import run_drift
 from vitkit.workflows.ood import run_ood_eval, run_ood_fit
 

@@ -20,8 +20,8 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from vitkit.classify.predict import load  # noqa: E402
 from vitkit.data import load_rgb  # noqa: E402
+from vitkit.predictor.predict import load  # noqa: E402
 from vitkit.serve.config import ServeConfig  # noqa: E402
 from vitkit.serve.served import ServedModel  # noqa: E402
 from vitkit.serve.server import BackgroundServer  # noqa: E402

@@ -14,10 +14,10 @@ from tests.workflows.bundles import sharpened
 
 from vitkit.bundle import read_meta
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.embed import Embeddings
-from vitkit.classify.predict import load
 from vitkit.errors import VitkitError
 from vitkit.evaluate.calibration import softmax
+from vitkit.predictor.embed import Embeddings
+from vitkit.predictor.predict import load
 from vitkit.workflows.calibration import calibration_step, run_calibrate
 from vitkit.workflows.evaluate import run_eval
 from vitkit.workflows.trust import TrustContext, trust_steps

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from vitkit.report._io import atomic_write_bytes
+from vitkit.atomic import write_bytes_atomic as atomic_write_bytes
 
 # Contour line half-width in pixels per this many pixels of the shorter image side, so the
 # outline stays visible on large images.

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vitkit.bench.timing import Budget, Latency, PeakRss, measure_latency, measure_throughput
 from vitkit.bundle import WEIGHTS_FILE, BundleMeta, read_meta
-from vitkit.compress import runtimes
-from vitkit.compress.variants import Variant, find_variant, list_variants
 from vitkit.errors import BundleError, DataError, VitkitError
+from vitkit.predictor import runtimes
+from vitkit.predictor.variants import Variant, find_variant, list_variants
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -311,8 +311,8 @@ def _candidate(bundle: Path, variant: Variant, config: BenchConfig) -> Candidate
 def _tome_candidate(bundle: Path, model: torch.nn.Module, r: int, config: BenchConfig
                     ) -> Candidate:
     """torch fp32 with ``r`` tokens merged per block, made from the loaded model."""
-    from vitkit.compress.runtimes import TorchRuntime
     from vitkit.compress.tome import apply_tome, find_vit
+    from vitkit.predictor.runtimes import TorchRuntime
 
     find_vit(model)  # a clear error for CNNs before anything is measured
 

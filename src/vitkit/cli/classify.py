@@ -24,7 +24,7 @@ from vitkit.console import make_progress, stderr_console
 from vitkit.errors import VitkitError
 
 if TYPE_CHECKING:
-    from vitkit.classify.predict import Prediction, PredictionError  # noqa: F401
+    from vitkit.predictor.predict import Prediction, PredictionError  # noqa: F401
 
 
 @app.command()
@@ -253,9 +253,9 @@ def predict(
     Exit code 0 when at least one image was classified (failures are counted on stderr and
     listed as rows with an error); 2 when none could be (missing paths, empty folders,
     unreadable files)."""
-    from vitkit.classify.predict import Prediction, PredictionError, expand_paths, load
-    from vitkit.classify.tta import TTA_VIEWS, TtaTiming
     from vitkit.data.files import require_images
+    from vitkit.predictor.predict import Prediction, PredictionError, expand_paths, load
+    from vitkit.predictor.tta import TTA_VIEWS, TtaTiming
 
     files, missing = expand_paths(paths)
     require_images(files, [m.path for m in missing])  # before the model loads
@@ -287,7 +287,7 @@ def predict(
 
 def prediction_table(results: Sequence[Prediction | PredictionError]) -> Table:
     """One row per image; an "unknown" row says why instead of showing a class probability."""
-    from vitkit.classify.predict import Prediction
+    from vitkit.predictor.predict import Prediction
 
     table = Table()
     table.add_column("path", overflow="fold")

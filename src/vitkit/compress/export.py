@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitkit.compress.runtimes import RuntimeMissing, require
 from vitkit.errors import VitkitError
+from vitkit.predictor.runtimes import RuntimeMissing, require
 
 ONNX_OPSET = 18  # the dynamo exporter's native opset; ORT >= 1.14 and OpenVINO read it
 LEGACY_ONNX_OPSET = 17

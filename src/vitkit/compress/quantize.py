@@ -51,7 +51,8 @@ from vitkit.compress.reference import (
     image_batches,
     reference_images,
 )
-from vitkit.compress.runtimes import (
+from vitkit.errors import DataError, VitkitError
+from vitkit.predictor.runtimes import (
     OnnxRuntime,
     OpenVinoRuntime,
     Runtime,
@@ -59,14 +60,13 @@ from vitkit.compress.runtimes import (
     available,
     require,
 )
-from vitkit.compress.variants import (
+from vitkit.predictor.variants import (
     VARIANTS_DIR,
     Precision,
     Variant,
     record_variant,
     variants_dir,
 )
-from vitkit.errors import DataError, VitkitError
 
 Method = Literal["static", "dynamic", "bf16", "fp16"]
 RuntimeChoice = Literal["openvino", "onnxruntime", "torch"]
@@ -224,7 +224,7 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         QuantizationRefused: the drop exceeded ``max_drop``; no file or record was left.
         DataError: static int8 without calibration images.
     """
-    from vitkit.classify.predict import load
+    from vitkit.predictor.predict import load
 
     say = log or (lambda _message: None)
     bundle = Path(bundle)

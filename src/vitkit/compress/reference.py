@@ -69,7 +69,7 @@ def reference_images(meta: BundleMeta, data: str | None = None, split: str = "va
 
 
 def _check_fingerprint(meta: BundleMeta, samples: list[Sample], source: str) -> None:
-    from vitkit.workflows.train import data_fingerprint
+    from vitkit.data.layouts import data_fingerprint
 
     recorded = meta.train.get("data_fingerprint")
     if recorded and recorded != data_fingerprint(samples):

@@ -271,3 +271,15 @@ def class_counts(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
     for split, label in sorted(counts, key=lambda key: (order.get(key[0], len(order)), key)):
         result.setdefault(split, {})[label] = counts[(split, label)]
     return result
+
+
+def data_fingerprint(samples: list[Sample]) -> str:
+    """A short hash of which files (by name, size and label) went into each split."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        size = s.path.stat().st_size if s.path.exists() else -1
+        digest.update(json.dumps([s.path.name, s.label, s.split, size]).encode())
+    return digest.hexdigest()[:16]

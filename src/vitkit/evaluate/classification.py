@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitkit.classify.predict import Predictor
-from vitkit.classify.tta import TtaTiming
 from vitkit.console import make_progress
 from vitkit.data import ImageDataset, Sample, make_loader
 from vitkit.evaluate.metrics import ClassificationMetrics, classification_metrics
+from vitkit.predictor.predict import Predictor
+from vitkit.predictor.tta import TtaTiming
 
 
 @dataclass

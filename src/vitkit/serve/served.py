@@ -45,7 +45,7 @@ class ServedModel:
         meta = read_meta(bundle)
         version = hashlib.sha256((bundle / "vitkit.json").read_bytes()).hexdigest()[:12]
         if meta.task == CLASSIFY:
-            from vitkit.classify.predict import load
+            from vitkit.predictor.predict import load
 
             predictor = load(bundle, variant=variant)
             return cls(name, bundle, predictor.variant.name, CLASSIFY, version,

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vitkit.bundle import read_meta, update_meta, write_json_atomic
-from vitkit.classify.embed import embed_samples
-from vitkit.classify.predict import load
 from vitkit.compress.reference import reference_images
 from vitkit.console import stderr_console
 from vitkit.data import validate_samples
 from vitkit.errors import DataError, VitkitError
 from vitkit.evaluate.calibration import TemperatureFit, temperature_scaling
+from vitkit.predictor.embed import embed_samples
+from vitkit.predictor.predict import load
 from vitkit.report.plots import plot_reliability
 from vitkit.workflows.run_folder import refresh_report, run_folder_of
 

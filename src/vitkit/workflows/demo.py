@@ -25,10 +25,10 @@ from rich.table import Table
 
 from vitkit.bundle import read_meta
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.predict import Prediction, load
 from vitkit.console import stderr_console
 from vitkit.errors import VitkitError
 from vitkit.evaluate.words import describe_accuracy
+from vitkit.predictor.predict import Prediction, load
 
 LATEST = "latest"
 RUN_PREFIX = "run-"

@@ -35,7 +35,6 @@ from vitkit.classify.distill import (
     token_distillation_loss,
 )
 from vitkit.classify.engine import TrainBatch, Trainer, seed_everything
-from vitkit.classify.predict import Predictor, load
 from vitkit.config import dump_config
 from vitkit.console import make_progress, stderr_console
 from vitkit.data import (
@@ -48,6 +47,7 @@ from vitkit.data import (
 )
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
+from vitkit.predictor.predict import Predictor, load
 from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,

@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from vitkit.classify.embed import embed_paths
-from vitkit.classify.predict import Predictor, expand_paths, load
 from vitkit.compress.reference import reference_images
 from vitkit.errors import BundleError, DataError
 from vitkit.ood.detector import DriftReference, load_drift_reference
@@ -24,6 +22,8 @@ from vitkit.ood.drift import (
     mmd_permutation_test,
     verdict,
 )
+from vitkit.predictor.embed import embed_paths
+from vitkit.predictor.predict import Predictor, expand_paths, load
 from vitkit.workflows.ood import drift_reference, embed_labelled
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitkit.classify.predict import load
-from vitkit.classify.tta import TTA_VIEWS, TtaTiming
 from vitkit.console import stderr_console
 from vitkit.data import Sample, scan, validate_samples
 from vitkit.data.groups import DEFAULT_GROUP_COLUMN
 from vitkit.errors import DataError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.evaluate.fairness import DEFAULT_MIN_GROUP_SIZE
+from vitkit.predictor.predict import load
+from vitkit.predictor.tta import TTA_VIEWS, TtaTiming
 from vitkit.workflows.fairness import evaluation_fairness
 
 

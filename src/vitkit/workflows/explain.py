@@ -25,20 +25,20 @@ import torch
 
 from vitkit.anomaly.overlay import save_png_atomic
 from vitkit.bundle import read_meta, write_json_atomic
-from vitkit.classify.predict import (
-    PredictionError,
-    Predictor,
-    expand_paths,
-    load,
-    readable_batches,
-)
-from vitkit.compress.variants import find_variant
 from vitkit.console import stderr_console
 from vitkit.data.files import require_images
 from vitkit.errors import ConfigError
 from vitkit.explain.explainer import Explainer
 from vitkit.explain.overlay import model_view, overlay_map
 from vitkit.explain.rollout import DEFAULT_HEAD_FUSION, HeadFusion
+from vitkit.predictor.predict import (
+    PredictionError,
+    Predictor,
+    expand_paths,
+    load,
+    readable_batches,
+)
+from vitkit.predictor.variants import find_variant
 from vitkit.report._io import atomic_write_bytes, atomic_write_text
 from vitkit.report._style import CSS
 

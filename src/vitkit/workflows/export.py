@@ -25,11 +25,11 @@ from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
 from vitkit.bundle import BundleMeta, load_weights, read_meta, update_meta, write_json_atomic
 from vitkit.compress import export as ex
 from vitkit.compress.reference import compare, image_batches, reference_images
-from vitkit.compress.runtimes import RuntimeMissing, TorchRuntime, open_runtime
-from vitkit.compress.variants import VARIANTS_DIR, Variant, record_variant, variants_dir
 from vitkit.console import stderr_console
 from vitkit.data import Preprocessing
 from vitkit.errors import BundleError, VitkitError
+from vitkit.predictor.runtimes import RuntimeMissing, TorchRuntime, open_runtime
+from vitkit.predictor.variants import VARIANTS_DIR, Variant, record_variant, variants_dir
 
 # Parity an fp32 export must reach; below it the export is stored with a loud warning.
 MAX_ABS_DIFF = 1e-3

@@ -2,7 +2,7 @@
 
 Statistics are fitted on the training images' features, the threshold on the validation
 images' scores (so that 95% of them are accepted), and both are written into the bundle; from
-then on :class:`~vitkit.classify.predict.Predictor` answers "unknown" for images above it.
+then on :class:`~vitkit.predictor.predict.Predictor` answers "unknown" for images above it.
 Without DATA, the bundle's own training data is used, its train/val split recomputed from the
 recorded config (see :func:`vitkit.compress.reference.reference_images`).
 """
@@ -20,8 +20,6 @@ from torch import nn
 
 from vitkit.backbones import ImageClassifier
 from vitkit.bundle import write_json_atomic
-from vitkit.classify.embed import Embeddings, embed_paths
-from vitkit.classify.predict import Predictor, expand_paths, load
 from vitkit.compress.quantize import is_transformer
 from vitkit.compress.reference import reference_images
 from vitkit.console import stderr_console
@@ -39,6 +37,8 @@ from vitkit.ood.detector import (
 )
 from vitkit.ood.metrics import accept_rate, auroc, fpr_at_tpr
 from vitkit.ood.scores import METHODS, TrainingSet
+from vitkit.predictor.embed import Embeddings, embed_paths
+from vitkit.predictor.predict import Predictor, expand_paths, load
 
 if TYPE_CHECKING:
     from vitkit.workflows.trust import TrustContext

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from vitkit.bundle import write_json_atomic
-from vitkit.classify.predict import Predictor, load
 from vitkit.compress.reference import _balanced_subset
 from vitkit.console import make_progress, stderr_console
 from vitkit.data import ImageDataset, Sample, eval_transform, make_loader, scan, validate_samples
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.adversarial import Normalized, fgsm, pgd
 from vitkit.evaluate.corruptions import CORRUPTIONS, corrupt
+from vitkit.predictor.predict import Predictor, load
 from vitkit.report.plots import plot_robustness
 from vitkit.workflows.evaluate import select_eval_split
 from vitkit.workflows.run_folder import refresh_report, run_folder_of

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ from vitkit.backbones import CreatedModel, check_model_name, create
 from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.engine import FitResult, Trainer, seed_everything
-from vitkit.classify.predict import load
 from vitkit.config import dump_config
 from vitkit.console import stderr_console
 from vitkit.data import (
@@ -39,8 +36,10 @@ from vitkit.data import (
     validate_samples,
     write_skipped_csv,
 )
+from vitkit.data.layouts import data_fingerprint
 from vitkit.errors import ConfigError, VitkitError
 from vitkit.evaluate.classification import evaluate_samples
+from vitkit.predictor.predict import load
 from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
 from vitkit.workflows.trust import TrustContext, after_training
 
@@ -290,14 +289,3 @@ def _describe_counts(counts: dict[str, dict[str, int]]) -> str:
     parts = [f"{split}: " + ", ".join(f"{c} {n}" for c, n in per.items())
              for split, per in counts.items()]
     return "images per split — " + "; ".join(parts)
-
-
-def data_fingerprint(samples: list[Sample]) -> str:
-    """A short hash of which files (by name, size and label) went into each split."""
-    digest = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: str(s.path)):
-        size = s.path.stat().st_size if s.path.exists() else -1
-        digest.update(json.dumps([s.path.name, s.label, s.split, size]).encode())
-    return digest.hexdigest()[:16]
-
-

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitkit.classify.config import TrainConfig
-from vitkit.classify.embed import Embeddings, embed_samples
-from vitkit.classify.predict import Predictor, load
 from vitkit.console import stderr_console
 from vitkit.data import Sample
 from vitkit.errors import VitkitError
+from vitkit.predictor.embed import Embeddings, embed_samples
+from vitkit.predictor.predict import Predictor, load
 from vitkit.workflows.calibration import calibration_step
 from vitkit.workflows.explain import explain_examples_step
 from vitkit.workflows.feature_map import feature_map_step

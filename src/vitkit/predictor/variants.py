@@ -1,0 +1,109 @@
+"""Variants of a bundle's model: the same classifier on another runtime or precision.
+
+A variant is an entry in ``vitkit.json`` (``variants: [...]``) plus, for exported runtimes,
+files under ``BUNDLE/variants/``. Each entry records what was measured when it was made
+(parity with PyTorch, accuracy on the validation images), so ``bench`` and ``serve`` choose
+with evidence. Four torch variants need no file (they are made from the weights when loaded)
+and are always listed: ``torch-fp32``, ``torch-bf16``, ``torch-fp16`` and
+``torch-dynamic-int8``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vitkit.bundle import BundleMeta, read_meta, update_meta
+from vitkit.errors import BundleError
+
+RuntimeName = Literal["torch", "torchscript", "onnxruntime", "openvino"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+VARIANTS_DIR = "variants"
+DEFAULT_VARIANT = "torch-fp32"
+
+
+class Variant(BaseModel):
+    """One way to run the bundle's model, and what it cost."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    runtime: RuntimeName
+    precision: Precision
+    file: str | None = None  # relative to the bundle; None for torch variants built on load
+    created: str | None = None
+    parity: dict[str, Any] | None = None  # {"max_abs_diff", "top1_agreement", "n_images"}
+    accuracy: float | None = None  # on the validation images, in [0, 1]
+    accuracy_drop: float | None = None  # points (percentage) below torch-fp32
+    options: dict[str, Any] = Field(default_factory=dict)  # e.g. opset, quantization recipe
+
+    @property
+    def builtin(self) -> bool:
+        return self.file is None and self.runtime == "torch"
+
+
+BUILTIN_VARIANTS: tuple[Variant, ...] = (
+    Variant(name="torch-fp32", runtime="torch", precision="fp32"),
+    Variant(name="torch-bf16", runtime="torch", precision="bf16"),
+    Variant(name="torch-fp16", runtime="torch", precision="fp16"),
+    Variant(name="torch-dynamic-int8", runtime="torch", precision="int8",
+            options={"quantization": "dynamic", "modules": ["Linear"]}),
+)
+
+
+def list_variants(meta: BundleMeta) -> list[Variant]:
+    """Built-in torch variants first, then the recorded ones (a recorded entry with a
+    built-in name replaces it, e.g. to carry a measured accuracy)."""
+    recorded = [Variant.model_validate(entry) for entry in meta.variants]
+    names = {v.name for v in recorded}
+    return [v for v in BUILTIN_VARIANTS if v.name not in names] + recorded
+
+
+def find_variant(meta: BundleMeta, name: str | None, bundle: Path | str = "") -> Variant:
+    """The variant called ``name`` (``None``: ``torch-fp32``); a clear error listing the
+    available ones otherwise."""
+    wanted = name or DEFAULT_VARIANT
+    variants = list_variants(meta)
+    for variant in variants:
+        if variant.name == wanted:
+            return variant
+    available = ", ".join(v.name for v in variants)
+    raise BundleError(f"{bundle or 'the bundle'} has no variant {wanted!r}. Available: "
+                      f"{available}. Make one with `vitkit export` or `vitkit quantize`.")
+
+
+def variant_path(bundle: Path | str, variant: Variant) -> Path:
+    """The variant's main file inside the bundle; a clear error when it is missing."""
+    if variant.file is None:
+        raise BundleError(f"variant {variant.name} has no file")
+    path = Path(bundle) / variant.file
+    if not path.exists():
+        raise BundleError(f"{bundle}: the file {variant.file} of variant {variant.name} is "
+                          "missing; export it again (`vitkit export`).")
+    return path
+
+
+def variants_dir(bundle: Path | str) -> Path:
+    """``BUNDLE/variants``, created if needed."""
+    folder = Path(bundle) / VARIANTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def record_variant(bundle: Path | str, variant: Variant) -> BundleMeta:
+    """Adds (or replaces, by name) a variant entry in ``vitkit.json``, atomically."""
+    meta = read_meta(bundle)
+    stamped = variant.model_copy(update={
+        "created": variant.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    entries = [e for e in meta.variants if e.get("name") != variant.name]
+    entries.append(stamped.model_dump(mode="json"))
+    return update_meta(bundle, variants=entries)
+
+
+def remove_variant(bundle: Path | str, name: str) -> BundleMeta:
+    """Drops a variant entry (its files are left for the caller to delete)."""
+    meta = read_meta(bundle)
+    return update_meta(bundle, variants=[e for e in meta.variants if e.get("name") != name])
