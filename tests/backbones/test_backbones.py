@@ -458,6 +458,9 @@ def test_image_size_and_crop_override_the_backbone_preprocessing() -> None:
     pre = input_preprocessing(cnn, TrainConfig(model="test_resnet", image_size=96, crop_pct=1.0))
     assert pre.input_size == (96, 96) and pre.crop_pct == 1.0
     assert input_preprocessing(cnn, TrainConfig(model="test_resnet")) == cnn.preprocessing
-    vit = create("test_vit", num_classes=2, weights="none")
+    dynamic = create("test_vit", num_classes=2, weights="none")  # timm: dynamic_img_size
+    assert input_preprocessing(dynamic, TrainConfig(model="test_vit", image_size=96)
+                               ).input_size == (96, 96)
+    fixed = create("deit_tiny_patch16_224", num_classes=2, weights="none")
     with pytest.raises(ConfigError, match="fixed input size"):
-        input_preprocessing(vit, TrainConfig(model="test_vit", image_size=96))
+        input_preprocessing(fixed, TrainConfig(model="deit_tiny_patch16_224", image_size=96))

@@ -148,7 +148,7 @@ def rebuild_feature_backbone(spec: BackboneSpec, layers: Sequence[int],
 
 
 def _is_vit(classifier: ImageClassifier) -> bool:
-    return classifier.source == "timm" and classifier.has_fixed_input_size
+    return classifier.source == "timm" and classifier.is_token_model
 
 
 def _check_layers(classifier: ImageClassifier, layers: Sequence[int]) -> None:

@@ -46,15 +46,19 @@ class ImageClassifier(nn.Module):
         return int(linear.in_features)
 
     @property
-    def has_fixed_input_size(self) -> bool:
-        """True for transformers whose position embeddings fix the input size (every feature
-        level has the same stride, as a ViT's tokens do); CNNs take any size."""
+    def is_token_model(self) -> bool:
+        """A transformer on patch tokens: every feature level has the same stride."""
         if self.source == "hf":
             return True
-        if getattr(self.model, "dynamic_img_size", False):
-            return False  # timm interpolates the position grid to any size at run time
         info = getattr(self.model, "feature_info", None)
         return bool(info) and len({int(f["reduction"]) for f in info}) == 1
+
+    @property
+    def has_fixed_input_size(self) -> bool:
+        """True for transformers whose position embeddings fix the input size; CNNs, and timm
+        ViTs made with ``dynamic_img_size`` (the position grid is interpolated at run time),
+        take any size."""
+        return self.is_token_model and not getattr(self.model, "dynamic_img_size", False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.source == "timm":
