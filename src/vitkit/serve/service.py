@@ -262,11 +262,16 @@ class Service:
         model, batcher = slot.model, slot.batcher
         tensors = await asyncio.gather(*[loop.run_in_executor(self.decoders, model.prepare, im)
                                          for im in images])
-        calls = [asyncio.ensure_future(batcher.submit(t)) for t in tensors]
         self.metrics.queue_depth.labels(model.name).set(batcher.depth)
+        return await self._submit_all(batcher, tensors)
+
+    async def _submit_all(self, batcher: MicroBatcher[Any, dict[str, Any]],
+                          tensors: Sequence[Any]) -> list[dict[str, Any]]:
+        """Every tensor through the batcher within ``timeout_ms`` (cancelled together)."""
+        calls = [asyncio.ensure_future(batcher.submit(t)) for t in tensors]
         try:
-            return await asyncio.wait_for(asyncio.gather(*calls),
-                                          self.config.batching.timeout_ms / 1000)
+            return list(await asyncio.wait_for(asyncio.gather(*calls),
+                                               self.config.batching.timeout_ms / 1000))
         except BaseException:
             for call in calls:
                 call.cancel()
@@ -281,17 +286,10 @@ class Service:
             Overloaded: Its queue is full.
         """
         slot = self.slots[name]
-        calls = [asyncio.ensure_future(slot.batcher.submit(t)) for t in tensors]
         started = time.perf_counter()
-        try:
-            results = await asyncio.wait_for(asyncio.gather(*calls),
-                                             self.config.batching.timeout_ms / 1000)
-        except BaseException:
-            for call in calls:
-                call.cancel()
-            raise
-        return self._finish(slot.model, name, "v2", list(results),
-                            time.perf_counter() - started, None)
+        results = await self._submit_all(slot.batcher, tensors)
+        return self._finish(slot.model, name, "v2", results, time.perf_counter() - started,
+                            None)
 
     # ------------------------------------------------------------------ rollouts
     async def start_candidate(self, name: str, bundle: str, variant: str | None = None
