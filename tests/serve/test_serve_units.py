@@ -120,3 +120,7 @@ def test_serve_config_from_a_bundle_or_yaml(trained_bundles: dict[str, Path],
         serve_config(wrong)
     with pytest.raises(ConfigError, match="does not exist"):
         serve_config(tmp_path / "nope")
+    in_a_list = tmp_path / "list.yaml"
+    in_a_list.write_text(f"models: [{{nmae: a, bundle: {trained_bundles['cnn']}}}]\n")
+    with pytest.raises(ConfigError, match="models.0.nmae'. Did you mean 'name'"):
+        serve_config(in_a_list)
