@@ -59,6 +59,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                               {"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(token.encode(), admin_token.encode()):
             raise HttpProblem(403, "forbidden", "wrong admin token")
+
     max_bytes = int(limits.max_upload_mb * 1024 * 1024)
 
     @contextlib.asynccontextmanager
