@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from vitkit.atomic import write_bytes_atomic as atomic_write_bytes
+from vitkit.atomic import write_bytes_atomic
 
 # Contour line half-width in pixels per this many pixels of the shorter image side, so the
 # outline stays visible on large images.
@@ -76,7 +76,7 @@ def save_png_atomic(image: Image.Image, path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    return atomic_write_bytes(Path(path), png_bytes(image))
+    return write_bytes_atomic(Path(path), png_bytes(image))
 
 
 def _colormap_lut(name: str) -> np.ndarray:

@@ -11,8 +11,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from vitkit.atomic import write_text_atomic
 from vitkit.bench.run import BenchResult, VariantResult
-from vitkit.report._io import atomic_write_text
 
 UNKNOWN = "n/a"
 
@@ -44,7 +44,7 @@ def write_csv(result: BenchResult, path: Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return atomic_write_text(Path(path), buffer.getvalue())
+    return write_text_atomic(Path(path), buffer.getvalue())
 
 
 def bench_table(result: BenchResult) -> Table:

@@ -86,10 +86,10 @@ def finish_items(verb: str, done: int, failures: Sequence[tuple[str, str]]) -> N
     anomaly score): nothing processed → a user error (exit 2) that names each failure; some
     failed → a summary line on stderr and exit 0."""
     if done == 0:
-        shown = "; ".join(f"{path}: {reason}" for path, reason in failures[:5])
-        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        from vitkit.data.files import list_failures
+
         raise NothingProcessedError(
-            f"no image could be {verb} ({shown or 'no paths given'}{more}). Give image files, "
+            f"no image could be {verb} ({list_failures(failures)}). Give image files, "
             "folders of images or globs such as 'shots/*.png'.")
     if failures:
         stderr_console.print(f"[yellow]{done} {verb}, {len(failures)} failed[/] (rows marked "

@@ -18,7 +18,7 @@ import torch
 
 from vitkit.bundle import BundleMeta
 from vitkit.data import Sample, eval_transform, load_rgb, scan
-from vitkit.data.layouts import ensure_validation_split
+from vitkit.data.layouts import data_fingerprint, ensure_validation_split
 from vitkit.errors import DataError
 
 
@@ -69,7 +69,6 @@ def reference_images(meta: BundleMeta, data: str | None = None, split: str = "va
 
 
 def _check_fingerprint(meta: BundleMeta, samples: list[Sample], source: str) -> None:
-    from vitkit.data.layouts import data_fingerprint
 
     recorded = meta.train.get("data_fingerprint")
     if recorded and recorded != data_fingerprint(samples):

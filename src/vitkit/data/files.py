@@ -65,8 +65,13 @@ def require_images(found: Sequence[Path], unmatched: Sequence[str]) -> None:
     """
     if found:
         return
-    reasons = "; ".join(f"{item}: {why_unmatched(item)}" for item in unmatched[:5])
-    more = f"; and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
     raise NothingProcessedError(
-        f"no images to process ({reasons or 'no paths given'}{more}). Give image files, "
-        "folders of images or globs such as 'shots/*.png'.")
+        f"no images to process ({list_failures([(i, why_unmatched(i)) for i in unmatched])}). "
+        "Give image files, folders of images or globs such as 'shots/*.png'.")
+
+
+def list_failures(failures: Sequence[tuple[str, str]], shown: int = 5) -> str:
+    """``"a.jpg: not an image; b/: no images in this folder; and 3 more"``."""
+    text = "; ".join(f"{path}: {reason}" for path, reason in failures[:shown])
+    more = f"; and {len(failures) - shown} more" if len(failures) > shown else ""
+    return (text or "no paths given") + more

@@ -13,6 +13,8 @@ and are reported rather than silently ignored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from collections import Counter, defaultdict
@@ -275,9 +277,6 @@ def class_counts(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
 
 def data_fingerprint(samples: list[Sample]) -> str:
     """A short hash of which files (by name, size and label) went into each split."""
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     for s in sorted(samples, key=lambda s: str(s.path)):
         size = s.path.stat().st_size if s.path.exists() else -1

@@ -37,8 +37,8 @@ class Prediction:
     topk: list[dict[str, Any]] = field(default_factory=list)
     ood_score: float | None = None  # set when the bundle has an OOD fit; higher = less familiar
     ood: bool | None = None  # True: out of distribution, and ``label`` is "unknown"
-    # The pooled embedding, when the OOD score needed it (drift monitors reuse it); never in
-    # to_dict.
+    # The pooled embedding, with ``predict_batch(keep_features=True)`` when the OOD score
+    # computed it anyway (the service's drift monitor reuses it); never in to_dict.
     features: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +175,8 @@ class Predictor:
                                       [str(path) for path, _ in items], k, timing)
 
     def predict_batch(self, batch: torch.Tensor, names: Sequence[str], top_k: int = 5,
-                      timing: TtaTiming | None = None) -> list[Prediction]:
+                      timing: TtaTiming | None = None, keep_features: bool = False
+                      ) -> list[Prediction]:
         """Predictions for a preprocessed batch (B, 3, H, W), one per name (the ``path``
         field), with the OOD verdict when the bundle has a detector: what a server calls on
         the images it has already decoded."""
@@ -197,7 +198,8 @@ class Predictor:
             if ood_scores is not None and unknown is not None:
                 prediction.ood_score = float(ood_scores[row])
                 prediction.ood = bool(unknown[row])
-                prediction.features = features[row] if features is not None else None
+                if keep_features and features is not None:
+                    prediction.features = features[row]
                 if prediction.ood:
                     prediction.label = UNKNOWN
             predictions.append(prediction)

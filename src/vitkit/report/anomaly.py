@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from vitkit import __version__
+from vitkit.atomic import write_text_atomic
 from vitkit.report import _format as fmt
 from vitkit.report._images import data_uri, reencoded_thumbnail
-from vitkit.report._io import atomic_write_text
 from vitkit.report._style import CSS
 
 REPORT_FILE = "report.html"
@@ -52,7 +52,7 @@ def write_anomaly_report(out: Path, evaluation: Mapping[str, Any],
         f"<title>vitkit anomaly report</title>\n<style>{CSS}</style>\n</head>\n"
         f"<body>\n<main class=\"page\">\n{body}\n</main>\n</body>\n</html>\n"
     )
-    return atomic_write_text(out / REPORT_FILE, page)
+    return write_text_atomic(out / REPORT_FILE, page)
 
 
 def _e(value: object) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vitkit import __version__
+from vitkit.atomic import write_text_atomic
 from vitkit.report import _format as fmt
 from vitkit.report._images import data_uri
-from vitkit.report._io import atomic_write_text
 from vitkit.report._style import CSS
 
 REPORT_FILE = "bench.html"
@@ -33,7 +33,7 @@ def write_bench_report(out: Path, bench: Mapping[str, Any]) -> Path:
         f"<title>vitkit bench</title>\n<style>{CSS}</style>\n</head>\n"
         f"<body>\n<main class=\"page\">\n{body}\n</main>\n</body>\n</html>\n"
     )
-    return atomic_write_text(Path(out), page)
+    return write_text_atomic(Path(out), page)
 
 
 def _e(value: object) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vitkit.report._io import atomic_write_bytes, atomic_write_text
+from vitkit.atomic import write_bytes_atomic, write_text_atomic
 from vitkit.report.plots import _mpl_safe, _png, _tick_label
 
 FEATURE_MAP_PNG = "feature_map.png"
@@ -202,9 +202,9 @@ def write_feature_map(run_dir: Path, feature_map: FeatureMap, labels: Sequence[s
                       paths: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Writes ``feature_map.png`` and ``feature_map.json`` into ``run_dir``."""
     run_dir = Path(run_dir)
-    png = atomic_write_bytes(run_dir / FEATURE_MAP_PNG, render_feature_map(feature_map, labels))
+    png = write_bytes_atomic(run_dir / FEATURE_MAP_PNG, render_feature_map(feature_map, labels))
     record = feature_map_record(feature_map, labels, paths)
-    data = atomic_write_text(run_dir / FEATURE_MAP_JSON, json.dumps(record, indent=1) + "\n")
+    data = write_text_atomic(run_dir / FEATURE_MAP_JSON, json.dumps(record, indent=1) + "\n")
     return png, data
 
 

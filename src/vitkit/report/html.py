@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vitkit import __version__
+from vitkit.atomic import write_text_atomic
 from vitkit.errors import VitkitError
 from vitkit.evaluate.words import describe_accuracy
 from vitkit.report import _format as fmt
@@ -27,7 +28,6 @@ from vitkit.report._inputs import (
     RunInputs,
     read_run,
 )
-from vitkit.report._io import atomic_write_text
 from vitkit.report._style import CSS
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
 from vitkit.report.trust import render_trust
@@ -91,7 +91,7 @@ def write_report(
         raise ValueError(f"max_predictions must be >= 0, got {max_predictions}")
     out = run_dir / "report.html" if out is None else Path(out)
     page = render_report(read_run(run_dir), max_predictions=max_predictions)
-    return atomic_write_text(out, page)
+    return write_text_atomic(out, page)
 
 
 def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS) -> str:

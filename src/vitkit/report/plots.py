@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from vitkit.report._io import atomic_write_bytes
+from vitkit.atomic import write_bytes_atomic
 
 _DPI = 110
 _TRAIN_COLOR = "#1f6feb"
@@ -40,7 +40,7 @@ def plot_learning_curves(rows: Sequence[Mapping[str, object]], out: Path) -> Pat
     Raises:
         ValueError: If ``rows`` is empty or holds no loss or accuracy value at all.
     """
-    return atomic_write_bytes(Path(out), render_learning_curves(rows))
+    return write_bytes_atomic(Path(out), render_learning_curves(rows))
 
 
 def plot_confusion_matrix(
@@ -62,7 +62,7 @@ def plot_confusion_matrix(
         ValueError: If ``cm`` is not square, has negative entries, or does not match
             ``labels``.
     """
-    return atomic_write_bytes(Path(out), render_confusion_matrix(cm, labels, normalize))
+    return write_bytes_atomic(Path(out), render_confusion_matrix(cm, labels, normalize))
 
 
 def render_learning_curves(rows: Sequence[Mapping[str, object]]) -> bytes:
@@ -210,7 +210,7 @@ def plot_reliability(
     Returns:
         ``out``.
     """
-    return atomic_write_bytes(Path(out), render_reliability(bins, after, temperature))
+    return write_bytes_atomic(Path(out), render_reliability(bins, after, temperature))
 
 
 def render_reliability(
@@ -287,7 +287,7 @@ def plot_robustness(result: Mapping[str, object], out: Path) -> Path:
     Returns:
         ``out``.
     """
-    return atomic_write_bytes(Path(out), render_robustness(result))
+    return write_bytes_atomic(Path(out), render_robustness(result))
 
 
 def render_robustness(result: Mapping[str, object]) -> bytes:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -343,8 +344,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(body or b"null")
     except ValueError as exc:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     Boolean,
     Column,
@@ -178,24 +179,16 @@ def ab_report(rows: Iterable[dict[str, Any]], route: str | None = None) -> dict[
 
 
 def _arm_figures(arm: str, rows: list[dict[str, Any]]) -> ArmFigures:
-    latencies = sorted(float(r["latency_ms"]) for r in rows if r.get("latency_ms") is not None)
+    latencies = [float(r["latency_ms"]) for r in rows if r.get("latency_ms") is not None]
     unknown = [bool(r["unknown"]) for r in rows if r.get("unknown") is not None]
     judged = [r for r in rows if r.get("feedback") is not None]
     correct = sum(1 for r in judged if r["feedback"] == r["label"])
     return ArmFigures(
         arm=arm, requests=len(rows),
         latency_mean_ms=sum(latencies) / len(latencies) if latencies else None,
-        latency_p95_ms=_percentile(latencies, 95) if latencies else None,
+        latency_p95_ms=float(np.percentile(latencies, 95)) if latencies else None,
         unknown_rate=sum(unknown) / len(unknown) if unknown else None,
         with_feedback=len(judged), accuracy=correct / len(judged) if judged else None)
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def two_proportion_test(successes_a: int, n_a: int, successes_b: int, n_b: int

@@ -11,12 +11,12 @@ held, and rolled back otherwise — the reason is recorded either way.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -139,10 +139,7 @@ class Rollout:
 
 
 def p95(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return float(np.percentile(values, 95)) if values else None
 
 
 # ----------------------------------------------------------------------------- validation

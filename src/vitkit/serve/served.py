@@ -80,7 +80,8 @@ class ServedModel:
                      "unknown": bool(p.ood), "ood_score": p.ood_score,
                      "_features": p.features,
                      "_class": self.labels.index(p.topk[0]["label"])}
-                    for p in self._predictor.predict_batch(stacked, names, self.top_k)]
+                    for p in self._predictor.predict_batch(stacked, names, self.top_k,
+                                                           keep_features=True)]
         raw, maps = self._detector.method.score(stacked)
         # "_map": the low-resolution map, turned into a PNG overlay only when a client asks
         # (see overlay_png); never part of the JSON answer.

@@ -7,7 +7,6 @@ leaves the last good result where it was.
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import shlex
@@ -256,11 +255,12 @@ def run_anomaly_demo(root: Path, run: Path, plan: DemoPlan = FULL, seed: int = 0
 
 def _test_examples(splits_csv: Path, per_class: int = 2) -> list[Path]:
     """The first ``per_class`` test images of each class in the run's split manifest."""
+    from vitkit.data.manifest import read_manifest
+
     chosen: dict[str, list[Path]] = {}
-    with splits_csv.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] == "test" and len(chosen.setdefault(row["label"], [])) < per_class:
-                chosen[row["label"]].append(Path(row["path"]))
+    for row in read_manifest(splits_csv):
+        if row.split == "test" and len(chosen.setdefault(row.label, [])) < per_class:
+            chosen[row.label].append(row.path)
     return [path for label in CLASSES for path in chosen.get(label, [])]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vitkit.anomaly.overlay import save_png_atomic
+from vitkit.atomic import write_bytes_atomic, write_text_atomic
 from vitkit.bundle import read_meta, write_json_atomic
 from vitkit.console import stderr_console
 from vitkit.data.files import require_images
@@ -39,7 +40,6 @@ from vitkit.predictor.predict import (
     readable_batches,
 )
 from vitkit.predictor.variants import find_variant
-from vitkit.report._io import atomic_write_bytes, atomic_write_text
 from vitkit.report._style import CSS
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
             "show); try --method gradcam++ or an earlier --layer.")
     write_json_atomic(out / EXPLANATIONS_FILE, [e.to_dict(relative_to=out)
                                                 for e in result.explanations])
-    atomic_write_text(out / INDEX_FILE, render_index(result))
+    write_text_atomic(out / INDEX_FILE, render_index(result))
     return result
 
 
@@ -272,7 +272,7 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 def _save_npy(path: Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _device(device: str) -> str:
