@@ -18,8 +18,9 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
          threads: int | None = None, ood: bool = True) -> Predictor:
     """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``.
 
-    ``variant`` picks the runtime and precision (``torch-fp32`` by default; ``onnx-fp32``,
-    ``openvino-int8``, … once exported or quantized): the Predictor is the same either way.
+    ``variant`` picks the runtime and precision (``onnx-fp32``, ``openvino-int8``, … once
+    exported or quantized; default: the bundle's default variant, which ``vitkit optimize``
+    chooses by measurement, else ``torch-fp32``): the Predictor is the same either way.
     With ``ood`` (default) and an OOD fit in the bundle, images unlike the training data are
     predicted as "unknown" (``ood=False``: always a class).
     """

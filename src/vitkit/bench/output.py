@@ -60,12 +60,12 @@ def bench_table(result: BenchResult) -> Table:
     for v in result.by_latency():
         if v.status != "ok":
             hint = f" (pip install '{v.install}')" if v.install else ""
-            table.add_row(v.name, f"[yellow]{v.status}[/]: {v.reason}{hint}",
+            table.add_row(_name(v, result), f"[yellow]{v.status}[/]: {v.reason}{hint}",
                           *[""] * (len(columns) - 2))
             continue
         assert v.latency is not None
         table.add_row(
-            v.name, _num(v.size_mb, 1), _pct(v.accuracy), _num(v.accuracy_drop, 2),
+            _name(v, result), _num(v.size_mb, 1), _pct(v.accuracy), _num(v.accuracy_drop, 2),
             _pct(v.agreement), _num(v.latency.p50, 2), _num(v.latency.p95, 2),
             *[_num(v.throughput.get(b), 1) for b in result.batches],
             _num(v.peak_rss_mb, 0), _num(v.load_s, 2))
@@ -84,19 +84,24 @@ def bench_stacked(result: BenchResult) -> Group:
     for v in result.by_latency():
         if v.status != "ok":
             hint = f" (pip install '{v.install}')" if v.install else ""
-            blocks.append(Text.assemble((v.name, "bold"), "\n  ", (v.status, "yellow"),
+            blocks.append(Text.assemble((_name(v, result), "bold"), "\n  ", (v.status, "yellow"),
                                         f": {v.reason}{hint}"))
             continue
         assert v.latency is not None
         throughput = "  ".join(f"b{b} {_num(v.throughput.get(b), 1)}/s" for b in result.batches)
         blocks.append(Text.assemble(
-            (v.name, "bold"),
+            (_name(v, result), "bold"),
             f"\n  accuracy {_pct(v.accuracy)} (drop {_num(v.accuracy_drop, 2)} pt, agreement "
             f"{_pct(v.agreement)}) · {_num(v.size_mb, 1)} MB",
             f"\n  latency p50 {_num(v.latency.p50, 2)} ms, p95 {_num(v.latency.p95, 2)} ms"
             f" · {throughput}",
             f"\n  peak memory {_num(v.peak_rss_mb, 0)} MB · load {_num(v.load_s, 2)} s"))
     return Group(*blocks)
+
+
+def _name(variant: VariantResult, result: BenchResult) -> str:
+    """The variant's name, marked when it is the one the bundle runs by default."""
+    return f"{variant.name} (default)" if variant.name == result.default_variant else variant.name
 
 
 def _num(value: float | None, digits: int) -> str:

@@ -23,13 +23,17 @@ from vitkit.bench.timing import Budget, Latency, PeakRss, measure_latency, measu
 from vitkit.bundle import WEIGHTS_FILE, BundleMeta, read_meta
 from vitkit.errors import BundleError, DataError, VitkitError
 from vitkit.predictor import runtimes
-from vitkit.predictor.variants import Variant, find_variant, list_variants
+from vitkit.predictor.variants import (
+    REFERENCE_VARIANT,
+    Variant,
+    default_variant_name,
+    find_variant,
+    list_variants,
+)
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
-# Runtime -> the module that must import for it to run.
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 class BenchConfig(BaseModel):
@@ -108,9 +112,11 @@ class BenchResult:
     reference: str | None  # the labelled images accuracy was measured on
     variants: list[VariantResult]
     reference_note: str | None = None  # why there are none, when that is worth saying
+    default_variant: str = REFERENCE_VARIANT  # what the bundle runs when no variant is named
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "default_variant": self.default_variant,
             "threads": self.threads,
             "variants": [v.to_dict() for v in self.variants],
             "bundle": self.bundle, "batches": self.batches, "reference": self.reference,
@@ -179,7 +185,8 @@ def _bench(bundle: Path, meta: BundleMeta, variants: list[Variant], config: Benc
     import vitkit
 
     threads = config.threads or torch.get_num_threads()
-    reference = vitkit.load(bundle, device=config.device, threads=config.threads)
+    reference = vitkit.load(bundle, device=config.device, threads=config.threads,
+                            variant=REFERENCE_VARIANT)
     assert reference.model is not None  # torch-fp32 always carries its model
     parameters = sum(p.numel() for p in reference.model.parameters())
     eval_batches, source, note = _eval_batches(meta, config)
@@ -194,7 +201,8 @@ def _bench(bundle: Path, meta: BundleMeta, variants: list[Variant], config: Benc
         result = measure_variant(candidate, inputs, budget, eval_batches, expected)
         result.parameters = parameters if result.status == "ok" else None
         results.append(result)
-    return BenchResult(str(bundle), threads, list(config.batches), source, results, note)
+    return BenchResult(str(bundle), threads, list(config.batches), source, results, note,
+                       default_variant_name(meta))
 
 
 def measure_variant(candidate: Candidate, inputs: dict[int, torch.Tensor], budget: Budget,
@@ -234,7 +242,7 @@ def measure_variant(candidate: Candidate, inputs: dict[int, torch.Tensor], budge
 
 
 def _check_runnable(candidate: Candidate) -> None:
-    module = _RUNTIME_MODULES.get(candidate.runtime)
+    module = runtimes.RUNTIME_MODULES.get(candidate.runtime)
     if module is not None:
         runtimes.require(module)
     missing = [p for p in candidate.files if not p.exists()]
@@ -246,7 +254,7 @@ def _check_runnable(candidate: Candidate) -> None:
 def _skip(result: VariantResult, exc: VitkitError) -> VariantResult:
     result.status, result.reason = "skipped", str(exc)
     if isinstance(exc, runtimes.RuntimeMissing):
-        module = _RUNTIME_MODULES.get(result.runtime, result.runtime)
+        module = runtimes.RUNTIME_MODULES.get(result.runtime, result.runtime)
         result.install = f"vitkit[{runtimes.EXTRAS.get(module, (module, module))[1]}]"
     return result
 

@@ -118,7 +118,8 @@ def distill(
     teacher_variant: Annotated[str | None, typer.Option(
         help="The teacher's variant that computes its logits, e.g. openvino-int8 after `vitkit "
              "quantize TEACHER` (faster steps; see `vitkit bench TEACHER` for the list). "
-             "(default: torch-fp32)")] = None,
+             "(default: the bundle's default variant, chosen by `vitkit optimize`; torch-fp32 "
+             "when none was chosen)")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="(default: 10)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "(default: runs/distill)")] = None,
@@ -172,7 +173,8 @@ def eval_(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
-             "(default: torch-fp32)")] = None,
+             "(default: the bundle's default variant, chosen by `vitkit optimize`; torch-fp32 "
+             "when none was chosen)")] = None,
     groups: Annotated[Path | None, typer.Option(
         help="CSV with a header path,group assigning images to groups: adds per-group accuracy, "
              "demographic parity and equalized-odds gaps (fairness).")] = None,
@@ -234,7 +236,8 @@ def predict(
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
     variant: Annotated[str | None, typer.Option(
         help="Which variant runs the model (onnx-fp32, openvino-int8, …; see `vitkit bench`). "
-             "(default: torch-fp32)")] = None,
+             "(default: the bundle's default variant, chosen by `vitkit optimize`; torch-fp32 "
+             "when none was chosen)")] = None,
     tta: Annotated[str, typer.Option(
         help="Test-time augmentation: none, flip or flip-scale; scores are averaged over the "
              "views and the slowdown is printed on stderr. (default: none)")] = "none",
@@ -260,6 +263,9 @@ def predict(
     files, missing = expand_paths(paths)
     require_images(files, [m.path for m in missing])  # before the model loads
     predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
+    if variant is None and predictor.variant.name != "torch-fp32" and not quiet:
+        stderr_console.print(f"[dim]running {predictor.variant.name}, the bundle's default "
+                             "variant (--variant to choose another)[/]", highlight=False)
     timing = TtaTiming(len(TTA_VIEWS[tta])) if tta != "none" else None
     results: list[Prediction | PredictionError] = list(missing)
     with make_progress(not quiet and len(files) > batch_size) as bar:

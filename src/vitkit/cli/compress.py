@@ -81,6 +81,102 @@ def quantize(
 
 
 @app.command()
+def optimize(
+    bundle: Annotated[Path, typer.Argument(help="Classifier bundle folder.")],
+    max_drop: Annotated[float, typer.Option(
+        help="Largest accepted accuracy drop vs torch-fp32, in points.")] = 0.5,
+    min_agreement: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Smallest accepted share of images on which a candidate's "
+        "top-1 answer equals torch-fp32's.")] = 0.99,
+    goal: Annotated[str, typer.Option(
+        help="throughput (images/s at --batch; for servers and folders) or latency (batch-1 "
+             "median; for one image at a time).")] = "throughput",
+    batch: Annotated[int, typer.Option(min=1, help="Batch size of the throughput goal.")] = 32,
+    candidates: Annotated[str | None, typer.Option(
+        help="Comma-separated variant names to consider, e.g. openvino-int8,torch-bf16. "
+             "(default: all whose runtime is installed)")] = None,
+    tome: Annotated[str | None, typer.Option(
+        help="ViTs: token-merging rates to try on OpenVINO int8, e.g. 4,8; 0 for none. "
+             "(default: 4,8 for ViTs)")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Labelled images for the accuracy guard. (default: the bundle's validation "
+             "split)")] = None,
+    rebuild: Annotated[bool, typer.Option(
+        help="Build candidates again even when the bundle already has them.")] = False,
+    default: Annotated[str | None, typer.Option(
+        "--default", help="Make this variant the default by hand, without measuring (e.g. "
+        "torch-fp32 to undo a choice).")] = None,
+    quick: Annotated[bool, typer.Option(help="A few timing runs per variant (noisy).")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build the fast variants, measure them on this machine, and make the fastest one that
+    keeps the accuracy the bundle's default variant.
+
+    Candidates: torch bf16 and dynamic int8, OpenVINO bf16 and int8 (NNCF; transformer preset
+    for ViTs), ONNX Runtime fp32 and int8, and for ViTs OpenVINO int8 with token merging.
+    Each is measured against torch-fp32 on the validation images and timed here; one that
+    loses more than --max-drop points or agrees on fewer than --min-agreement of the images
+    is not eligible. The choice and every candidate's figures are written into vitkit.json;
+    `vitkit predict`, `eval`, `bench`, `serve` and `vitkit.load(bundle)` then run the default
+    variant unless --variant names another. Re-run it on the machine that will serve: speed
+    does not travel between CPUs.
+    """
+    from vitkit.bench import QUICK, Budget
+    from vitkit.workflows.optimize import run_optimize, set_default_variant
+
+    if goal not in ("throughput", "latency"):
+        raise typer.BadParameter("choose throughput or latency", param_hint="--goal")
+    if default is not None:
+        record = set_default_variant(bundle, default)
+        if json_out:
+            print_json(record)
+        else:
+            stderr_console.print(f"[bold green]done[/]: {bundle} now runs {default} by default "
+                                 f"(was {record['previous_default']})")
+        return
+
+    def log(message: str) -> None:
+        if not quiet:
+            stderr_console.print(f"[dim]{message}[/]", highlight=False)
+
+    names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
+    result = run_optimize(bundle, data=data, max_drop=max_drop, min_agreement=min_agreement,
+                          goal=goal, batch=batch, candidates=names,
+                          tome=int_list(tome, "--tome") if tome is not None else None,
+                          rebuild=rebuild, budget=QUICK if quick else Budget(), log=log)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"candidates measured on {result.machine['cpu']}, "
+                        f"{result.machine['threads']} threads")
+    for col in ("variant", "acc", "drop", "agree", "p50 ms", f"img/s b{batch}", "MB", ""):
+        table.add_column(col, justify="left" if col in ("variant", "") else "right",
+                         no_wrap=True)
+    reasons = []
+    for c in result.candidates:
+        verdict = ("[bold green]default[/]" if c.name == result.default_variant
+                   else "eligible" if c.eligible else f"[yellow]{c.status}[/]")
+        if not c.eligible and c.reason:
+            verdict = f"[yellow]{'not eligible' if c.status == 'ok' else c.status}[/]"
+            reasons.append(f"{c.name}: {c.reason}")
+        table.add_row(c.name, fmt(c.accuracy),
+                      "" if c.accuracy_drop is None else f"{c.accuracy_drop:.2f}",
+                      fmt(c.agreement), "" if c.latency_p50_ms is None
+                      else f"{c.latency_p50_ms:.1f}", "" if c.throughput is None
+                      else f"{c.throughput:.1f}", "" if c.size_mb is None
+                      else f"{c.size_mb:.1f}", verdict)
+    stderr_console.print(table)
+    for reason in reasons:
+        stderr_console.print(f"  {reason}", highlight=False)
+    for note in result.notes:
+        stderr_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    faster = f" ({result.speedup}x torch-fp32's {goal})" if result.speedup else ""
+    stderr_console.print(f"[bold green]done[/]: default variant {result.default_variant}"
+                         f"{faster}, was {result.previous_default}; recorded in {bundle}")
+
+
+@app.command()
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Classifier bundle folder.")],
     variants: Annotated[str, typer.Option(help="all, or comma-separated variant names such as "

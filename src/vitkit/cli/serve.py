@@ -160,8 +160,8 @@ def serve_deploy(
     name: Annotated[str, typer.Argument(help="The model to update (as in /v1/models).")],
     bundle: Annotated[str, typer.Argument(help="The candidate bundle, a path the server can "
                                           "read.")],
-    variant: Annotated[str | None, typer.Option(help="Its variant. (default: torch-fp32)")
-                       ] = None,
+    variant: Annotated[str | None, typer.Option(
+        help="Its variant. (default: the bundle's default variant)")] = None,
     token_env: Annotated[str, typer.Option(help="Environment variable with the admin token. "
                                            "(default: VITKIT_ADMIN_TOKEN)")
                          ] = "VITKIT_ADMIN_TOKEN",

@@ -61,6 +61,7 @@ from vitkit.predictor.runtimes import (
     require,
 )
 from vitkit.predictor.variants import (
+    REFERENCE_VARIANT,
     VARIANTS_DIR,
     Precision,
     Variant,
@@ -239,7 +240,7 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         raise VitkitError(f"{bundle} is a '{meta.task}' bundle; quantize works on classifiers.")
     validation = reference_images(meta, data, split="val")
     calibration = _calibration_images(meta, calib, calib_limit, plan) if plan.calibrated else None
-    reference = load(bundle)
+    reference = load(bundle, variant=REFERENCE_VARIANT)
     assert reference.model is not None
     model = copy.deepcopy(reference.model).eval()
     if tome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,15 @@ from vitkit.console import make_progress
 from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
 from vitkit.data.files import find_images, why_unmatched
 from vitkit.errors import VitkitError
-from vitkit.predictor.runtimes import Runtime, TorchRuntime, open_runtime
+from vitkit.predictor.runtimes import (
+    RUNTIME_MODULES,
+    Runtime,
+    TorchRuntime,
+    available,
+    open_runtime,
+)
 from vitkit.predictor.tta import TtaTiming, check_tta, views
-from vitkit.predictor.variants import Variant, find_variant
+from vitkit.predictor.variants import REFERENCE_VARIANT, Variant, find_variant
 
 if TYPE_CHECKING:
     from vitkit.ood import OodDetector
@@ -79,7 +86,7 @@ class Predictor:
                 raise ValueError("a Predictor needs a model or a runtime")
             runtime = TorchRuntime(self.model, "fp32", device)
         self.runtime = runtime
-        self.variant = variant or find_variant(meta, None)
+        self.variant = variant or find_variant(meta, REFERENCE_VARIANT)
         self.labels: list[str] = list(meta.labels)
         self.preprocessing = Preprocessing.model_validate(meta.preprocessing)
         self.transform = eval_transform(self.preprocessing)
@@ -233,8 +240,10 @@ def embed_batch(model: ImageClassifier, images: torch.Tensor
 
 def load(path: str | Path, device: str = "cpu", variant: str | None = None,
          threads: int | None = None, tta: str = "none", ood: bool = True) -> Predictor:
-    """Loads a bundle as a :class:`Predictor` on the runtime of ``variant`` (default
-    ``torch-fp32``; see ``vitkit bench BUNDLE`` for the list). Weights come from safetensors;
+    """Loads a bundle as a :class:`Predictor` on the runtime of ``variant`` (default: the
+    bundle's default variant, chosen by ``vitkit optimize``, else ``torch-fp32``; when that
+    variant's runtime is not installed here, ``torch-fp32`` with a warning; see
+    ``vitkit bench BUNDLE`` for the list). Weights come from safetensors;
     nothing is unpickled. A TorchScript variant runs the graph stored in the bundle: load
     those only from bundles you trust, as with any program. ``tta`` sets the test-time
     augmentation of :meth:`Predictor.predict_proba` (none, flip or flip-scale). With ``ood``
@@ -253,6 +262,15 @@ def _load(path: str | Path, device: str, variant: str | None, threads: int | Non
     if meta.task != "classify":
         raise VitkitError(f"{path} is a '{meta.task}' bundle, not a classifier.")
     chosen = find_variant(meta, variant, path)
+    if variant is None and chosen.runtime in RUNTIME_MODULES \
+            and not available(RUNTIME_MODULES[chosen.runtime]):
+        # The bundle's measured default needs a runtime this installation lacks: run the
+        # reference instead of failing, and say so (a named --variant still fails loudly).
+        warnings.warn(f"{path}: the default variant {chosen.name} needs {chosen.runtime}, "
+                      f"which is not installed here; running {REFERENCE_VARIANT} instead "
+                      f"(pip install 'vitkit[{chosen.runtime.replace('onnxruntime', 'onnx')}]')",
+                      RuntimeWarning, stacklevel=3)
+        chosen = find_variant(meta, REFERENCE_VARIANT, path)
     model = None
     if chosen.runtime == "torch":
         model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))

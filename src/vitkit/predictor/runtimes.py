@@ -37,6 +37,10 @@ class RuntimeMissing(VitkitError):
     """An optional runtime is not installed."""
 
 
+# Runtime -> the module that must import for it to run.
+RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
 def require(module: str) -> Any:
     """Imports an optional runtime module, or raises :class:`RuntimeMissing` with the extra."""
     try:

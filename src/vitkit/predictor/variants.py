@@ -22,7 +22,10 @@ from vitkit.errors import BundleError
 RuntimeName = Literal["torch", "torchscript", "onnxruntime", "openvino"]
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 VARIANTS_DIR = "variants"
-DEFAULT_VARIANT = "torch-fp32"
+# The reference every other variant is measured against, and the default when a bundle has
+# no measured choice (``vitkit optimize`` records one as ``default_variant``).
+REFERENCE_VARIANT = "torch-fp32"
+DEFAULT_VARIANT = REFERENCE_VARIANT
 
 
 class Variant(BaseModel):
@@ -62,10 +65,16 @@ def list_variants(meta: BundleMeta) -> list[Variant]:
     return [v for v in BUILTIN_VARIANTS if v.name not in names] + recorded
 
 
+def default_variant_name(meta: BundleMeta) -> str:
+    """The variant the bundle runs when none is named: the one ``vitkit optimize`` chose by
+    measurement (``default_variant`` in ``vitkit.json``), else ``torch-fp32``."""
+    return (meta.model_extra or {}).get("default_variant") or REFERENCE_VARIANT
+
+
 def find_variant(meta: BundleMeta, name: str | None, bundle: Path | str = "") -> Variant:
-    """The variant called ``name`` (``None``: ``torch-fp32``); a clear error listing the
-    available ones otherwise."""
-    wanted = name or DEFAULT_VARIANT
+    """The variant called ``name`` (``None``: the bundle's default, see
+    :func:`default_variant_name`); a clear error listing the available ones otherwise."""
+    wanted = name or default_variant_name(meta)
     variants = list_variants(meta)
     for variant in variants:
         if variant.name == wanted:

@@ -42,7 +42,8 @@ class ModelSpec(_Strict):
                       description="the name clients and metrics use")
     bundle: str = Field(description="bundle folder: a classifier or an anomaly detector")
     variant: str | None = Field(None, description="variant that runs the model (default: "
-                                "torch-fp32; see `vitkit bench BUNDLE`)")
+                                "the bundle's default variant, chosen by `vitkit optimize`; "
+                                "torch-fp32 when none was chosen)")
 
 
 class Arm(_Strict):

@@ -21,6 +21,7 @@ from vitkit.errors import DataError, VitkitError
 from vitkit.evaluate.calibration import TemperatureFit, temperature_scaling
 from vitkit.predictor.embed import embed_samples
 from vitkit.predictor.predict import load
+from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.report.plots import plot_reliability
 from vitkit.workflows.run_folder import refresh_report, run_folder_of
 
@@ -101,7 +102,7 @@ def run_calibrate(bundle: Path, data: str | None = None, out: Path | None = None
     checked = validate_samples(reference.samples, progress=progress)
     if checked.skipped:
         stderr_console.print(f"[yellow]{checked.summary()}[/]")
-    predictor = load(bundle)
+    predictor = load(bundle, variant=REFERENCE_VARIANT)
     embeddings = embed_samples(predictor, checked.usable, batch_size, 0, progress,
                                "logits (val)")
     assert embeddings.targets is not None  # embed_samples labels what it embeds

@@ -48,6 +48,7 @@ from vitkit.data import (
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.predictor.predict import Predictor, load
+from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,
@@ -231,8 +232,8 @@ def run_distill(config: DistillConfig, resume: bool = False,
         val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
         run_dir=run_dir, show_progress=progress,
     )
-    teacher = load(config.teacher, device=str(trainer.device), variant=config.teacher_variant,
-                   ood=False)
+    teacher = load(config.teacher, device=str(trainer.device),
+                   variant=config.teacher_variant or REFERENCE_VARIANT, ood=False)
     teacher_val = evaluate_samples(teacher, by_split["val"], config.batch_size,
                                    config.num_workers, progress, "evaluating teacher on val")
     teacher_acc = teacher_val.metrics.accuracy

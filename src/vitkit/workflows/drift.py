@@ -24,6 +24,7 @@ from vitkit.ood.drift import (
 )
 from vitkit.predictor.embed import embed_paths
 from vitkit.predictor.predict import Predictor, expand_paths, load
+from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.workflows.ood import drift_reference, embed_labelled
 
 
@@ -31,7 +32,7 @@ def run_drift(bundle: Path, new_data: str, batch_size: int = 32, progress: bool 
               permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.01, seed: int = 0
               ) -> dict[str, Any]:
     """The `vitkit drift --json` document (:class:`vitkit.ood.drift.DriftReport`)."""
-    predictor = load(bundle)
+    predictor = load(bundle, variant=REFERENCE_VARIANT)
     paths, missing = expand_paths([new_data])
     if missing or not paths:
         raise DataError(f"{new_data} holds no images; give a folder (searched recursively), "

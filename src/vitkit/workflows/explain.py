@@ -39,7 +39,7 @@ from vitkit.predictor.predict import (
     load,
     readable_batches,
 )
-from vitkit.predictor.variants import find_variant
+from vitkit.predictor.variants import REFERENCE_VARIANT, find_variant
 from vitkit.report._style import CSS
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str =
                 "gradients and rollout needs attention weights, which "
                 f"{chosen.runtime} {chosen.precision} does not expose. The predictions shown "
                 "are the torch model's (they match the variant's within its recorded parity).")
-    predictor = load(bundle, device=_device(device))
+    predictor = load(bundle, device=_device(device), variant=REFERENCE_VARIANT)
     result = explain_images(predictor, [(f, None) for f in files], method, target_class, layer,
                             out_dir, discard_ratio, head_fusion, batch_size, cmap, alpha,
                             progress)

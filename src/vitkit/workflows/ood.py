@@ -39,6 +39,7 @@ from vitkit.ood.metrics import accept_rate, auroc, fpr_at_tpr
 from vitkit.ood.scores import METHODS, TrainingSet
 from vitkit.predictor.embed import Embeddings, embed_paths
 from vitkit.predictor.predict import Predictor, expand_paths, load
+from vitkit.predictor.variants import REFERENCE_VARIANT
 
 if TYPE_CHECKING:
     from vitkit.workflows.trust import TrustContext
@@ -181,7 +182,7 @@ def run_ood_fit(bundle: Path, data: str | None = None, method: str = "auto",
                 accept: float = DEFAULT_ACCEPT, batch_size: int = 32,
                 progress: bool = True) -> OodFitResult:
     """`vitkit ood fit BUNDLE [DATA]`."""
-    predictor = load(bundle, ood=False)
+    predictor = load(bundle, variant=REFERENCE_VARIANT, ood=False)
     train_samples = _split(predictor, data, "train")
     val_samples = _split(predictor, data, "val")
     train = embed_labelled(predictor, train_samples, batch_size, progress, "features (train)")
@@ -227,7 +228,7 @@ def run_ood_eval(bundle: Path, in_data: str, out_dir: str, batch_size: int = 32,
                  progress: bool = True) -> dict[str, Any]:
     """`vitkit ood eval`: every method fitted on the bundle's training images, each measured
     on in-distribution images (``in_data``) against out-of-distribution ones (``out_dir``)."""
-    predictor = load(bundle, ood=False)
+    predictor = load(bundle, variant=REFERENCE_VARIANT, ood=False)
     meta = predictor.meta
     train_found = reference_images(meta, None, "train")
     if train_found is None:

@@ -23,6 +23,7 @@ from vitkit.data import Sample
 from vitkit.errors import VitkitError
 from vitkit.predictor.embed import Embeddings, embed_samples
 from vitkit.predictor.predict import Predictor, load
+from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.workflows.calibration import calibration_step
 from vitkit.workflows.explain import explain_examples_step
 from vitkit.workflows.feature_map import feature_map_step
@@ -45,7 +46,7 @@ class TrustContext:
     def predictor(self) -> Predictor:
         """The saved bundle, loaded (again, after a step changed it: see :meth:`reload`)."""
         if self._predictor is None:
-            self._predictor = load(self.bundle)
+            self._predictor = load(self.bundle, variant=REFERENCE_VARIANT)
         return self._predictor
 
     def reload(self) -> None:
