@@ -74,6 +74,10 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     mixup: float = Field(0.0, ge=0, description="mixup alpha; 0 disables")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha; 0 disables")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="decay of a moving average of the weights that is "
+        "validated and kept instead of the raw weights (e.g. 0.998; warmed up over the first "
+        "steps); None: off")
     image_size: int | None = Field(
         None, ge=32, description="square input size in pixels; default: the backbone's own")
     crop_pct: float | None = Field(

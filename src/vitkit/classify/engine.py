@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from vitkit.backbones import ImageClassifier
 from vitkit.bundle import save_weights
 from vitkit.classify.checkpoint import load_checkpoint, save_checkpoint
 from vitkit.classify.config import TrainConfig
+from vitkit.classify.ema import WeightAverage
 from vitkit.classify.features import extract_features
 from vitkit.classify.schedule import apply_trainability, make_optimizer, plan_stage, warmup_cosine
 from vitkit.console import make_progress, stderr_console
@@ -159,6 +161,7 @@ class Trainer:
         self.stage_epochs = config.stage_epochs()
         self.stages = [s for s in STAGE_ORDER if s in self.stage_epochs]
         self._writer: Any = None
+        self._ema: WeightAverage | None = None
 
     # ---------------------------------------------------------------- run
     def fit(self, resume: bool = False) -> FitResult:
@@ -207,6 +210,11 @@ class Trainer:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
         model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        self._ema = None
+        if self.config.ema is not None and stage != "head":
+            self._ema = WeightAverage(self.model, self.config.ema)
+            if checkpoint is not None and checkpoint.get("ema") is not None:
+                self._ema.load_state_dict(checkpoint["ema"])
         while state.stage_epoch < n_epochs:
             epoch_seed = self.config.seed * 100_003 + state.epoch
             seed_everything(epoch_seed)
@@ -220,7 +228,8 @@ class Trainer:
             state.epoch += 1
             state.stage_epoch += 1
             state.history.append(asdict(record))
-            improved = self._track_best(record, state)
+            with self._averaged():
+                improved = self._track_best(record, state)
             patience = self.config.early_stopping
             if patience is not None and state.bad_epochs >= patience.patience \
                     and state.stage_epoch < n_epochs:
@@ -271,6 +280,8 @@ class Trainer:
                     optimizer.step()
                     if self.accelerator.sync_gradients:
                         scheduler.step()
+                        if self._ema is not None:
+                            self._ema.update(self.model)
                     optimizer.zero_grad(set_to_none=True)
                 batch = len(targets)
                 total += batch
@@ -288,7 +299,8 @@ class Trainer:
                 bar.update(task, total=len(train_loader) + n_val,
                            description=f"{description} + val")
                 step = lambda: bar.advance(task)  # noqa: E731
-            val_loss, val_acc = self._validate(stage, model, val_data, step)
+            with self._averaged():
+                val_loss, val_acc = self._validate(stage, model, val_data, step)
         return EpochRecord(
             epoch=epoch, stage=stage, lr=float(optimizer.param_groups[0]["lr"]),
             train_loss=loss_sum / max(1, total), train_acc=correct / max(1, total),
@@ -320,6 +332,11 @@ class Trainer:
         loss = float(F.cross_entropy(logits, labels))
         acc = float((logits.argmax(1) == labels).float().mean())
         return loss, acc
+
+    def _averaged(self) -> Any:
+        """Inside: the model holds the moving average of its weights, when the stage keeps
+        one (validation and the best checkpoint see the average; training the raw weights)."""
+        return self._ema.applied(self.model) if self._ema is not None else nullcontext()
 
     def _mixer(self) -> Mixup | None:
         if self.config.mixup <= 0 and self.config.cutmix <= 0:
@@ -396,6 +413,7 @@ class Trainer:
                 "stages": list(self.stages),
                 "loss_hook": (module.state_dict()
                               if (module := self._hook_module()) is not None else None),
+                "ema": self._ema.state_dict() if self._ema is not None else None,
             },
             self.ckpt_dir / "last.pt",
         )
