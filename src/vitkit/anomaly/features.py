@@ -132,10 +132,12 @@ def build_feature_backbone(name: str, weights: str, method: str, layers: Sequenc
     chosen = list(layers) if layers else default_layers(created.model, method)
     _check_layers(created.model, chosen)
     pre = anomaly_preprocessing(created.preprocessing, image_size)
-    if image_size and _is_vit(created.model) and tuple(pre.input_size) != tuple(
+    if image_size and created.model.has_fixed_input_size and tuple(pre.input_size) != tuple(
             created.preprocessing.input_size):
         raise ConfigError(f"{name} is a ViT with a fixed input size of "
-                          f"{created.preprocessing.input_size[0]} px; leave --image-size out.")
+                          f"{created.preprocessing.input_size[0]} px; leave --image-size out "
+                          "(ViTs created with dynamic_img_size, such as the offline "
+                          "vit_small_patch14_dinov2, take any size).")
     extractor = FeatureExtractor(created.model, chosen, tuple(pre.input_size))  # type: ignore[arg-type]
     return FeatureBackbone(extractor.eval(), created.spec, pre), chosen
 
