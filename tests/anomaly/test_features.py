@@ -67,4 +67,8 @@ def test_bad_layers_and_vit_sizes_are_user_errors() -> None:
     with pytest.raises(ConfigError, match="out of range"):
         build_feature_backbone("test_resnet", "none", "patchcore", [2, 9], None)
     with pytest.raises(ConfigError, match="fixed input size"):
-        build_feature_backbone("test_vit", "none", "patchcore", None, 224)
+        build_feature_backbone("deit_tiny_patch16_224", "none", "patchcore", None, 160)
+    # timm's test_vit interpolates its position grid (dynamic_img_size): any size is fine
+    backbone, _ = build_feature_backbone("test_vit", "none", "patchcore", None, 96)
+    maps = backbone.extractor(torch.zeros(1, 3, 96, 96))
+    assert maps[0].shape[-2:] == (6, 6)  # 96 px / 16 px patches

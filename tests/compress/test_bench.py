@@ -112,7 +112,8 @@ def test_csv_html_and_table_are_written(trained_bundles: dict[str, Path], tmp_pa
     narrow.print(bench_stacked(result))
     lines = narrow.export_text().splitlines()
     assert all(len(line) <= 80 for line in lines)
-    assert {"torch-fp32", "torch-bf16"} <= set(lines), "one block per variant, named alone"
+    assert {"torch-fp32 (default)", "torch-bf16"} <= set(lines), \
+        "one block per variant, named alone, the bundle's default marked"
 
 
 def test_bad_requests_are_user_errors(trained_bundles: dict[str, Path]) -> None:
