@@ -79,10 +79,22 @@ QUIET_TRUST = {"ood": False, "calibrate": False, "explain_examples": 0, "feature
 
 RECIPES: dict[str, dict[str, Any]] = {
     # the default before issue 18: three stages 0.3 / 0.3 / 0.4 of the epochs
-    "today": {"model": "efficientnet_lite0",
-              "stages": {"head": {"share": 0.3}, "top": {"share": 0.3}, "full": {"share": 0.4},
-                         },
-              "batch_size": 32},
+    "today": {"model": "efficientnet_lite0", "batch_size": 32, "ema": None,
+              "stages": {"head": {"share": 0.3, "lr": 5e-3},
+                         "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
+                         "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
+    # today's schedule on the larger backbone, with and without the weight average
+    "today_lite2": {"model": "efficientnet_lite2", "batch_size": 32, "ema": None,
+                    "stages": {"head": {"share": 0.3, "lr": 5e-3},
+                               "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
+                               "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
+    "today_lite2_ema": {"model": "efficientnet_lite2", "batch_size": 32, "ema": 0.998,
+                        "stages": {"head": {"share": 0.3, "lr": 5e-3},
+                                   "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
+                                   "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
+    # the default after issue 18 (TrainConfig's own defaults): efficientnet_lite2, one head
+    # epoch then every layer at 1e-3 with layer decay 0.8, batch 16, weight average 0.998
+    "default": {},
     "staged": {"model": "efficientnet_lite0", "batch_size": 16,
                "stages": {"head": {"share": 1}, "top": {"share": 0},
                           "full": {"share": 4, "lr": 2e-3, "layer_decay": 0.9}}},

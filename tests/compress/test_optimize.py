@@ -89,6 +89,10 @@ def test_a_default_set_by_hand_is_used_and_recorded_as_such(
     assert record == {**record, "chosen_by": "hand", "previous_default": "torch-fp32"}
     predictor = vitkit.load(bundle)
     assert predictor.variant.name == "torch-bf16"
+    from vitkit.serve.served import ServedModel
+
+    assert ServedModel.load("m", bundle).variant == "torch-bf16", "the service runs it too"
+    assert ServedModel.load("m", bundle, "torch-fp32").variant == "torch-fp32"
     with pytest.raises(VitkitError, match="no variant 'openvino-int9'"):
         set_default_variant(bundle, "openvino-int9")
 
