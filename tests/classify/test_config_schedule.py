@@ -128,7 +128,7 @@ def test_command_line_overrides_beat_yaml(tmp_path: Path) -> None:
     assert config.seed == 0, "a flag equal to the default still beats the file"
     assert config.model == "test_vit", "an option not given keeps the file's value"
     assert config.stages.top.blocks == 3
-    assert config.stages.full.share == 0.4, "defaults fill the rest"
+    assert config.stages.full.share == 4.0, "defaults fill the rest"
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
@@ -382,3 +382,21 @@ def test_a_flag_in_a_section_keeps_the_sections_other_keys_from_the_file(tmp_pat
     cfg = load_config(TrainConfig, path, {"trust": {"ood": False, "calibrate": None}})
     assert (cfg.trust.ood, cfg.trust.calibrate, cfg.trust.explain_examples) == (False, False, 2)
     assert load_config(TrainConfig, None, {"trust": {"ood": None}}).trust.ood is True
+
+
+def test_transformers_get_their_own_full_stage_rates_unless_given() -> None:
+    from vitkit.backbones import create
+    from vitkit.workflows.train import TRANSFORMER_FULL_STAGE, family_recipe
+
+    vit = create("test_vit", num_classes=2, weights="none")
+    cnn = create("test_resnet", num_classes=2, weights="none")
+    default = TrainConfig(data="x")
+    adapted = family_recipe(default, vit)
+    assert adapted.stages.full.lr == TRANSFORMER_FULL_STAGE["lr"]
+    assert adapted.stages.full.layer_decay == TRANSFORMER_FULL_STAGE["layer_decay"]
+    assert adapted.stages.full.share == default.stages.full.share
+    assert family_recipe(default, cnn) == default
+    given = TrainConfig.model_validate({"data": "x", "stages": {"full": {"lr": 3e-4}}})
+    kept = family_recipe(given, vit)
+    assert kept.stages.full.lr == 3e-4, "a learning rate the user set is kept"
+    assert kept.stages.full.layer_decay == TRANSFORMER_FULL_STAGE["layer_decay"]

@@ -16,7 +16,7 @@ class _Strict(BaseModel):
 class HeadStage(_Strict):
     """Stage 1: train only the new head on features of the frozen backbone, cached once."""
 
-    share: float = Field(0.3, ge=0, description="share of --epochs; 0 skips the stage")
+    share: float = Field(1.0, ge=0, description="share of --epochs; 0 skips the stage")
     lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(16, ge=1)
 
@@ -24,17 +24,22 @@ class HeadStage(_Strict):
 class TopStage(_Strict):
     """Stage 2: train the head and the top ``blocks`` layer groups of the backbone."""
 
-    share: float = Field(0.3, ge=0)
+    share: float = Field(0.0, ge=0, description="off by default (see FullStage)")
     lr: float = Field(1e-3, gt=0)
     blocks: int = Field(2, ge=1, description="how many layer groups below the head to train")
 
 
 class FullStage(_Strict):
-    """Stage 3: train everything, with layer-wise learning-rate decay towards the input."""
+    """Stage 3: train everything, with layer-wise learning-rate decay towards the input.
 
-    share: float = Field(0.4, ge=0)
-    lr: float = Field(5e-4, gt=0)
-    layer_decay: float = Field(0.75, gt=0, le=1)
+    The default recipe (one head epoch, then every layer; see the README's "Small-data
+    recipe") was chosen on hymenoptera and the textile images and reported on three sets it
+    was not chosen on; training only the top blocks trailed it there.
+    """
+
+    share: float = Field(4.0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    layer_decay: float = Field(0.8, gt=0, le=1)
 
 
 class Stages(_Strict):
@@ -62,10 +67,10 @@ class TrainConfig(_Strict):
     """Everything `vitkit train` does; save it with the run to repeat it exactly."""
 
     data: str = ""
-    model: str = "efficientnet_lite0"
+    model: str = "efficientnet_lite2"
     weights: str = "auto"
-    epochs: int = Field(10, ge=1, description="all stages together")
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(5, ge=1, description="all stages together")
+    batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     clip_grad: float | None = Field(1.0, gt=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -75,7 +80,7 @@ class TrainConfig(_Strict):
     mixup: float = Field(0.0, ge=0, description="mixup alpha; 0 disables")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha; 0 disables")
     ema: float | None = Field(
-        None, gt=0, lt=1, description="decay of a moving average of the weights that is "
+        0.998, gt=0, lt=1, description="decay of a moving average of the weights that is "
         "validated and kept instead of the raw weights (e.g. 0.998; warmed up over the first "
         "steps); None: off")
     image_size: int | None = Field(
@@ -152,6 +157,12 @@ class DistillConfig(TrainConfig):
         None, description="the teacher's variant that computes its logits (default torch-fp32); "
         "a quantized or exported one makes every training step cheaper")
     model: str = Field("deit_tiny_patch16_224", description="the student")
+    # Distillation keeps the schedule it was measured with (the classification defaults
+    # changed with the small-data recipe; a student learns end to end from a teacher).
+    epochs: int = Field(10, ge=1, description="all stages together")
+    batch_size: int = Field(32, ge=1)
+    ema: float | None = Field(None, gt=0, lt=1, description="moving average of the weights; "
+                              "None: off")
     mode: Literal["soft", "hard", "token"] = Field(
         "soft", description="soft: KL to the teacher's softened probabilities; hard: CE to the "
         "teacher's top class; token: DeiT distillation token (a *_distilled_* student)")

@@ -33,18 +33,18 @@ def train(
                                         "[test/] splits) or a CSV manifest path,label[,split].")],
     model: Annotated[str | None, typer.Option(
         help="timm name, hf:<org>/<model>, or a local Hugging Face folder. "
-             "(default: efficientnet_lite0)")] = None,
+             "(default: efficientnet_lite2)")] = None,
     weights: Annotated[str | None, typer.Option(
         help="auto (offline registry, then hub), none (random init) or a "
              ".safetensors/state-dict file.")] = None,
     epochs: Annotated[int | None, typer.Option(
-        min=1, help="Epochs over all stages together (split by the stage shares). "
-             "(default: 10)")] = None,
+        min=1, help="Epochs over all stages together (split by the stage shares: 1 head "
+             "epoch on cached features, then every layer). (default: 5)")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
                                             "(default: runs/train)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "
                                                 "flags given here override it.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: 32)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: 16)")] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. (default: auto)")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto: fp32 on "
