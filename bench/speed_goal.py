@@ -35,9 +35,10 @@ import torch
 from vitkit.bench.timing import Budget, measure_latency, measure_throughput
 from vitkit.bundle import read_meta
 from vitkit.classify.config import TrainConfig
+from vitkit.compress.quantize import quantize_bundle
 from vitkit.predictor.predict import load
 from vitkit.predictor.variants import find_variant, variant_path
-from vitkit.workflows.optimize import run_optimize
+from vitkit.workflows.optimize import CandidateReport, run_optimize
 from vitkit.workflows.train import run_training
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
@@ -71,7 +72,7 @@ def measure(bundle: Path, names: list[str], rounds: int, budget: Budget) -> dict
     predictors |= {name: load(bundle, variant=name, threads=torch.get_num_threads())
                    for name in names}
     size = tuple(predictors["timm-eager"].preprocessing.input_size)
-    one, many = torch.randn(1, *size), torch.randn(32, *size)
+    one, many = torch.randn(1, 3, *size), torch.randn(32, 3, *size)
     latency: dict[str, list[float]] = {n: [] for n in predictors}
     throughput: dict[str, list[float]] = {n: [] for n in predictors}
     for _ in range(rounds):
@@ -99,7 +100,7 @@ def eager_profile(eager: TimmEager, batch: int = 32) -> dict[str, float]:
     """Share of eager fp32 time per operator group (CPU self time), one batch."""
     from torch.profiler import ProfilerActivity, profile
 
-    images = torch.randn(batch, *eager.preprocessing.input_size)
+    images = torch.randn(batch, 3, *eager.preprocessing.input_size)
     eager(images)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         eager(images)
@@ -128,12 +129,12 @@ def openvino_profile(bundle: Path, name: str, batch: int = 32) -> dict[str, floa
     core = ov.Core()
     model = core.read_model(str(variant_path(bundle, variant)))
     size = read_meta(bundle).preprocessing["input_size"]
-    model.reshape([batch, *size])
+    model.reshape([batch, 3, *size])
     precision = "f32" if variant.precision == "fp32" else "bf16"
     compiled = core.compile_model(model, "CPU", {"PERF_COUNT": "YES",
                                                  "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
-    images = torch.randn(batch, *size).numpy()
+    images = torch.randn(batch, 3, *size).numpy()
     request.infer({0: images})
     request.infer({0: images})
     groups: dict[str, float] = defaultdict(float)
@@ -152,17 +153,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/vitkit-speed-goal"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tome", type=lambda t: [int(r) for r in t.split(",") if int(r) > 0],
+                        default=[8, 16], help="token-merging rates timed beside the default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = args.bundle or train(args.model, args.out, args.epochs)
-    optimized = run_optimize(bundle, log=lambda m: print(m, file=sys.stderr))
+    # Token merging is timed below whatever the guard says, so optimize need not build it.
+    optimized = run_optimize(bundle, tome=[], log=lambda m: print(m, file=sys.stderr))
     candidates = {c.name: c for c in optimized.candidates}
-    tome = [c for c in optimized.candidates if "tome" in c.name and c.status == "ok"]
     names = ["torch-fp32", optimized.default_variant]
-    if tome:
-        names.append(max(tome, key=lambda c: c.throughput or 0).name)
+    for rate in args.tome:  # timed even when the guard refused them, to say what they cost
+        name = f"openvino-int8-tome{rate}"
+        made = quantize_bundle(bundle, tome=rate, max_drop=100.0)
+        comparison = made.comparison
+        candidates[name] = CandidateReport(
+            name, "ok", accuracy=comparison.accuracy if comparison else None,
+            accuracy_drop=comparison.accuracy_drop if comparison else None,
+            agreement=comparison.top1_agreement if comparison else None)
+        names.append(name)
     names = list(dict.fromkeys(names))
     timings = measure(bundle, names, args.rounds,
                       Budget(warmup_runs=3, min_runs=20, min_seconds=2.0, max_seconds=6.0,
