@@ -105,7 +105,7 @@ def test_train_writes_the_run_folder(trained: TrainedRun) -> None:
 
     metrics = read_csv(run / "metrics.csv")
     assert [int(r["epoch"]) for r in metrics] == [1, 2, 3]
-    assert [r["stage"] for r in metrics] == ["head", "top", "full"]  # 0.3/0.3/0.4 of 3
+    assert [r["stage"] for r in metrics] == ["head", "full", "full"]  # 1 head + 4 full, of 3
     assert all(0 <= float(r["val_acc"]) <= 1 for r in metrics)
     # Each class has its own colour and pattern: even a random-init body separates them.
     assert max(float(r["val_acc"]) for r in metrics) >= 0.5, "better than chance (1/3)"
