@@ -35,7 +35,6 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-
 class BenchConfig(BaseModel):
     """Options of ``vitkit bench`` (the CLI's defaults)."""
 

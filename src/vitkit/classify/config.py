@@ -32,9 +32,9 @@ class TopStage(_Strict):
 class FullStage(_Strict):
     """Stage 3: train everything, with layer-wise learning-rate decay towards the input.
 
-    The default recipe (one head epoch, then every layer; see the README's "Small-data
-    recipe") was chosen on hymenoptera and the textile images and reported on three sets it
-    was not chosen on; training only the top blocks trailed it there.
+    The default recipe (one head epoch, then every layer) was chosen on hymenoptera and the
+    textile images and reported on three sets it was not chosen on: see the README's
+    "Small-data recipe".
     """
 
     share: float = Field(4.0, ge=0)

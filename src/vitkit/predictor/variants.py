@@ -25,7 +25,6 @@ VARIANTS_DIR = "variants"
 # The reference every other variant is measured against, and the default when a bundle has
 # no measured choice (``vitkit optimize`` records one as ``default_variant``).
 REFERENCE_VARIANT = "torch-fp32"
-DEFAULT_VARIANT = REFERENCE_VARIANT
 
 
 class Variant(BaseModel):
