@@ -95,6 +95,14 @@ def test_a_default_set_by_hand_is_used_and_recorded_as_such(
     assert ServedModel.load("m", bundle, "torch-fp32").variant == "torch-fp32"
     with pytest.raises(VitkitError, match="no variant 'openvino-int9'"):
         set_default_variant(bundle, "openvino-int9")
+    from vitkit.predictor.variants import Variant, record_variant, remove_variant
+
+    record_variant(bundle, Variant(name="onnx-fp32", runtime="onnxruntime", precision="fp32",
+                                   file="variants/model.onnx"))
+    set_default_variant(bundle, "onnx-fp32")
+    remove_variant(bundle, "onnx-fp32")  # the default is gone: the reference runs again
+    assert default_variant_name(read_meta(bundle)) == "torch-fp32"
+    assert vitkit.load(bundle).variant.name == "torch-fp32"
 
 
 def test_a_default_whose_runtime_is_missing_falls_back_with_a_warning(

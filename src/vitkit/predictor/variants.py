@@ -112,6 +112,12 @@ def record_variant(bundle: Path | str, variant: Variant) -> BundleMeta:
 
 
 def remove_variant(bundle: Path | str, name: str) -> BundleMeta:
-    """Drops a variant entry (its files are left for the caller to delete)."""
+    """Drops a variant entry (its files are left for the caller to delete); when that was the
+    bundle's default and no built-in variant has its name, torch-fp32 is the default again."""
     meta = read_meta(bundle)
-    return update_meta(bundle, variants=[e for e in meta.variants if e.get("name") != name])
+    changes: dict[str, Any] = {
+        "variants": [e for e in meta.variants if e.get("name") != name]}
+    builtin = {v.name for v in BUILTIN_VARIANTS}
+    if default_variant_name(meta) == name and name not in builtin:
+        changes["default_variant"] = None
+    return update_meta(bundle, **changes)
