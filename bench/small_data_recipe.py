@@ -80,6 +80,7 @@ QUIET_TRUST = {"ood": False, "calibrate": False, "explain_examples": 0, "feature
 RECIPES: dict[str, dict[str, Any]] = {
     # the default before issue 18: three stages 0.3 / 0.3 / 0.4 of the epochs
     "today": {"model": "efficientnet_lite0", "batch_size": 32, "ema": None,
+              "class_weights": "none",
               "stages": {"head": {"share": 0.3, "lr": 5e-3},
                          "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
                          "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
@@ -95,6 +96,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the default after issue 18 (TrainConfig's own defaults): efficientnet_lite2, one head
     # epoch then every layer at 1e-3 with layer decay 0.8, batch 16, weight average 0.998
     "default": {},
+    # the default as it was before class weighting was added (after pcb2 was seen)
+    "default_unweighted": {"class_weights": "none"},
     "staged": {"model": "efficientnet_lite0", "batch_size": 16,
                "stages": {"head": {"share": 1}, "top": {"share": 0},
                           "full": {"share": 4, "lr": 2e-3, "layer_decay": 0.9}}},

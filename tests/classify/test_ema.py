@@ -69,3 +69,32 @@ def test_training_with_an_average_validates_and_keeps_it(tiny_image_folder: Path
     assert result.best_epoch in (1, 2), result
     history = (Path(result.run_dir) / "metrics.csv").read_text().splitlines()
     assert len(history) == 3
+
+
+def test_balanced_class_weights_follow_the_training_counts(tmp_path: Path) -> None:
+    from vitkit.backbones import create
+    from vitkit.classify.engine import Trainer
+    from vitkit.data import ImageDataset
+    from vitkit.data.layouts import Sample
+
+    counts = {"good": 6, "defect": 2}
+    samples = [Sample(tmp_path / f"{label}{i}.png", label, "train")
+               for label, n in counts.items() for i in range(n)]
+    index = {"defect": 0, "good": 1}
+    dataset = ImageDataset(samples, index, lambda image: image)
+    model = create("test_resnet", num_classes=2, weights="none").model
+
+    def weights(mode: str) -> torch.Tensor | None:
+        config = TrainConfig(data="x", model="test_resnet", class_weights=mode)
+        trainer = Trainer(model, config, dataset, dataset, dataset, tmp_path / mode,
+                          show_progress=False)
+        return trainer._class_weights
+
+    balanced = weights("balanced")
+    assert balanced is not None
+    assert torch.allclose(balanced, torch.tensor([8 / (2 * 2), 8 / (2 * 6)]))  # n / (k n_c)
+    assert weights("none") is None
+    even = ImageDataset(samples[:2] + samples[6:], index, lambda image: image)
+    config = TrainConfig(data="x", model="test_resnet")
+    assert Trainer(model, config, even, even, even, tmp_path / "even",
+                   show_progress=False)._class_weights is None

@@ -79,6 +79,9 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     mixup: float = Field(0.0, ge=0, description="mixup alpha; 0 disables")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha; 0 disables")
+    class_weights: Literal["balanced", "none"] = Field(
+        "balanced", description="balanced: each class weighs the same in the loss whatever its "
+        "image count (weights n / (k * n_class)); identical to none on balanced data")
     ema: float | None = Field(
         0.998, gt=0, lt=1, description="decay of a moving average of the weights that is "
         "validated and kept instead of the raw weights (e.g. 0.998; warmed up over the first "

@@ -162,6 +162,7 @@ class Trainer:
         self.stages = [s for s in STAGE_ORDER if s in self.stage_epochs]
         self._writer: Any = None
         self._ema: WeightAverage | None = None
+        self._class_weights = self._loss_weights()
 
     # ---------------------------------------------------------------- run
     def fit(self, resume: bool = False) -> FitResult:
@@ -269,7 +270,7 @@ class Trainer:
                         logits, loss = outputs, soft_loss(outputs, soft)
                     else:
                         logits = outputs
-                        loss = F.cross_entropy(logits, targets,
+                        loss = F.cross_entropy(logits, targets, weight=self._class_weights,
                                                label_smoothing=self.config.label_smoothing)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and self.config.clip_grad:
@@ -332,6 +333,19 @@ class Trainer:
         loss = float(F.cross_entropy(logits, labels))
         acc = float((logits.argmax(1) == labels).float().mean())
         return loss, acc
+
+    def _loss_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights n / (k * n_c) ("balanced"), so a class with a third of the
+        images is not learnt as "never"; None when off or when the classes are balanced."""
+        if self.config.class_weights != "balanced":
+            return None
+        k = len(self.train_set.class_to_idx)
+        counts = torch.zeros(k)
+        for sample in self.train_set.samples:
+            counts[self.train_set.class_to_idx[sample.label]] += 1
+        if counts.min() == counts.max() or counts.min() == 0:
+            return None
+        return (counts.sum() / (k * counts)).to(self.device)
 
     def _averaged(self) -> Any:
         """Inside: the model holds the moving average of its weights, when the stage keeps

@@ -95,7 +95,7 @@ def demo_train_config(data: Path, out: Path, plan: DemoPlan, seed: int = 0) -> T
     return TrainConfig(
         data=str(data), model="efficientnet_lite0", epochs=plan.epochs, out=str(out),
         batch_size=16, val_fraction=0.2, test_fraction=0.2, seed=seed, image_size=224,
-        ema=None,
+        ema=None, class_weights="none",
         crop_pct=1.0,
         augmentation={"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "hflip": 0.5, "vflip": 0.5,
                       "color_jitter": None},
