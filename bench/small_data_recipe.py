@@ -77,6 +77,15 @@ def build_set(name: str, root: Path, seed: int = 0) -> tuple[Path, dict[str, Any
 
 QUIET_TRUST = {"ood": False, "calibrate": False, "explain_examples": 0, "feature_map": False}
 
+def _head_then_full(model: str, lr: float, layer_decay: float, ema: float | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """One head epoch, then every layer, batch 16; unweighted loss, as these were run."""
+    return {"model": model, "batch_size": 16, "ema": ema, "class_weights": "none",
+            "stages": {"head": {"share": 1}, "top": {"share": 0},
+                       "full": {"share": 4, "lr": lr, "layer_decay": layer_decay}},
+            **extra}
+
+
 RECIPES: dict[str, dict[str, Any]] = {
     # the default before issue 18: three stages 0.3 / 0.3 / 0.4 of the epochs
     "today": {"model": "efficientnet_lite0", "batch_size": 32, "ema": None,
@@ -86,10 +95,12 @@ RECIPES: dict[str, dict[str, Any]] = {
                          "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
     # today's schedule on the larger backbone, with and without the weight average
     "today_lite2": {"model": "efficientnet_lite2", "batch_size": 32, "ema": None,
+                    "class_weights": "none",
                     "stages": {"head": {"share": 0.3, "lr": 5e-3},
                                "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
                                "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
     "today_lite2_ema": {"model": "efficientnet_lite2", "batch_size": 32, "ema": 0.998,
+                        "class_weights": "none",
                         "stages": {"head": {"share": 0.3, "lr": 5e-3},
                                    "top": {"share": 0.3, "lr": 1e-3, "blocks": 2},
                                    "full": {"share": 0.4, "lr": 5e-4, "layer_decay": 0.75}}},
@@ -98,49 +109,22 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     # the default as it was before class weighting was added (after pcb2 was seen)
     "default_unweighted": {"class_weights": "none"},
-    "staged": {"model": "efficientnet_lite0", "batch_size": 16,
-               "stages": {"head": {"share": 1}, "top": {"share": 0},
-                          "full": {"share": 4, "lr": 2e-3, "layer_decay": 0.9}}},
-    "staged_lr1": {"model": "efficientnet_lite0", "batch_size": 16,
-                   "stages": {"head": {"share": 1}, "top": {"share": 0},
-                              "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "staged_lite1": {"model": "efficientnet_lite1", "batch_size": 16,
-                     "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                "full": {"share": 4, "lr": 2e-3, "layer_decay": 0.9}}},
-    "staged_lite2": {"model": "efficientnet_lite2", "batch_size": 16,
-                     "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                "full": {"share": 4, "lr": 2e-3, "layer_decay": 0.9}}},
-    "staged_lite2_lr1": {"model": "efficientnet_lite2", "batch_size": 16,
-                         "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                    "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "lite0_ema": {"model": "efficientnet_lite0", "batch_size": 16, "ema": 0.998,
-                  "stages": {"head": {"share": 1}, "top": {"share": 0},
-                             "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "lite2_ema": {"model": "efficientnet_lite2", "batch_size": 16, "ema": 0.998,
-                  "stages": {"head": {"share": 1}, "top": {"share": 0},
-                             "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "lite2_ema_lr5": {"model": "efficientnet_lite2", "batch_size": 16, "ema": 0.998,
-                      "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                 "full": {"share": 4, "lr": 5e-4, "layer_decay": 0.8}}},
-    "lite1_ema": {"model": "efficientnet_lite1", "batch_size": 16, "ema": 0.998,
-                  "stages": {"head": {"share": 1}, "top": {"share": 0},
-                             "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "vit_ema": {"model": "vit_small_patch14_dinov2", "batch_size": 16, "ema": 0.998,
-                "stages": {"head": {"share": 1}, "top": {"share": 0},
-                           "full": {"share": 4, "lr": 1e-4, "layer_decay": 0.75}}},
-    "lite2_ema_mild": {"model": "efficientnet_lite2", "batch_size": 16, "ema": 0.998,
-                       "augmentation": {"scale": [0.7, 1.0], "color_jitter": None},
-                       "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                  "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "lite2_ema_whole": {"model": "efficientnet_lite2", "batch_size": 16, "ema": 0.998,
-                        "crop_pct": 1.0,
-                        "augmentation": {"scale": [1.0, 1.0], "ratio": [1.0, 1.0],
-                                         "color_jitter": None},
-                        "stages": {"head": {"share": 1}, "top": {"share": 0},
-                                   "full": {"share": 4, "lr": 1e-3, "layer_decay": 0.8}}},
-    "staged_vit": {"model": "vit_small_patch14_dinov2", "batch_size": 16,
-                   "stages": {"head": {"share": 1}, "top": {"share": 0},
-                              "full": {"share": 4, "lr": 1e-4, "layer_decay": 0.75}}},
+    "staged": _head_then_full("efficientnet_lite0", 2e-3, 0.9),
+    "staged_lr1": _head_then_full("efficientnet_lite0", 1e-3, 0.8),
+    "staged_lite1": _head_then_full("efficientnet_lite1", 2e-3, 0.9),
+    "staged_lite2": _head_then_full("efficientnet_lite2", 2e-3, 0.9),
+    "staged_lite2_lr1": _head_then_full("efficientnet_lite2", 1e-3, 0.8),
+    "lite0_ema": _head_then_full("efficientnet_lite0", 1e-3, 0.8, ema=0.998),
+    "lite1_ema": _head_then_full("efficientnet_lite1", 1e-3, 0.8, ema=0.998),
+    "lite2_ema": _head_then_full("efficientnet_lite2", 1e-3, 0.8, ema=0.998),
+    "lite2_ema_lr5": _head_then_full("efficientnet_lite2", 5e-4, 0.8, ema=0.998),
+    "vit_ema": _head_then_full("vit_small_patch14_dinov2", 1e-4, 0.75, ema=0.998),
+    "lite2_ema_mild": _head_then_full(
+        "efficientnet_lite2", 1e-3, 0.8, ema=0.998,
+        augmentation={"scale": [0.7, 1.0], "color_jitter": None}),
+    "lite2_ema_whole": _head_then_full(
+        "efficientnet_lite2", 1e-3, 0.8, ema=0.998, crop_pct=1.0,
+        augmentation={"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "color_jitter": None}),
 }
 
 

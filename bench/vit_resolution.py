@@ -57,9 +57,8 @@ def openvino_throughput(model: torch.nn.Module, size: int, int8_calib: torch.Ten
             if candidate is None:
                 if int8_calib is None:
                     continue
-                candidate = quantize_openvino(
-                    to_openvino(model, (size, size)),
-                    [b.numpy() for b in int8_calib.split(8)], transformer=True)
+                candidate = quantize_openvino(  # NNCF returns a new model; graph is kept
+                    graph, [b.numpy() for b in int8_calib.split(8)], transformer=True)
             path = Path(tmp) / f"{name}.xml"
             ov.save_model(candidate, str(path))
             reshaped = core.read_model(str(path))

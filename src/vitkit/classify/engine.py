@@ -339,10 +339,10 @@ class Trainer:
         images is not learnt as "never"; None when off or when the classes are balanced."""
         if self.config.class_weights != "balanced":
             return None
-        k = len(self.train_set.class_to_idx)
-        counts = torch.zeros(k)
-        for sample in self.train_set.samples:
-            counts[self.train_set.class_to_idx[sample.label]] += 1
+        index = self.train_set.class_to_idx
+        k = len(index)
+        labels = torch.tensor([index[s.label] for s in self.train_set.samples], dtype=torch.long)
+        counts = torch.bincount(labels, minlength=k).float()
         if counts.min() == counts.max() or counts.min() == 0:
             return None
         return (counts.sum() / (k * counts)).to(self.device)
