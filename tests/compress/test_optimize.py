@@ -130,6 +130,18 @@ def test_unknown_candidates_and_merging_on_a_cnn_are_refused(
         run_optimize(bundle, candidates=["openvino-int9"], budget=QUICK)
     with pytest.raises(VitkitError, match="merges tokens of a ViT"):
         run_optimize(bundle, tome=[4], budget=QUICK)
+    with pytest.raises(VitkitError, match="smaller than the bundle's input size"):
+        run_optimize(bundle, image_sizes=[512], budget=QUICK)
+
+
+def test_smaller_input_sizes_become_int8_candidates(fresh_bundle: Callable[[str], Path]
+                                                    ) -> None:
+    from vitkit.workflows.optimize import _select
+
+    bundle = fresh_bundle("vit")
+    names = [r.name for r in _select(bundle, None, None, [128, 96])]
+    assert names[-2:] == ["openvino-int8-128px", "openvino-int8-96px"]
+    assert [r.image_size for r in _select(bundle, ["openvino-int8-96px"], None, [96])] == [96]
 
 
 @pytest.mark.slow

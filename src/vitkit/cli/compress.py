@@ -43,6 +43,11 @@ def quantize(
         help="ViTs: merge this many similar tokens per block (ToMe) before quantizing; the "
              "variant is named …-tomeR. Less work per image for a little accuracy; compare "
              "rates first with `vitkit bench --tome`. (default: 0, off)")] = 0,
+    image_size: Annotated[int | None, typer.Option(
+        help="Run the model on its input resized to this many pixels (resize inside the "
+             "graph; fewer tokens for ViTs made with dynamic_img_size, less work for CNNs); "
+             "the variant is named …-SIZEpx and checked by --max-drop like any other. "
+             "(default: the bundle's own size)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -59,7 +64,7 @@ def quantize(
     try:
         result = run_quantize(bundle, method=method, runtime=runtime, calib=calib, data=data,
                               max_drop=max_drop, calib_limit=calib_limit, tome=tome,
-                              progress=not quiet)
+                              image_size=image_size, progress=not quiet)
     except QuantizationRefused as refused:
         if json_out:
             print_json(refused.details)
@@ -98,6 +103,9 @@ def optimize(
     tome: Annotated[str | None, typer.Option(
         help="ViTs: token-merging rates to try on OpenVINO int8, e.g. 4,8; 0 for none. "
              "(default: 4,8 for ViTs)")] = None,
+    image_sizes: Annotated[str | None, typer.Option(
+        help="Smaller input sizes to try on OpenVINO int8, e.g. 196,168 (resize inside the "
+             "graph; ViTs need dynamic_img_size). (default: none)")] = None,
     data: Annotated[str | None, typer.Option(
         help="Labelled images for the accuracy guard. (default: the bundle's validation "
              "split)")] = None,
@@ -144,6 +152,7 @@ def optimize(
     result = run_optimize(bundle, data=data, max_drop=max_drop, min_agreement=min_agreement,
                           goal=goal, batch=batch, candidates=names,
                           tome=int_list(tome, "--tome") if tome is not None else None,
+                          image_sizes=int_list(image_sizes, "--image-sizes") or (),
                           rebuild=rebuild, budget=QUICK if quick else Budget(), log=log)
     if json_out:
         print_json(result.to_dict())

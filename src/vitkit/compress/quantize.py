@@ -206,7 +206,8 @@ def is_transformer(model: nn.Module) -> bool:
 def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str | None = None,
                     calib: str | None = None, data: str | None = None, max_drop: float = 1.0,
                     calib_limit: int = CALIBRATION_LIMIT, batch_size: int = 32,
-                    tome: int = 0, log: Callable[[str], None] | None = None) -> QuantizeResult:
+                    tome: int = 0, image_size: int | None = None,
+                    log: Callable[[str], None] | None = None) -> QuantizeResult:
     """Builds, measures and (when the drop is within ``max_drop`` points) records a variant.
 
     Args:
@@ -219,6 +220,10 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         calib_limit: Most calibration images used (class-balanced, seeded).
         tome: Tokens merged per block (ToMe, ViTs only) in the quantized graph; the variant
             is named ``<variant>-tome<r>``. Needs a file-based runtime (OpenVINO, ONNX Runtime).
+        image_size: Run the model on its input resized to this many pixels (fewer tokens for
+            a ViT made with ``dynamic_img_size``, less work for a CNN); the resize is inside
+            the graph, so the variant takes the bundle's usual input. Named ``<variant>-<S>px``.
+            Needs a file-based runtime. See :mod:`vitkit.compress.resolution`.
         log: Receives one-line progress messages.
 
     Raises:
@@ -235,6 +240,11 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
             raise VitkitError("token merging needs a file-based runtime: use --runtime openvino "
                               "or onnxruntime (`vitkit bench --tome R` measures it on torch).")
         plan = dataclasses.replace(plan, variant=f"{plan.variant}-tome{tome}")
+    if image_size:
+        if plan.builtin:
+            raise VitkitError("--image-size needs a file-based runtime: use --runtime openvino "
+                              "or onnxruntime.")
+        plan = dataclasses.replace(plan, variant=f"{plan.variant}-{image_size}px")
     meta = read_meta(bundle)
     if meta.task != "classify":
         raise VitkitError(f"{bundle} is a '{meta.task}' bundle; quantize works on classifiers.")
@@ -247,6 +257,11 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         from vitkit.compress.tome import apply_tome
 
         model = apply_tome(model, tome)
+    if image_size:
+        from vitkit.compress.resolution import InputResized, check_resolution
+
+        check_resolution(model, image_size, int(meta.preprocessing["input_size"][-1]))
+        model = InputResized(model, image_size)
     notes: list[str] = []
     if validation is None:
         notes.append("no validation images (the bundle's training data is not where it was; "
@@ -266,7 +281,7 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
         final_file = _commit(bundle, staging, plan, file)
     variant = _variant_record(plan, final_file, comparison, options | {
         "method": plan.method, "max_drop": max_drop, "tome_r": tome,
-        "validation": validation.source if validation else None})
+        "model_input_size": image_size, "validation": validation.source if validation else None})
     record_variant(bundle, variant)
     return QuantizeResult(bundle, variant, comparison, plan.method, max_drop, calibration,
                           validation, size_mb, notes)
