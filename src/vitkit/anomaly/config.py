@@ -13,6 +13,8 @@ MIN_FIT_IMAGES = 5
 """Normal images a method learns from, at the least."""
 MIN_HOLDOUT_IMAGES = 2
 """Held-out normal images that set the threshold, at the least."""
+MIN_OUT_OF_FOLD_IMAGES = 2
+"""Normal images for out-of-fold scores: each fold's model learns the others."""
 
 
 class AnomalyFitConfig(BaseModel):
@@ -37,8 +39,13 @@ class AnomalyFitConfig(BaseModel):
             :mod:`vitkit.anomaly.global_stats`).
         patch_size: patchmean patch side in pixels (default: the method's).
         resolution: patchmean working long side; default the images' own size up to 1024 px.
-        holdout: Share of normal images held out (never memorised) to set the threshold.
-        percentile: Threshold = this percentile of held-out normal scores.
+        folds: The threshold comes from out-of-fold scores: the method is fitted on every
+            normal image, and each of ``folds`` parts is scored by a twin fitted on the
+            others (at most one fold per image). 0: hold out ``holdout`` instead.
+        holdout: With ``folds=0``, the share of normal images held out (never learned) to
+            set the threshold.
+        percentile: Threshold = this percentile of the out-of-fold (or held-out) normal
+            scores.
         batch_size: Images per forward pass.
         seed: Seeds the held-out split, channel subset and coreset start.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -60,6 +67,7 @@ class AnomalyFitConfig(BaseModel):
     padim_channels: int = Field(default=100, ge=1)
     patch_size: int | None = Field(default=None, ge=2, le=256)
     resolution: int | None = Field(default=None, ge=16, le=8192)
+    folds: int = Field(default=5, ge=0, le=50)
     holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
     percentile: float = Field(default=99.0, gt=0.0, le=100.0)
     batch_size: int = Field(default=16, ge=1)
@@ -72,6 +80,8 @@ class AnomalyFitConfig(BaseModel):
         if self.method != "patchmean" and (self.patch_size or self.resolution):
             raise ValueError("patch_size and resolution are patchmean options; "
                              f"{self.method} uses image_size and layers")
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (hold images out instead) or at least 2")
         if self.global_stats and self.method != "patchcore":
             raise ValueError("global_stats is a patchcore option")
         return self

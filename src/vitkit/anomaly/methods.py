@@ -27,8 +27,25 @@ Progress = Callable[[int, int], None]
 """``progress(done, total)``: hears about a long step of a method."""
 
 
+Embedding = list[torch.Tensor]
+"""What a method computes from a batch of prepared images before it learns or scores: a list
+of batch-first tensors (backbone feature maps, patch statistics). Computed once per image, an
+embedding can feed several fitted copies of a method (the out-of-fold threshold)."""
+
+
+def select_images(embedding: Embedding, index: torch.Tensor | Sequence[int]) -> Embedding:
+    """The rows of ``embedding`` for the images at ``index`` (positions in the batch)."""
+    rows = torch.as_tensor(index, dtype=torch.long)
+    return [tensor[rows] for tensor in embedding]
+
+
 class AnomalyMethod(ABC):
-    """One anomaly-detection method: fit on normal images, then score any image."""
+    """One anomaly-detection method: fit on normal images, then score any image.
+
+    Learning and scoring go through an :data:`Embedding` (``embed`` then ``add_embedded`` /
+    ``score_embedded``), so one pass over the images can feed the method and its unfitted
+    twins (``spawn``) that are fitted on part of the images to score the rest.
+    """
 
     name: ClassVar[str]
 
@@ -37,8 +54,12 @@ class AnomalyMethod(ABC):
         """An RGB image as this method's input tensor (always the same shape)."""
 
     @abstractmethod
-    def add_normal(self, batch: torch.Tensor) -> None:
-        """Learns from a batch of prepared normal images."""
+    def embed(self, batch: torch.Tensor) -> Embedding:
+        """What learning and scoring need from a batch of prepared images."""
+
+    @abstractmethod
+    def add_embedded(self, embedding: Embedding) -> None:
+        """Learns from the embedding of a batch of normal images."""
 
     @abstractmethod
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
@@ -46,8 +67,12 @@ class AnomalyMethod(ABC):
         ``progress(done, total)`` hears about long steps (PatchCore's coreset selection)."""
 
     @abstractmethod
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw scores (B,) and maps (B, h, w) for a batch of prepared images."""
+    def score_embedded(self, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores (B,) and maps (B, h, w) from a batch's embedding."""
+
+    @abstractmethod
+    def spawn(self) -> AnomalyMethod:
+        """An unfitted twin with the same settings (and the same feature extractor)."""
 
     @abstractmethod
     def options(self) -> dict[str, Any]:
@@ -57,18 +82,50 @@ class AnomalyMethod(ABC):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The fitted state."""
 
+    def add_normal(self, batch: torch.Tensor) -> None:
+        """Learns from a batch of prepared normal images."""
+        self.add_embedded(self.embed(batch))
+
+    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores (B,) and maps (B, h, w) for a batch of prepared images."""
+        return self.score_embedded(self.embed(batch))
+
     def setup(self, sizes: Sequence[tuple[int, int]]) -> None:  # noqa: B027 - optional hook
         """Sees the (width, height) of the normal images before fitting."""
 
+    def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
+        """About how much memory fitting on ``n_images`` takes, given one batch's embedding
+        (decides how many twins fit in memory at once)."""
+        per_image = sum(t[0].numel() * t.element_size() for t in embedding)
+        return per_image * n_images
+
     @property
     def calibrates(self) -> bool:
-        """Whether :meth:`calibrate` looks at the held-out images (worth a progress bar)."""
+        """Whether the score combines parts that normal images put on one scale
+        (:meth:`calibrate_parts`)."""
         return False
 
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
-        """Sees prepared held-out normal images after fitting, before the threshold is set
-        (a method whose score combines parts uses them to put the parts on one scale)."""
+    def score_parts(self, embedding: Embedding) -> torch.Tensor:
+        """(B, P) raw parts of the image score before :meth:`combine_parts`."""
+        return self.score_embedded(embedding)[0][:, None]
+
+    def calibrate_parts(self, parts: torch.Tensor) -> dict[str, Any]:  # noqa: ARG002
+        """Sees the parts of normal images the method was not fitted on, before the threshold
+        is set (a method whose score combines parts puts them on one scale)."""
         return {}
+
+    def combine_parts(self, parts: torch.Tensor) -> torch.Tensor:
+        """Image scores (B,) from :meth:`score_parts`."""
+        return parts[:, 0]
+
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
+        """:meth:`calibrate_parts` on batches of prepared held-out normal images."""
+        if not self.calibrates:
+            return {}
+        parts = [self.score_parts(self.embed(batch)) for batch in batches]
+        if not parts:
+            raise RuntimeError(f"{self.name} needs held-out normal images to calibrate")
+        return self.calibrate_parts(torch.cat(parts))
 
     @property
     def map_sigma(self) -> float:
@@ -101,8 +158,14 @@ class PatchMeanMethod(AnomalyMethod):
             raise RuntimeError("call setup() with the normal images' sizes before prepare()")
         return gray.to_canvas(image, self.size)
 
-    def add_normal(self, batch: torch.Tensor) -> None:
-        self._accumulator.update(patchmean.patch_statistics(batch, self.patch_size))
+    def embed(self, batch: torch.Tensor) -> Embedding:
+        return [patchmean.patch_statistics(batch, self.patch_size)]
+
+    def add_embedded(self, embedding: Embedding) -> None:
+        self._accumulator.update(embedding[0])
+
+    def spawn(self) -> PatchMeanMethod:
+        return PatchMeanMethod(self.patch_size, self.resolution, self.size)
 
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         self.model = self._accumulator.finalize()
@@ -110,11 +173,10 @@ class PatchMeanMethod(AnomalyMethod):
         return {"grid": [int(grid_h), int(grid_w)], "statistics": int(n_stats),
                 "working_size": list(self.size or ())}
 
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_embedded(self, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model is None:
             raise RuntimeError("the method is not fitted")
-        zmap = patchmean.patchmean_zmap(patchmean.patch_statistics(batch, self.patch_size),
-                                        self.model)
+        zmap = patchmean.patchmean_zmap(embedding[0], self.model)
         return patchmean.image_scores(zmap), zmap
 
     @property
@@ -157,6 +219,9 @@ class _DeepMethod(AnomalyMethod):
     def features(self, batch: torch.Tensor) -> list[torch.Tensor]:
         return [m.cpu() for m in self.extractor(batch.to(self.device))]
 
+    def embed(self, batch: torch.Tensor) -> Embedding:
+        return self.features(batch)
+
 
 class PatchCoreMethod(_DeepMethod):
     """Nearest-neighbour distance to a coreset of normal patch features (Roth et al. 2022)."""
@@ -183,12 +248,22 @@ class PatchCoreMethod(_DeepMethod):
         self._patches: list[torch.Tensor] = []
         self._statistics: list[torch.Tensor] = []
 
-    def add_normal(self, batch: torch.Tensor) -> None:
-        maps = self.features(batch)
-        patches = patchcore.locally_aware_patches(maps)
+    def add_embedded(self, embedding: Embedding) -> None:
+        patches = patchcore.locally_aware_patches(embedding)
         self._patches.append(patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]))
         if self.global_stats:
-            self._statistics.append(global_stats.image_statistics(maps))
+            self._statistics.append(global_stats.image_statistics(embedding))
+
+    def spawn(self) -> PatchCoreMethod:
+        return PatchCoreMethod(self.extractor, self.preprocessing, self.device,
+                               coreset_ratio=self.coreset_ratio,
+                               projection_dim=self.projection_dim,
+                               num_neighbors=self.num_neighbors, seed=self.seed,
+                               global_stats=self.global_stats)
+
+    def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
+        patches = patchcore.locally_aware_patches(select_images(embedding, [0]))
+        return patches.numel() * patches.element_size() * n_images
 
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         features = torch.cat(self._patches)
@@ -214,47 +289,52 @@ class PatchCoreMethod(_DeepMethod):
     def calibrates(self) -> bool:
         return self.global_stats
 
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> dict[str, Any]:
-        if not self.global_stats:
-            return {}
-        local, overall = [], []
-        for batch in batches:
-            patch_part, _, global_part = self._parts(batch)
-            local.append(patch_part)
-            overall.append(global_part)
-        if not local:
-            raise RuntimeError("global statistics need held-out normal images to calibrate")
-        self.references = (global_stats.reference_level(torch.cat(local)),
-                           global_stats.reference_level(torch.cat(overall)))
-        return {"global_references": [round(v, 6) for v in self.references]}
-
-    def _parts(self, batch: torch.Tensor
+    def _parts(self, embedding: Embedding
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Patch image scores, patch maps and (with global statistics) global distances."""
         if self.bank is None:
             raise RuntimeError("the method is not fitted")
-        maps = self.features(batch)
-        result = patchcore.patchcore_scores(patchcore.locally_aware_patches(maps), self.bank,
-                                            self.num_neighbors)
+        result = patchcore.patchcore_scores(patchcore.locally_aware_patches(embedding),
+                                            self.bank, self.num_neighbors)
         overall = None
         if self.global_stats:
             if self.global_model is None:
                 raise RuntimeError("the global statistics are not fitted")
-            overall = global_stats.global_distances(global_stats.image_statistics(maps),
+            overall = global_stats.global_distances(global_stats.image_statistics(embedding),
                                                     self.global_model)
         return result.image_scores, result.patch_scores, overall
 
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch_part, patch_map, global_part = self._parts(batch)
-        if global_part is None:
-            return patch_part, patch_map
+    def score_parts(self, embedding: Embedding) -> torch.Tensor:
+        patch_part, _, global_part = self._parts(embedding)
+        return patch_part[:, None] if global_part is None else torch.stack(
+            [patch_part, global_part], dim=1)
+
+    def calibrate_parts(self, parts: torch.Tensor) -> dict[str, Any]:
+        if not self.global_stats:
+            return {}
+        if parts.shape[0] == 0:
+            raise RuntimeError("global statistics need normal images to calibrate")
+        self.references = (global_stats.reference_level(parts[:, 0]),
+                           global_stats.reference_level(parts[:, 1]))
+        return {"global_references": [round(v, 6) for v in self.references]}
+
+    def combine_parts(self, parts: torch.Tensor) -> torch.Tensor:
+        if not self.global_stats:
+            return parts[:, 0]
         if self.references is None:
             raise RuntimeError("call calibrate() with held-out normal images first")
         local_ref, global_ref = self.references
-        # Both parts in units of a typical normal image; the worse one decides. The map shows
-        # the patch part only (a global change has no place), in the same units.
-        scores = torch.maximum(patch_part / local_ref, global_part / global_ref)
-        return scores, patch_map / local_ref
+        # Both parts in units of a typical normal image; the worse one decides.
+        return torch.maximum(parts[:, 0] / local_ref, parts[:, 1] / global_ref)
+
+    def score_embedded(self, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+        patch_part, patch_map, global_part = self._parts(embedding)
+        if global_part is None:
+            return patch_part, patch_map
+        scores = self.combine_parts(torch.stack([patch_part, global_part], dim=1))
+        # The map shows the patch part only (a global change has no place), in the same units.
+        assert self.references is not None
+        return scores, patch_map / self.references[0]
 
     def options(self) -> dict[str, Any]:
         return {"coreset_ratio": self.coreset_ratio, "projection_dim": self.projection_dim,
@@ -295,12 +375,24 @@ class PadimMethod(_DeepMethod):
                                                        self.seed)
         return embedding[:, self.channel_index]
 
-    def add_normal(self, batch: torch.Tensor) -> None:
-        embedding = self._embed(batch)
+    def embed(self, batch: torch.Tensor) -> Embedding:
+        return [self._embed(batch)]
+
+    def spawn(self) -> PadimMethod:
+        return PadimMethod(self.extractor, self.preprocessing, self.device,
+                           channels=self.channels, seed=self.seed,
+                           channel_index=self.channel_index)
+
+    def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
+        _, channels, height, width = embedding[0].shape
+        return height * width * channels * channels * 8  # the float64 sums, whatever n
+
+    def add_embedded(self, embedding: Embedding) -> None:
+        (features,) = embedding
         if self._accumulator is None:
-            height, width = embedding.shape[-2:]
-            self._accumulator = padim.GaussianAccumulator(embedding.shape[1], height * width)
-        self._accumulator.update(embedding)
+            height, width = features.shape[-2:]
+            self._accumulator = padim.GaussianAccumulator(features.shape[1], height * width)
+        self._accumulator.update(features)
 
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         if self._accumulator is None:
@@ -311,10 +403,10 @@ class PadimMethod(_DeepMethod):
         return {"positions": int(positions), "channels": int(channels),
                 "grid": list(self.model.grid)}
 
-    def score(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_embedded(self, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
         if self.model is None:
             raise RuntimeError("the method is not fitted")
-        distances = padim.padim_distance_map(self._embed(batch), self.model)
+        distances = padim.padim_distance_map(embedding[0], self.model)
         # The papers' image score is the maximum of the smoothed full-size map: smoothing first
         # keeps one noisy position from deciding the image.
         smoothed = upsample_map(distances, tuple(self.preprocessing.input_size), self.map_sigma)

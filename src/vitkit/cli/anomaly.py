@@ -56,10 +56,16 @@ def anomaly_fit(
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
                                                    "(default: native, up to 1024)")] = None,
-    holdout: Annotated[float | None, typer.Option(help="Share of normal images held out to "
-                                                  "set the threshold. (default: 0.2)")] = None,
-    percentile: Annotated[float | None, typer.Option(help="Threshold percentile of held-out "
-                                                     "normal scores. (default: 99)")] = None,
+    folds: Annotated[int | None, typer.Option(
+        min=0, help="The threshold comes from out-of-fold scores: every normal image is "
+        "learned, and each of FOLDS parts is scored by a model fitted on the others. 0: hold "
+        "out --holdout of the images instead (never learned). (default: 5)")] = None,
+    holdout: Annotated[float | None, typer.Option(help="With --folds 0: share of normal images "
+                                                  "held out to set the threshold. "
+                                                  "(default: 0.2)")] = None,
+    percentile: Annotated[float | None, typer.Option(help="Threshold percentile of the "
+                                                     "out-of-fold (or held-out) normal scores. "
+                                                     "(default: 99)")] = None,
     out: Annotated[str | None, typer.Option(help="Bundle folder to write. "
                                             "(default: anomaly-model)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any fit option.")] = None,
@@ -71,8 +77,9 @@ def anomaly_fit(
 ) -> None:
     """Learn what normal looks like from good images and write an anomaly bundle.
 
-    A share of the images is held out and never memorised: the threshold is a high percentile
-    of their scores. Unreadable images are skipped and listed in BUNDLE/skipped.csv.
+    Every image is learned; the threshold is a high percentile of out-of-fold scores (each
+    image scored by a model fitted without it), so it still comes from images the scoring
+    model never saw. Unreadable images are skipped and listed in BUNDLE/skipped.csv.
     """
     from vitkit.anomaly.config import AnomalyFitConfig
     from vitkit.config import load_config
@@ -82,7 +89,7 @@ def anomaly_fit(
              "layers": int_list(layers, "--layers"), "image_size": image_size,
              "coreset_ratio": coreset_ratio, "global_stats": global_stats,
              "patch_size": patch_size, "resolution": resolution,
-             "holdout": holdout, "percentile": percentile, "out": out, "batch_size": batch_size,
+             "folds": folds, "holdout": holdout, "percentile": percentile, "out": out, "batch_size": batch_size,
              "seed": seed, "device": device}
     cfg = load_config(AnomalyFitConfig, config, given)
     result = run_fit(cfg, progress=not quiet)
@@ -92,10 +99,13 @@ def anomaly_fit(
     details = result.details
     bank = (f", memory bank {details['bank_before']} -> {details['bank_after']} patches"
             if "bank_after" in details else "")
+    folds = (details.get("out_of_fold") or {}).get("folds")
+    source = (f"out-of-fold scores ({folds} folds)" if folds
+              else f"{result.n_holdout} held-out images")
     stderr_console.print(
         f"[bold green]done[/]: {result.method} learned {result.n_fit} normal images in "
         f"{result.fit_seconds:.1f} s{bank}; threshold {result.threshold:.4g} from "
-        f"{result.n_holdout} held-out images ({result.n_skipped} skipped)\n"
+        f"{source} ({result.n_skipped} skipped)\n"
         f"  bundle: {result.bundle}"
     )
 

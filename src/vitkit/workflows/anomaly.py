@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitkit.anomaly.config import MIN_FIT_IMAGES, MIN_HOLDOUT_IMAGES, AnomalyFitConfig
+from vitkit.anomaly.config import (
+    MIN_FIT_IMAGES,
+    MIN_HOLDOUT_IMAGES,
+    MIN_OUT_OF_FOLD_IMAGES,
+    AnomalyFitConfig,
+)
 from vitkit.anomaly.detector import (
     AnomalyDetector,
     AnomalyScore,
@@ -22,6 +27,7 @@ from vitkit.anomaly.detector import (
     resolve_device,
 )
 from vitkit.anomaly.features import build_feature_backbone
+from vitkit.anomaly.folds import fit_out_of_fold, indexed
 from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchMeanMethod
 from vitkit.anomaly.metrics import evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
@@ -65,7 +71,11 @@ def normal_images(data: str) -> Path:
 
 
 def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
-    """Learns normal from ``config.data``, sets the threshold on held-out images, writes a bundle.
+    """Learns normal from ``config.data``, sets the threshold, writes a bundle.
+
+    The threshold comes from out-of-fold scores (``config.folds``; every image learned, each
+    scored by a twin that did not learn it, see :mod:`vitkit.anomaly.folds`), or with
+    ``folds=0`` from a held-out share of the images that the model never learns.
 
     Raises:
         DataError: Too few usable images, or none at all.
@@ -74,13 +84,78 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
     folder = normal_images(config.data)
     paths, _ = find_images([str(folder)])
     report = validate_samples([Sample(p, GOOD, None) for p in paths], progress=progress)
-    out = Path(config.out)
     usable = [s.path for s in report.usable]
-    fit_paths, holdout_paths = split_normals(usable, config.holdout, config.seed,
-                                             n_skipped=len(report.skipped), folder=folder)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     method, model, meta = _build_method(config, device)
+    fitted = None
+    if config.folds:
+        check_enough_normals(usable, MIN_OUT_OF_FOLD_IMAGES, len(report.skipped), folder)
+        method.setup([_image_size(p) for p in usable])
+        fitted = _fit_out_of_fold(method, usable, config, progress)
+    if fitted is None:  # hold-out split: asked for, or the twins do not fit in memory
+        fitted = _fit_holdout(method, usable, config, len(report.skipped), folder, progress)
+    details, scores, n_fit, n_holdout, source = fitted
+    threshold = percentile_threshold(scores, config.percentile)
+    scale = ScoreScale.from_normal_scores(scores, threshold)
+    fit_seconds = time.perf_counter() - started
+    record = {
+        "layers": getattr(model, "layers", None),
+        "data": str(folder),
+        "seed": config.seed,
+        "threshold_source": f"percentile {config.percentile:g} of {source}",
+        "fit": {"n_fit": n_fit, "n_holdout": n_holdout,
+                "n_skipped": len(report.skipped), "seconds": round(fit_seconds, 3),
+                "threshold_scores": [round(float(s), 6) for s in scores], **details},
+        "config": config.model_dump(mode="json"),
+    }
+    detector = AnomalyDetector(method, threshold, scale, record)
+    out = Path(config.out)
+    detector.save(out, meta, model)
+    if report.skipped:
+        write_skipped_csv(report.skipped, out / "skipped.csv")
+    return FitResult(str(out), method.name, None if method.name == "patchmean" else config.model,
+                     n_fit, n_holdout, len(report.skipped), threshold,
+                     round(fit_seconds, 3), details)
+
+
+FitOutcome = tuple[dict[str, Any], np.ndarray, int, int, str]
+"""(fit details, the normal scores that set the threshold, images learned, images held out,
+where the scores came from)."""
+
+
+def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
+                     progress: bool) -> FitOutcome | None:
+    def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
+        return indexed(torch.stack([method.prepare(image) for image in batch])
+                       for batch in _batches(usable, config.batch_size))
+
+    with make_progress(progress) as bar:
+        learn = bar.add_task("Learning normal", total=len(usable), stats="") if bar else None
+        finish = bar.add_task(_finish_message(method.name), total=None, stats="") if bar \
+            else None
+        score = bar.add_task("Scoring each fold with a model that did not learn it",
+                             total=len(usable), stats="") if bar else None
+        finish_started = time.perf_counter()
+        details, out_of_fold = fit_out_of_fold(
+            method, passes, len(usable), config.folds, config.seed,
+            on_batch=None if bar is None else lambda n: bar.advance(learn, n),
+            finish_progress=None if bar is None else lambda done, total: bar.update(
+                finish, completed=done, total=total),
+            on_score=None if bar is None else lambda n: bar.advance(score, n))
+        details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
+    if out_of_fold is None:
+        return None
+    details["out_of_fold"] = {"folds": out_of_fold.folds, **out_of_fold.details}
+    source = (f"the out-of-fold scores of all {len(usable)} normal images ({out_of_fold.folds} "
+              "folds, each scored by a model fitted on the others)")
+    return details, out_of_fold.scores.numpy(), len(usable), 0, source
+
+
+def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
+                 n_skipped: int, folder: Path, progress: bool) -> FitOutcome:
+    fit_paths, holdout_paths = split_normals(usable, config.holdout, config.seed,
+                                             n_skipped=n_skipped, folder=folder)
     method.setup([_image_size(p) for p in fit_paths])
     with make_progress(progress) as bar:
         task = bar.add_task("Learning normal", total=len(fit_paths), stats="") if bar else None
@@ -105,28 +180,25 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
                        bar, task)
             for batch in _batches(holdout_paths, config.batch_size)))
     provisional = AnomalyDetector(method, threshold=0.5, scale=ScoreScale(0.0, 0.5, 1.0))
-    holdout_scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
-    threshold = percentile_threshold(holdout_scores, config.percentile)
-    scale = ScoreScale.from_normal_scores(holdout_scores, threshold)
-    fit_seconds = time.perf_counter() - started
-    record = {
-        "layers": getattr(model, "layers", None),
-        "data": str(folder),
-        "seed": config.seed,
-        "threshold_source": f"percentile {config.percentile:g} of {len(holdout_paths)} "
-                            "held-out normal images",
-        "fit": {"n_fit": len(fit_paths), "n_holdout": len(holdout_paths),
-                "n_skipped": len(report.skipped), "seconds": round(fit_seconds, 3),
-                "holdout_scores": [round(float(s), 6) for s in holdout_scores], **details},
-        "config": config.model_dump(mode="json"),
-    }
-    detector = AnomalyDetector(method, threshold, scale, record)
-    detector.save(out, meta, model)
-    if report.skipped:
-        write_skipped_csv(report.skipped, out / "skipped.csv")
-    return FitResult(str(out), method.name, None if method.name == "patchmean" else config.model,
-                     len(fit_paths), len(holdout_paths), len(report.skipped), threshold,
-                     round(fit_seconds, 3), details)
+    scores = _raw_scores(provisional, holdout_paths, config.batch_size, progress)
+    if config.folds:
+        details["out_of_fold"] = {"folds": 0, "why_not": "the fold models would not fit in "
+                                  "memory; held images out instead"}
+    return (details, scores, len(fit_paths), len(holdout_paths),
+            f"{len(holdout_paths)} held-out normal images")
+
+
+def check_enough_normals(paths: Sequence[Path], needed: int, n_skipped: int = 0,
+                         folder: Path | None = None) -> None:
+    """A clear error when fewer than ``needed`` usable normal images were found."""
+    if len(paths) >= needed:
+        return
+    skipped = f" ({n_skipped} more were skipped as unreadable)" if n_skipped else ""
+    where = f" in {folder}" if folder else ""
+    raise DataError(
+        f"anomaly fit needs at least {needed} usable normal images; found "
+        f"{len(paths)}{where}{skipped}. Add more images of good parts — a few dozen give "
+        "a much more reliable threshold.")
 
 
 def split_normals(paths: Sequence[Path], holdout: float, seed: int, n_skipped: int = 0,

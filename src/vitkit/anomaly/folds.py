@@ -1,0 +1,130 @@
+"""Out-of-fold scores: every normal image is learned, and every one is also scored by a model
+that never saw it.
+
+The method is fitted on all normal images. Beside it, ``k`` unfitted twins (``spawn``) each
+learn all images but one fold; each fold is then scored by the twin that left it out. Those
+out-of-fold scores set the threshold, so the threshold still comes from images the scoring
+model never saw, while no image is kept out of the final model (a held-out 20% used to be
+missing from the memory bank and the Gaussians).
+
+Cost: one extra pass of feature extraction (the twins share the features of the first pass)
+and ``k`` more fits (coresets, covariance inversions). Memory: the twins' fit state together;
+``k`` is lowered to what fits in :data:`FOLD_MEMORY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vitkit.anomaly.methods import AnomalyMethod, Embedding, Progress, select_images
+
+FOLD_MEMORY_BYTES = 4 * 1024**3
+"""The most memory the twins' fit state may take together (features or Gaussian sums)."""
+MIN_FOLDS = 2
+
+Batches = Callable[[], Iterable[tuple[torch.Tensor, list[int]]]]
+"""A fresh pass over the normal images: (prepared batch, the images' indices in 0..n-1)."""
+
+
+@dataclass
+class OutOfFold:
+    """The out-of-fold scores of the normal images and how they were made."""
+
+    scores: torch.Tensor  # (n,), image i scored by the twin that did not learn it
+    folds: int
+    fold_of: list[int]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def assign_folds(n_images: int, folds: int, seed: int) -> list[int]:
+    """Seeded fold of each image, sizes as equal as possible."""
+    order = list(range(n_images))
+    random.Random(seed).shuffle(order)
+    fold_of = [0] * n_images
+    for position, image in enumerate(order):
+        fold_of[image] = position % folds
+    return fold_of
+
+
+def affordable_folds(requested: int, n_images: int, twin_bytes: int,
+                     budget: int = FOLD_MEMORY_BYTES) -> int:
+    """``requested`` folds, at most one per image, lowered until the twins fit in ``budget``;
+    0 when not even :data:`MIN_FOLDS` fit (or there are fewer than 2 images)."""
+    folds = min(requested, n_images)
+    while folds >= MIN_FOLDS and folds * twin_bytes > budget:
+        folds -= 1
+    return folds if folds >= MIN_FOLDS else 0
+
+
+def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, folds: int,
+                    seed: int, on_batch: Callable[[int], None] | None = None,
+                    finish_progress: Progress | None = None,
+                    on_score: Callable[[int], None] | None = None
+                    ) -> tuple[dict[str, Any], OutOfFold | None]:
+    """Fits ``method`` on every image and scores each fold with a twin that left it out.
+
+    Returns the method's fit details and the out-of-fold scores, or None when not even two
+    twins fit in memory (the caller then holds images out instead). ``on_batch(n)`` and
+    ``on_score(n)`` hear about images embedded in the first and second pass;
+    ``finish_progress`` about the method's own final step.
+    """
+    twins: list[AnomalyMethod] = []
+    fold_of: list[int] = []
+    for batch, index in batches():
+        embedding = method.embed(batch)
+        if not twins:
+            k = affordable_folds(folds, n_images,
+                                 method.fit_state_bytes(embedding, n_images))
+            if k == 0:
+                return {}, None
+            fold_of = assign_folds(n_images, k, seed)
+            twins = [method.spawn() for _ in range(k)]
+        method.add_embedded(embedding)
+        for fold, twin in enumerate(twins):
+            learned = [i for i, image in enumerate(index) if fold_of[image] != fold]
+            if learned:
+                twin.add_embedded(select_images(embedding, learned))
+        if on_batch is not None:
+            on_batch(len(index))
+    details = method.finish_fit(finish_progress)
+    for twin in twins:
+        twin.finish_fit(None)
+    parts = _out_of_fold_parts(method, twins, batches(), fold_of, on_score)
+    details.update(method.calibrate_parts(parts))
+    scores = method.combine_parts(parts)
+    return details, OutOfFold(scores, len(twins), fold_of,
+                              {"fold_sizes": [fold_of.count(f) for f in range(len(twins))]})
+
+
+def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],
+                       passes: Iterable[tuple[torch.Tensor, list[int]]], fold_of: list[int],
+                       on_score: Callable[[int], None] | None) -> torch.Tensor:
+    rows: dict[int, torch.Tensor] = {}
+    for batch, index in passes:
+        embedding = method.embed(batch)
+        for fold, twin in enumerate(twins):
+            members = [i for i, image in enumerate(index) if fold_of[image] == fold]
+            if members:
+                for i, row in zip(members, twin.score_parts(select_images(embedding, members)),
+                                  strict=True):
+                    rows[index[i]] = row
+        if on_score is not None:
+            on_score(len(index))
+    return torch.stack([rows[i] for i in sorted(rows)])
+
+
+def indexed(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Numbers the images of consecutive batches 0, 1, 2, …"""
+    start = 0
+    for batch in batches:
+        yield batch, list(range(start, start + batch.shape[0]))
+        start += batch.shape[0]
+
+
+__all__ = ["Embedding", "OutOfFold", "affordable_folds", "assign_folds", "fit_out_of_fold",
+           "indexed"]
