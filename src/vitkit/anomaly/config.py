@@ -42,8 +42,9 @@ class AnomalyFitConfig(BaseModel):
         folds: The threshold comes from out-of-fold scores: the method is fitted on every
             normal image, and each of ``folds`` parts is scored by a twin fitted on the
             others (at most one fold per image). 0: hold out ``holdout`` instead.
-        holdout: With ``folds=0``, the share of normal images held out (never learned) to
-            set the threshold.
+        holdout: The share of normal images held out (never learned) to set the threshold
+            instead of out-of-fold scores; giving it alone means ``folds=0``. Default 0.2
+            when ``folds=0``.
         percentile: Threshold = this percentile of the out-of-fold (or held-out) normal
             scores.
         batch_size: Images per forward pass.
@@ -68,7 +69,7 @@ class AnomalyFitConfig(BaseModel):
     patch_size: int | None = Field(default=None, ge=2, le=256)
     resolution: int | None = Field(default=None, ge=16, le=8192)
     folds: int = Field(default=5, ge=0, le=50)
-    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+    holdout: float | None = Field(default=None, gt=0.0, lt=1.0)
     percentile: float = Field(default=99.0, gt=0.0, le=100.0)
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
@@ -82,6 +83,11 @@ class AnomalyFitConfig(BaseModel):
                              f"{self.method} uses image_size and layers")
         if self.folds == 1:
             raise ValueError("folds must be 0 (hold images out instead) or at least 2")
+        if self.holdout is not None and self.folds:
+            if "folds" in self.model_fields_set:
+                raise ValueError("give folds (out-of-fold threshold) or holdout (a held-out "
+                                 "share), not both; folds: 0 with holdout holds images out")
+            self.folds = 0  # a held-out share asked for: the former way
         if self.global_stats and self.method != "patchcore":
             raise ValueError("global_stats is a patchcore option")
         return self

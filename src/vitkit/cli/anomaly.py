@@ -60,9 +60,10 @@ def anomaly_fit(
         min=0, help="The threshold comes from out-of-fold scores: every normal image is "
         "learned, and each of FOLDS parts is scored by a model fitted on the others. 0: hold "
         "out --holdout of the images instead (never learned). (default: 5)")] = None,
-    holdout: Annotated[float | None, typer.Option(help="With --folds 0: share of normal images "
-                                                  "held out to set the threshold. "
-                                                  "(default: 0.2)")] = None,
+    holdout: Annotated[float | None, typer.Option(
+        help="Hold out this share of the normal images (never learned) to set the threshold, "
+             "instead of out-of-fold scores; implies --folds 0. (default with --folds 0: "
+             "0.2)")] = None,
     percentile: Annotated[float | None, typer.Option(help="Threshold percentile of the "
                                                      "out-of-fold (or held-out) normal scores. "
                                                      "(default: 99)")] = None,

@@ -39,6 +39,7 @@ from vitkit.data.files import find_images, require_images, why_unmatched
 from vitkit.errors import DataError
 
 GOOD = "good"
+DEFAULT_HOLDOUT = 0.2  # share of the normal images held out when folds=0 and none is given
 MASK_SUFFIX = "_mask"
 
 
@@ -154,7 +155,8 @@ def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyF
 
 def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
                  n_skipped: int, folder: Path, progress: bool) -> FitOutcome:
-    fit_paths, holdout_paths = split_normals(usable, config.holdout, config.seed,
+    share = config.holdout if config.holdout is not None else DEFAULT_HOLDOUT
+    fit_paths, holdout_paths = split_normals(usable, share, config.seed,
                                              n_skipped=n_skipped, folder=folder)
     method.setup([_image_size(p) for p in fit_paths])
     with make_progress(progress) as bar:

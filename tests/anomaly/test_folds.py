@@ -1,0 +1,93 @@
+"""Out-of-fold thresholds: every normal image is learned, each is scored by a twin that did not
+learn it, and the false-alarm rate on new normal images matches the nominal percentile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.anomaly.test_detector import to_image, woven_texture
+from vitkit.anomaly.config import AnomalyFitConfig
+from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed
+from vitkit.anomaly.methods import PatchMeanMethod
+from vitkit.anomaly.threshold import percentile_threshold
+from vitkit.workflows.anomaly import run_fit
+
+
+def test_folds_are_seeded_and_as_equal_as_possible() -> None:
+    fold_of = assign_folds(11, 3, seed=4)
+    assert sorted(fold_of.count(f) for f in range(3)) == [3, 4, 4]
+    assert fold_of == assign_folds(11, 3, seed=4) != assign_folds(11, 3, seed=5)
+
+
+def test_folds_are_lowered_to_what_fits_in_memory() -> None:
+    assert affordable_folds(5, 100, twin_bytes=10, budget=100) == 5
+    assert affordable_folds(5, 100, twin_bytes=30, budget=100) == 3
+    assert affordable_folds(5, 3, twin_bytes=1, budget=100) == 3  # one image per fold at most
+    assert affordable_folds(5, 100, twin_bytes=60, budget=100) == 0  # not even two fit
+    assert affordable_folds(5, 1, twin_bytes=1, budget=100) == 0
+
+
+def _canvases(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.05 * torch.rand(n, 1, 24, 24, generator=generator)
+
+
+def test_each_image_is_scored_by_a_model_fitted_on_the_other_folds_only() -> None:
+    images = _canvases(9)
+    images[4] += 0.3  # an odd one among the normals: only a model that learned it forgives it
+    method = PatchMeanMethod(patch_size=8, size=(24, 24))
+
+    def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
+        return indexed(iter(images.split(4)))
+
+    details, out_of_fold = fit_out_of_fold(method, passes, 9, folds=3, seed=1)
+    assert out_of_fold is not None and out_of_fold.folds == 3
+    assert details["grid"] == [3, 3]
+    for fold in range(3):  # by hand: fit on the other folds, score this one
+        twin = PatchMeanMethod(patch_size=8, size=(24, 24))
+        members = [i for i in range(9) if out_of_fold.fold_of[i] == fold]
+        twin.add_normal(images[[i for i in range(9) if i not in members]])
+        twin.finish_fit()
+        expected, _ = twin.score(images[members])
+        assert torch.allclose(out_of_fold.scores[members], expected)
+    alone = PatchMeanMethod(patch_size=8, size=(24, 24))  # the kept model learned all nine
+    alone.add_normal(images)
+    alone.finish_fit()
+    assert torch.equal(method.tensors()["mean"], alone.tensors()["mean"])
+    in_sample, _ = method.score(images)
+    assert out_of_fold.scores[4] > in_sample[4]
+
+
+@pytest.mark.slow
+def test_false_alarms_on_new_normal_images_match_the_nominal_rate(tmp_path: Path) -> None:
+    """PatchCore memorises what it learns: scored by the model that learned them, normal
+    images look far more normal than new ones, and a threshold set on them flags most new
+    normal images. Out-of-fold scores keep the observed rate near the nominal 10%."""
+    normal = tmp_path / "good"
+    normal.mkdir()
+    for seed in range(30):
+        to_image(woven_texture(seed)).save(normal / f"{seed:02d}.png")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for seed in range(100, 160):
+        to_image(woven_texture(seed)).save(fresh / f"{seed}.png")
+    config = AnomalyFitConfig(data=str(normal), out=str(tmp_path / "bundle"), percentile=90.0,
+                              batch_size=16)
+    result = run_fit(config, progress=False)
+    assert result.n_fit == 30 and result.n_holdout == 0
+    assert result.details["out_of_fold"]["folds"] == 5
+    detector = load_detector(tmp_path / "bundle", "cpu")
+    fresh_scores = np.array([r.raw_score for r, _ in
+                             detector.score_paths(sorted(fresh.iterdir()))])
+    observed = float((fresh_scores > detector.threshold).mean())
+    assert 0.0 < observed <= 0.25, observed  # nominal 0.10; 60 images: 0.25 is > 3 s.e. away
+    learned_scores = np.array([r.raw_score for r, _ in
+                               detector.score_paths(sorted(normal.iterdir()))])
+    in_sample = percentile_threshold(learned_scores, 90.0)
+    assert float((fresh_scores > in_sample).mean()) >= 0.5  # the threshold OOF avoids
