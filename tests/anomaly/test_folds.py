@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tests.anomaly.test_detector import to_image, woven_texture
+
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
 from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed

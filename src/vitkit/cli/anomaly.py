@@ -90,8 +90,8 @@ def anomaly_fit(
              "layers": int_list(layers, "--layers"), "image_size": image_size,
              "coreset_ratio": coreset_ratio, "global_stats": global_stats,
              "patch_size": patch_size, "resolution": resolution,
-             "folds": folds, "holdout": holdout, "percentile": percentile, "out": out, "batch_size": batch_size,
-             "seed": seed, "device": device}
+             "folds": folds, "holdout": holdout, "percentile": percentile, "out": out,
+             "batch_size": batch_size, "seed": seed, "device": device}
     cfg = load_config(AnomalyFitConfig, config, given)
     result = run_fit(cfg, progress=not quiet)
     if json_out:
