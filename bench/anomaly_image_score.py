@@ -44,7 +44,7 @@ def main() -> None:
     try:
         for name in args.sets.split(","):
             data = textile_as_mvtec(work / "textile", 200) if name == "textile" else SETS[name]
-            bundle = work / name
+            bundle = work / f"{name}-bundle"
             run_fit(AnomalyFitConfig(data=str(data), out=str(bundle), model=args.model),
                     progress=False)
             detector = load_detector(bundle, "cpu")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vitkit.anomaly.config import AnomalyFitConfig
@@ -192,3 +193,18 @@ def test_eval_pixel_metrics_use_unclipped_maps(normal_dir: Path, tmp_path: Path)
     # Strong stains saturate the normalised maps at 1; on those, the AUROC would be lower.
     assert result["pixel_auroc"] == pytest.approx(expected, abs=0.01)
     assert result["image_auroc"] == 1.0
+
+
+def test_a_chosen_image_score_rule_is_stored_and_used_after_reloading(
+        normal_dir: Path, tmp_path: Path) -> None:
+    from vitkit.anomaly.patchcore import image_scores_from_patches
+
+    config = AnomalyFitConfig(data=str(normal_dir), out=str(tmp_path / "b"), image_score="top3",
+                              batch_size=8)
+    run_fit(config, progress=False)
+    detector = load_detector(tmp_path / "b", "cpu")
+    assert detector.method.image_score == "top3"  # type: ignore[attr-defined]
+    raw, maps = detector.raw_scores([with_stain(woven_texture(301), BOXES[0])])
+    assert torch.allclose(raw, image_scores_from_patches(maps, "top3"))
+    with pytest.raises(ValueError, match="image_score is a patchcore option"):
+        AnomalyFitConfig(data=".", method="padim", image_score="max")

@@ -212,3 +212,13 @@ def test_greedy_coreset_reports_progress_to_the_last_point() -> None:
     index = patchcore.greedy_coreset(features, 60, projection_dim=None, on_progress=seen.append)
     assert seen == sorted(seen) and seen[-1] == 60
     assert torch.equal(index, patchcore.greedy_coreset(features, 60, projection_dim=None))
+
+
+def test_image_score_rules_from_patch_scores() -> None:
+    patch_scores = torch.arange(100.0).reshape(1, 10, 10)  # 0 … 99
+    assert patchcore.image_scores_from_patches(patch_scores, "max").item() == 99.0
+    assert patchcore.image_scores_from_patches(patch_scores, "top1").item() == 99.0  # 1 patch
+    assert patchcore.image_scores_from_patches(patch_scores, "top3").item() == 98.0
+    assert patchcore.image_scores_from_patches(patch_scores, "top10").item() == 94.5
+    with pytest.raises(ValueError, match="top1, top3"):
+        patchcore.image_scores_from_patches(patch_scores, "median")

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["patchcore", "padim", "patchmean"]
 METHODS: tuple[str, ...] = ("patchcore", "padim", "patchmean")
+ImageScore = Literal["reweighted", "max", "top1", "top3", "top10"]
 
 MIN_FIT_IMAGES = 5
 """Normal images a method learns from, at the least."""
@@ -34,6 +35,9 @@ class AnomalyFitConfig(BaseModel):
         coreset_ratio: Share of the patch features PatchCore keeps in its memory bank.
         projection_dim: Random projection used only to pick the coreset (None: no projection).
         num_neighbors: PatchCore's image-score re-weighting neighbourhood (1: plain max).
+        image_score: PatchCore's image score from its patch scores: ``reweighted`` (the
+            paper's re-weighted maximum, with ``num_neighbors``), ``max``, or ``top1`` /
+            ``top3`` / ``top10`` (the mean of the top 1 / 3 / 10% of patch scores).
         padim_channels: Random channel subset PaDiM keeps.
         global_stats: PatchCore also scores each image's feature statistics as a whole (see
             :mod:`vitkit.anomaly.global_stats`).
@@ -64,6 +68,7 @@ class AnomalyFitConfig(BaseModel):
     coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
     projection_dim: int | None = Field(default=128, ge=1)
     num_neighbors: int = Field(default=9, ge=1)
+    image_score: ImageScore = "reweighted"
     global_stats: bool = False
     padim_channels: int = Field(default=100, ge=1)
     patch_size: int | None = Field(default=None, ge=2, le=256)
@@ -88,6 +93,8 @@ class AnomalyFitConfig(BaseModel):
                 raise ValueError("give folds (out-of-fold threshold) or holdout (a held-out "
                                  "share), not both; folds: 0 with holdout holds images out")
             self.folds = 0  # a held-out share asked for: the former way
+        if self.image_score != "reweighted" and self.method != "patchcore":
+            raise ValueError("image_score is a patchcore option")
         if self.global_stats and self.method != "patchcore":
             raise ValueError("global_stats is a patchcore option")
         return self

@@ -15,6 +15,7 @@ and ``k`` more fits (coresets, covariance inversions). Memory: the twins' fit st
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,14 +92,19 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
                 twin.add_embedded(select_images(embedding, learned))
         if on_batch is not None:
             on_batch(len(index))
+    started = time.perf_counter()
     details = method.finish_fit(finish_progress)
+    details["finish_seconds"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     for twin in twins:
         twin.finish_fit(None)
+    twins_seconds = round(time.perf_counter() - started, 3)
     parts = _out_of_fold_parts(method, twins, batches(), fold_of, on_score)
     details.update(method.calibrate_parts(parts))
     scores = method.combine_parts(parts)
-    return details, OutOfFold(scores, len(twins), fold_of,
-                              {"fold_sizes": [fold_of.count(f) for f in range(len(twins))]})
+    return details, OutOfFold(scores, len(twins), fold_of, {
+        "fold_sizes": [fold_of.count(f) for f in range(len(twins))],
+        "twins_finish_seconds": twins_seconds})
 
 
 def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],

@@ -233,8 +233,13 @@ class PatchCoreMethod(_DeepMethod):
                  projection_dim: int | None = 128, num_neighbors: int = 9, seed: int = 0,
                  bank: torch.Tensor | None = None, global_stats: bool = False,
                  global_model: global_stats.GlobalGaussian | None = None,
-                 references: tuple[float, float] | None = None) -> None:
+                 references: tuple[float, float] | None = None,
+                 image_score: str = "reweighted") -> None:
         super().__init__(extractor, preprocessing, device)
+        if image_score not in patchcore.IMAGE_SCORES:
+            raise ConfigError(f"image_score must be one of {', '.join(patchcore.IMAGE_SCORES)},"
+                              f" not {image_score!r}")
+        self.image_score = image_score
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
@@ -259,7 +264,7 @@ class PatchCoreMethod(_DeepMethod):
                                coreset_ratio=self.coreset_ratio,
                                projection_dim=self.projection_dim,
                                num_neighbors=self.num_neighbors, seed=self.seed,
-                               global_stats=self.global_stats)
+                               global_stats=self.global_stats, image_score=self.image_score)
 
     def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
         patches = patchcore.locally_aware_patches(select_images(embedding, [0]))
@@ -294,15 +299,18 @@ class PatchCoreMethod(_DeepMethod):
         """Patch image scores, patch maps and (with global statistics) global distances."""
         if self.bank is None:
             raise RuntimeError("the method is not fitted")
+        reweighted = self.image_score == "reweighted"
         result = patchcore.patchcore_scores(patchcore.locally_aware_patches(embedding),
-                                            self.bank, self.num_neighbors)
+                                            self.bank, self.num_neighbors if reweighted else 1)
+        image_scores = result.image_scores if reweighted else \
+            patchcore.image_scores_from_patches(result.patch_scores, self.image_score)
         overall = None
         if self.global_stats:
             if self.global_model is None:
                 raise RuntimeError("the global statistics are not fitted")
             overall = global_stats.global_distances(global_stats.image_statistics(embedding),
                                                     self.global_model)
-        return result.image_scores, result.patch_scores, overall
+        return image_scores, result.patch_scores, overall
 
     def score_parts(self, embedding: Embedding) -> torch.Tensor:
         patch_part, _, global_part = self._parts(embedding)
@@ -339,6 +347,7 @@ class PatchCoreMethod(_DeepMethod):
     def options(self) -> dict[str, Any]:
         return {"coreset_ratio": self.coreset_ratio, "projection_dim": self.projection_dim,
                 "num_neighbors": self.num_neighbors, "seed": self.seed,
+                "image_score": self.image_score,
                 "global_stats": self.global_stats,
                 "references": list(self.references) if self.references else None}
 
@@ -446,7 +455,8 @@ def restore_deep(name: str, options: dict[str, Any], tensors: dict[str, torch.Te
                                seed=int(options.get("seed", 0)), bank=tensors["memory_bank"],
                                global_stats=bool(options.get("global_stats", False)),
                                global_model=global_model,
-                               references=tuple(references) if references else None)  # type: ignore[arg-type]
+                               references=tuple(references) if references else None,  # type: ignore[arg-type]
+                               image_score=str(options.get("image_score", "reweighted")))
     if name == PadimMethod.name:
         model = padim.PadimModel(tensors["mean"], tensors["inv_cov"],
                                  tuple(int(v) for v in tensors["grid"].tolist()))  # type: ignore[arg-type]

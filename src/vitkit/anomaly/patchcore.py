@@ -231,6 +231,23 @@ def patchcore_scores(patches: torch.Tensor, bank: torch.Tensor, num_neighbors: i
     return PatchCoreScores(image_scores, patch_scores.reshape(batch, height, width))
 
 
+IMAGE_SCORES: tuple[str, ...] = ("reweighted", "max", "top1", "top3", "top10")
+"""PatchCore's image-score rules: the paper's re-weighted maximum (:func:`patchcore_scores`),
+the plain maximum, and the mean of the top 1 / 3 / 10% of an image's patch scores."""
+
+
+def image_scores_from_patches(patch_scores: torch.Tensor, rule: str) -> torch.Tensor:
+    """Image scores (B,) from patch scores (B, h, w) by ``rule`` (``max`` or ``topN``: the mean
+    of the top N% of patch scores, at least one patch)."""
+    flat = patch_scores.flatten(1)
+    if rule == "max":
+        return flat.amax(dim=1)
+    if rule.startswith("top") and rule[3:].isdigit():
+        k = max(1, round(int(rule[3:]) / 100 * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"unknown image-score rule {rule!r}; choose from {', '.join(IMAGE_SCORES)}")
+
+
 def _density_weight(worst_patch: torch.Tensor, worst_score: torch.Tensor, bank: torch.Tensor,
                     ranker: _BankRanker, matched: torch.Tensor,
                     num_neighbors: int) -> torch.Tensor:

@@ -53,6 +53,10 @@ def anomaly_fit(
         help="PatchCore: also score each image's feature statistics as a whole, to catch "
              "defects that change the whole image a little (finer weave, lower contrast, a "
              "colour cast) and that no single patch shows. (default: off)")] = None,
+    image_score: Annotated[str | None, typer.Option(
+        help="PatchCore's image score from its patch scores: reweighted (the paper's), max, or "
+             "top1 / top3 / top10 (mean of the top 1/3/10% of patches). (default: reweighted)"
+    )] = None,
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
                                                    "(default: native, up to 1024)")] = None,
@@ -89,6 +93,7 @@ def anomaly_fit(
     given = {"data": normal_dir, "method": method, "model": model, "weights": weights,
              "layers": int_list(layers, "--layers"), "image_size": image_size,
              "coreset_ratio": coreset_ratio, "global_stats": global_stats,
+             "image_score": image_score,
              "patch_size": patch_size, "resolution": resolution,
              "folds": folds, "holdout": holdout, "percentile": percentile, "out": out,
              "batch_size": batch_size, "seed": seed, "device": device}

@@ -131,20 +131,19 @@ def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyF
         return indexed(torch.stack([method.prepare(image) for image in batch])
                        for batch in _batches(usable, config.batch_size))
 
+    hooks: dict[str, Any] = {}
     with make_progress(progress) as bar:
-        learn = bar.add_task("Learning normal", total=len(usable), stats="") if bar else None
-        finish = bar.add_task(_finish_message(method.name), total=None, stats="") if bar \
-            else None
-        score = bar.add_task("Scoring each fold with a model that did not learn it",
-                             total=len(usable), stats="") if bar else None
-        finish_started = time.perf_counter()
-        details, out_of_fold = fit_out_of_fold(
-            method, passes, len(usable), config.folds, config.seed,
-            on_batch=None if bar is None else lambda n: bar.advance(learn, n),
-            finish_progress=None if bar is None else lambda done, total: bar.update(
-                finish, completed=done, total=total),
-            on_score=None if bar is None else lambda n: bar.advance(score, n))
-        details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
+        if bar is not None:
+            learn = bar.add_task("Learning normal", total=len(usable), stats="")
+            finish = bar.add_task(_finish_message(method.name), total=None, stats="")
+            score = bar.add_task("Scoring each fold with a model that did not learn it",
+                                 total=len(usable), stats="")
+            hooks = {"on_batch": lambda n: bar.advance(learn, n),
+                     "finish_progress": lambda done, total: bar.update(
+                         finish, completed=done, total=total),
+                     "on_score": lambda n: bar.advance(score, n)}
+        details, out_of_fold = fit_out_of_fold(method, passes, len(usable), config.folds,
+                                               config.seed, **hooks)
     if out_of_fold is None:
         return None
     details["out_of_fold"] = {"folds": out_of_fold.folds, **out_of_fold.details}
@@ -241,7 +240,8 @@ def _build_method(config: AnomalyFitConfig, device: torch.device
         deep = DEEP_METHODS["patchcore"](
             extractor, backbone.preprocessing, device, coreset_ratio=config.coreset_ratio,
             projection_dim=config.projection_dim, num_neighbors=config.num_neighbors,
-            seed=config.seed, global_stats=config.global_stats)  # type: ignore[call-arg]
+            seed=config.seed, global_stats=config.global_stats,  # type: ignore[call-arg]
+            image_score=config.image_score)
     else:
         deep = DEEP_METHODS["padim"](extractor, backbone.preprocessing, device,
                                      channels=config.padim_channels, seed=config.seed)  # type: ignore[call-arg]
