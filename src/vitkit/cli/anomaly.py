@@ -54,9 +54,9 @@ def anomaly_fit(
              "defects that change the whole image a little (finer weave, lower contrast, a "
              "colour cast) and that no single patch shows. (default: off)")] = None,
     image_score: Annotated[str | None, typer.Option(
-        help="PatchCore's image score from its patch scores: reweighted (the paper's), max, or "
-             "top1 / top3 / top10 (mean of the top 1/3/10% of patches). (default: reweighted)"
-    )] = None,
+        help="PatchCore's image score from its patch scores: reweighted (the paper's), max, "
+             "or top1 / top3 / top10 (mean of the top 1/3/10% of patches). (default: top3, "
+             "chosen by measurement, see the README)")] = None,
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
                                                    "(default: native, up to 1024)")] = None,
