@@ -78,13 +78,21 @@ class CreatedModel:
                 param.zero_()
 
 
-def create(name: str, num_classes: int, weights: str = "auto") -> CreatedModel:
-    """Creates a classifier with a fresh ``num_classes`` head on a (pre)trained body."""
+def create(name: str, num_classes: int, weights: str = "auto",
+           timm_kwargs: dict[str, Any] | None = None) -> CreatedModel:
+    """Creates a classifier with a fresh ``num_classes`` head on a (pre)trained body.
+
+    ``timm_kwargs`` go to ``timm.create_model`` on top of the offline registry's own (e.g.
+    ``mlp_ratio`` of a pruned ViT) and are recorded in the spec, so ``rebuild`` makes the same
+    architecture.
+    """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if name.startswith(_HF_PREFIX) or _is_hf_folder(name):
+        if timm_kwargs:
+            raise WeightsError("timm_kwargs apply to timm models, not Hugging Face ones.")
         return _create_hf(name, num_classes, weights)
-    return _create_timm(name, num_classes, weights)
+    return _create_timm(name, num_classes, weights, dict(timm_kwargs or {}))
 
 
 def check_model_name(name: str) -> None:
@@ -143,14 +151,15 @@ def _is_hf_folder(name: str) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
+def _create_timm(name: str, num_classes: int, weights: str, extra_kwargs: dict[str, Any]
+                 ) -> CreatedModel:
     check_model_name(name)
     source_note = weights
     new_head = True
-    timm_kwargs: dict[str, Any] = {}
+    timm_kwargs: dict[str, Any] = dict(extra_kwargs)
     if weights == "auto" and (found := offline_weights(name)) is not None:
         path, entry = found
-        timm_kwargs = dict(entry.timm_kwargs)
+        timm_kwargs = {**entry.timm_kwargs, **extra_kwargs}
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
         classifier = ImageClassifier(model, "timm")
         state = read_state_dict(path)
@@ -167,7 +176,8 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
         source_note = f"offline:{entry.package}"
     elif weights == "auto":
         try:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                      **timm_kwargs)
         except Exception as exc:  # noqa: BLE001 - network, hub and cache errors all land here
             raise WeightsError(
                 f"could not get pretrained weights for '{name}' from the Hugging Face hub "
@@ -177,7 +187,7 @@ def _create_timm(name: str, num_classes: int, weights: str) -> CreatedModel:
             ) from exc
         source_note = "hub"
     else:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **timm_kwargs)
         if weights != "none":
             classifier = ImageClassifier(model, "timm")
             result = load_into(model, read_state_dict(Path(weights)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -69,6 +69,9 @@ class TrainConfig(_Strict):
     data: str = ""
     model: str = "efficientnet_lite2"
     weights: str = "auto"
+    timm_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for timm.create_model, "
+        "recorded in the bundle (e.g. mlp_ratio of a pruned ViT, dynamic_img_size)")
     epochs: int = Field(5, ge=1, description="all stages together")
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)

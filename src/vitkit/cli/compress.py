@@ -295,3 +295,47 @@ def export_(
                       f"{parity.get('max_abs_diff', float('nan')):.2g}{flag}",
                       fmt(parity.get("top1_agreement")), fmt(r.accuracy))
     stderr_console.print(table)
+
+
+@app.command()
+def prune(
+    bundle: Annotated[Path, typer.Argument(help="Classifier bundle of a timm ViT.")],
+    out: Annotated[Path, typer.Option(help="Run folder of the recovery; the pruned bundle is "
+                                      "OUT/bundle.")] = Path("runs/pruned"),
+    mlp_keep: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of each block's MLP units kept (the least important on "
+        "the training images go; rounded to multiples of 32).")] = 0.5,
+    epochs: Annotated[int, typer.Option(min=1, help="Distillation epochs that recover the "
+                                        "accuracy, the unpruned bundle as teacher.")] = 3,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="(default: distill's, 32)")
+                          ] = None,
+    data: Annotated[str | None, typer.Option(
+        help="The labelled images the bundle was trained on. (default: the bundle's training "
+             "data, with its split)")] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Prune a ViT's MLP width and recover its accuracy by distillation from the unpruned
+    model: a new, smaller bundle of the same architecture (a smaller mlp_ratio).
+
+    Then measure it: `vitkit optimize OUT/bundle` builds and times its fast variants.
+    """
+    from vitkit.workflows.prune import run_prune
+
+    options = {"batch_size": batch_size} if batch_size else {}
+    result = run_prune(bundle, out, mlp_keep=mlp_keep, epochs=epochs, data=data,
+                       progress=not quiet, distill_options=options)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    accuracy = result.accuracy
+
+    def shown(value: float | None) -> str:
+        return "unknown" if value is None else f"{value:.3f}"
+
+    stderr_console.print(
+        f"[bold green]done[/]: MLP width {result.mlp_width[0]} -> {result.mlp_width[1]}, "
+        f"{result.parameters[0] / 1e6:.1f}M -> {result.parameters[1] / 1e6:.1f}M parameters; "
+        f"val accuracy {shown(accuracy.get('unpruned'))} unpruned, "
+        f"{shown(accuracy.get('pruned'))} pruned, {shown(accuracy.get('recovered'))} after "
+        f"{epochs} epochs of distillation\n  bundle: {result.bundle}", highlight=False)

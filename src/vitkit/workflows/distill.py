@@ -216,7 +216,8 @@ def run_distill(config: DistillConfig, resume: bool = False,
     stderr_console.print(_describe_counts(class_counts(samples)))
 
     seed_everything(config.seed)
-    created = create(config.model, num_classes=len(classes), weights=config.weights)
+    created = create(config.model, num_classes=len(classes), weights=config.weights,
+                     timm_kwargs=config.timm_kwargs)
     student = _student(created, config)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     created.preprocessing = input_preprocessing(created, config)

@@ -131,7 +131,8 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     stderr_console.print(_describe_counts(class_counts(samples)))
 
     seed_everything(config.seed)
-    created = create(config.model, num_classes=len(classes), weights=config.weights)
+    created = create(config.model, num_classes=len(classes), weights=config.weights,
+                     timm_kwargs=config.timm_kwargs)
     config = family_recipe(config, created)
     dump_config(config, run_dir / CONFIG_FILE)  # as resolved: what --resume will continue
     check_head_stage(created, config)
