@@ -26,6 +26,7 @@ from vitkit.data import ImageProblem, Preprocessing, load_rgb
 from vitkit.errors import BundleError
 
 ANOMALY_FILE = "anomaly.safetensors"
+REFERENCE = "torch-fp32"  # the variant that runs the extractor in PyTorch
 LABELS = ["normal", "anomaly"]
 
 
@@ -164,8 +165,14 @@ def _capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
-    """Loads an anomaly bundle (safetensors and JSON only; nothing is unpickled)."""
+def load_detector(path: str | Path, device: str = "auto", variant: str | None = None,
+                  threads: int | None = None) -> AnomalyDetector:
+    """Loads an anomaly bundle (safetensors and JSON only; nothing is unpickled).
+
+    ``variant`` runs the feature extractor exported by `vitkit anomaly export` (e.g.
+    ``openvino-bf16``; see :mod:`vitkit.anomaly.export`) instead of PyTorch; every score is
+    still computed by the bundle's own code.
+    """
     path = Path(path)
     meta = read_meta(path)
     if meta.task != "anomaly":
@@ -189,7 +196,15 @@ def load_detector(path: str | Path, device: str = "auto") -> AnomalyDetector:
         extractor = rebuild_feature_backbone(BackboneSpec.from_dict(meta.backbone),
                                              record["layers"], tuple(pre.input_size))  # type: ignore[arg-type]
         load_weights(path, extractor)
+        if variant not in (None, REFERENCE):
+            from vitkit.anomaly.export import open_variant
+
+            extractor = open_variant(path, record, str(variant), threads)  # type: ignore[assignment]
+            device = "cpu"
         method = restore_deep(name, options, tensors, extractor, pre, resolve_device(device))
+    if variant not in (None, REFERENCE) and isinstance(method, PatchMeanMethod):
+        raise BundleError(f"{path} is a patchmean bundle: it has no network to export, so it "
+                          "has no variants.")
     return AnomalyDetector(method, threshold, scale, record)
 
 

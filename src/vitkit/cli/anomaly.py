@@ -125,6 +125,10 @@ def anomaly_score(
                                               "image into this folder.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    variant: Annotated[str | None, typer.Option(
+        help="Run the feature extractor exported by `vitkit anomaly export` (openvino-bf16, "
+             "openvino-fp32, onnx-fp32); scores are computed the same way. (default: "
+             "torch-fp32)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -136,7 +140,7 @@ def anomaly_score(
     from vitkit.workflows.anomaly import run_score
 
     results = run_score(bundle, paths, maps_dir=maps, batch_size=batch_size, device=device,
-                        progress=not quiet)
+                        progress=not quiet, variant=variant)
     if json_out:
         print_json([r.to_dict() for r in results])
     else:
@@ -172,6 +176,10 @@ def anomaly_eval(
                                              "(default: BUNDLE/eval)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    variant: Annotated[str | None, typer.Option(
+        help="Run the feature extractor exported by `vitkit anomaly export` (openvino-bf16, "
+             "openvino-fp32, onnx-fp32); scores are computed the same way. (default: "
+             "torch-fp32)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -181,7 +189,7 @@ def anomaly_eval(
     if threshold not in ("stored", "f1"):
         raise VitkitError(f"--threshold must be 'stored' or 'f1', not {threshold!r}.")
     result = run_eval(bundle, data_root, out=out, threshold=threshold, batch_size=batch_size,
-                      device=device, progress=not quiet)
+                      device=device, progress=not quiet, variant=variant)
     if json_out:
         print_json(result)
         return
@@ -197,3 +205,41 @@ def anomaly_eval(
     stderr_console.print(f"image AUROC {fmt(result['image_auroc'])}  AP "
                          f"{fmt(result['image_ap'])}  F1 {fmt(result['f1'])}{extra}\n"
                          f"  report: {(out or bundle / 'eval') / 'report.html'}")
+
+
+@anomaly_app.command("export")
+def anomaly_export(
+    bundle: Annotated[Path, typer.Argument(help="Bundle written by `vitkit anomaly fit` "
+                                           "(patchcore or padim).")],
+    variant: Annotated[list[str] | None, typer.Option(
+        help="openvino-bf16 (fastest here), openvino-fp32 or onnx-fp32; repeat for several. "
+             "(default: openvino-bf16)")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Images to check the exported scores on. (default: the bundle's normal images)")
+    ] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the feature extractor to OpenVINO / ONNX Runtime and record how closely its
+    scores match PyTorch's; then score with `vitkit anomaly score BUNDLE … --variant NAME`.
+
+    Only the backbone is exported: memory bank, Gaussians, thresholds and maps stay the
+    bundle's own code, so the scores differ only by the extractor's arithmetic.
+    """
+    from vitkit.workflows.anomaly_export import run_anomaly_export
+
+    result = run_anomaly_export(bundle, variant or ["openvino-bf16"], data=data)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{bundle}: exported feature extractors vs torch-fp32")
+    for col in ("variant", "images", "max score diff", "max map diff", "labels agree"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for entry in result["variants"]:
+        parity = entry["parity"]
+        table.add_row(entry["name"], str(parity["n_images"]), f"{parity['max_score_diff']:.4f}",
+                      f"{parity['max_map_diff']:.4f}", f"{parity['label_agreement']:.3f}")
+    stderr_console.print(table)
+    if not quiet:
+        stderr_console.print("scores are in 0..1 with 0.5 at the threshold; use a variant "
+                             "with --variant NAME")

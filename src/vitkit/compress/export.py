@@ -101,21 +101,23 @@ def _quiet() -> Iterator[io.StringIO]:
 
 
 def export_onnx(model: nn.Module, path: Path, input_size: Sequence[int],
-                opset: int | None = None) -> dict[str, Any]:
+                opset: int | None = None, outputs: int = 1) -> dict[str, Any]:
     """Writes an ONNX graph with a dynamic batch axis; returns ``{"opset", "exporter", ...}``.
 
-    The ``torch.export``-based exporter first; the TorchScript-based one if that fails.
+    The ``torch.export``-based exporter first; the TorchScript-based one if that fails. A
+    model with several outputs (a tuple) names them ``logits0``, ``logits1``, …
     """
     require("onnx")
     model = model.eval()
     x = example_input(input_size)
+    names = [OUTPUT_NAME] if outputs == 1 else [f"{OUTPUT_NAME}{i}" for i in range(outputs)]
     external = _parameter_bytes(model) > _PROTOBUF_LIMIT
     try:
         require("onnxscript")
         chosen = opset or ONNX_OPSET
         with _quiet(), torch.no_grad():
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=chosen,
+                              output_names=names, opset_version=chosen,
                               dynamic_shapes=({0: torch.export.Dim("batch")},),
                               dynamo=True, external_data=external, verbose=False)
         exporter = "dynamo"
@@ -124,16 +126,16 @@ def export_onnx(model: nn.Module, path: Path, input_size: Sequence[int],
         try:
             with _quiet(), torch.no_grad():
                 torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
-                                  output_names=[OUTPUT_NAME], opset_version=chosen,
+                                  output_names=names, opset_version=chosen,
                                   dynamic_axes={INPUT_NAME: {0: "batch"},
-                                                OUTPUT_NAME: {0: "batch"}},
+                                                **{name: {0: "batch"} for name in names}},
                                   dynamo=False)
         except Exception as second:  # noqa: BLE001
             raise VitkitError(f"ONNX export failed: {first} (torch.export) and {second} "
                               "(TorchScript exporter).") from second
         exporter = "torchscript"
     return {"opset": chosen, "exporter": exporter, "dynamic_batch": True,
-            "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+            "input_name": INPUT_NAME, "output_name": names[0] if outputs == 1 else names,
             "external_data": external}
 
 

@@ -289,12 +289,13 @@ def _raw_scores(detector: AnomalyDetector, paths: Sequence[Path], batch_size: in
 # --------------------------------------------------------------------------- score
 
 def run_score(bundle: Path, inputs: Sequence[str], maps_dir: Path | None = None,
-              batch_size: int = 16, device: str = "auto", progress: bool = True
-              ) -> list[AnomalyScore | ScoreError]:
-    """Scores images; with ``maps_dir`` also writes one heat-map overlay PNG per image."""
+              batch_size: int = 16, device: str = "auto", progress: bool = True,
+              variant: str | None = None) -> list[AnomalyScore | ScoreError]:
+    """Scores images; with ``maps_dir`` also writes one heat-map overlay PNG per image.
+    ``variant`` runs an exported feature extractor (`vitkit anomaly export`)."""
     files, unmatched = find_images(inputs)
     require_images(files, unmatched)  # before the detector loads
-    detector = load_detector(bundle, device)
+    detector = load_detector(bundle, device, variant=variant)
     results: list[AnomalyScore | ScoreError] = [
         ScoreError(item, why_unmatched(item)) for item in unmatched]
     names = _unique_names(files)
@@ -375,7 +376,8 @@ def mvtec_test_images(root: Path) -> list[TestImage]:
 
 def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: str = "stored",
              batch_size: int = 16, device: str = "auto", max_map_side: int = 512,
-             report: bool = True, progress: bool = True) -> dict[str, Any]:
+             report: bool = True, progress: bool = True, variant: str | None = None
+             ) -> dict[str, Any]:
     """Scores an MVTec-style test set and measures image and pixel metrics.
 
     Args:
@@ -386,10 +388,11 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
             threshold on this data and stores it in the bundle.
         max_map_side: Pixel metrics are computed on maps and masks resized to this long side.
         report: Write overlays and the HTML report.
+        variant: An exported feature extractor to score with (`vitkit anomaly export`).
     """
     from vitkit.report.anomaly import write_anomaly_report
 
-    detector = load_detector(bundle, device)
+    detector = load_detector(bundle, device, variant=variant)
     tests = mvtec_test_images(data_root)
     by_path = {t.path: t for t in tests}
     scored: list[tuple[TestImage, AnomalyScore]] = []
