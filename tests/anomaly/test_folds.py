@@ -91,3 +91,37 @@ def test_false_alarms_on_new_normal_images_match_the_nominal_rate(tmp_path: Path
                                detector.score_paths(sorted(normal.iterdir()))])
     in_sample = percentile_threshold(learned_scores, 90.0)
     assert float((fresh_scores > in_sample).mean()) >= 0.5  # the threshold OOF avoids
+
+
+class _Pixels(torch.nn.Module):
+    """A 'backbone' whose feature map is the image itself: PatchCore on raw pixels."""
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [images]
+
+
+def test_patchcore_twins_are_its_bank_without_the_left_out_images() -> None:
+    from vitkit.anomaly.methods import PatchCoreMethod
+    from vitkit.data import Preprocessing
+
+    pre = Preprocessing(input_size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    method = PatchCoreMethod(_Pixels(), pre, torch.device("cpu"), coreset_ratio=1.0,
+                             num_neighbors=1, image_score="max")
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    images[2] += 2.0  # unlike the others: only a model that learned it forgives it
+
+    def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
+        return indexed(iter(images.split(4)))
+
+    _, out_of_fold = fit_out_of_fold(method, passes, 6, folds=3, seed=0)
+    assert out_of_fold is not None and out_of_fold.details["twins"] == "derived from the kept model"
+    members = [i for i in range(6) if out_of_fold.fold_of[i] == out_of_fold.fold_of[2]]
+    twin = method.twin_without(members)
+    assert twin is not None and method.bank is not None and twin.bank is not None
+    sources = method._bank_sources
+    assert sources is not None
+    kept = ~torch.isin(sources, torch.tensor(members))
+    assert torch.equal(twin.bank, method.bank[kept])  # the bank minus the fold's own entries
+    in_sample, _ = method.score(images[2:3])
+    assert float(in_sample) < 1e-5  # its own patches are in the bank
+    assert out_of_fold.scores[2] > 1.0  # scored without them: far from every other image

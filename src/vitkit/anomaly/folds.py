@@ -1,15 +1,17 @@
 """Out-of-fold scores: every normal image is learned, and every one is also scored by a model
 that never saw it.
 
-The method is fitted on all normal images. Beside it, ``k`` unfitted twins (``spawn``) each
-learn all images but one fold; each fold is then scored by the twin that left it out. Those
+The method is fitted on all normal images. Beside it, ``k`` twins each know all images but
+one fold; each fold is then scored by the twin that left it out. A method that can derive
+such a twin from its own fit (PatchCore: its bank without the fold's entries) does so; others
+fit ``k`` unfitted twins (``spawn``) in the same pass over the images. Those
 out-of-fold scores set the threshold, so the threshold still comes from images the scoring
 model never saw, while no image is kept out of the final model (a held-out 20% used to be
 missing from the memory bank and the Gaussians).
 
 Cost: one extra pass of feature extraction (the twins share the features of the first pass)
-and ``k`` more fits (coresets, covariance inversions). Memory: the twins' fit state together;
-``k`` is lowered to what fits in :data:`FOLD_MEMORY_BYTES`.
+and, for fitted twins, ``k`` more fits (covariance inversions, patch statistics). Memory: the
+fitted twins' state together; ``k`` is lowered to what fits in :data:`FOLD_MEMORY_BYTES`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from vitkit.anomaly.methods import AnomalyMethod, Embedding, Progress, select_images
+from vitkit.errors import VitkitError
 
 FOLD_MEMORY_BYTES = 4 * 1024**3
 """The most memory the twins' fit state may take together (features or Gaussian sums)."""
@@ -76,9 +79,11 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
     """
     twins: list[AnomalyMethod] = []
     fold_of: list[int] = []
+    if method.derives_twins:  # twins come from the kept model's own fit (no extra fits)
+        fold_of = assign_folds(n_images, min(folds, n_images), seed)
     for batch, index in batches():
         embedding = method.embed(batch)
-        if not twins:
+        if not fold_of:
             k = affordable_folds(folds, n_images,
                                  method.fit_state_bytes(embedding, n_images))
             if k == 0:
@@ -98,13 +103,26 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
     started = time.perf_counter()
     for twin in twins:
         twin.finish_fit(None)
+    if method.derives_twins:
+        twins = [_derived(method, [i for i, f in enumerate(fold_of) if f == fold])
+                 for fold in range(max(fold_of) + 1)]
     twins_seconds = round(time.perf_counter() - started, 3)
     parts = _out_of_fold_parts(method, twins, batches(), fold_of, on_score)
     details.update(method.calibrate_parts(parts))
     scores = method.combine_parts(parts)
     return details, OutOfFold(scores, len(twins), fold_of, {
         "fold_sizes": [fold_of.count(f) for f in range(len(twins))],
-        "twins_finish_seconds": twins_seconds})
+        "twins": "derived from the kept model" if method.derives_twins else "fitted",
+        "twins_seconds": twins_seconds})
+
+
+def _derived(method: AnomalyMethod, left_out: list[int]) -> AnomalyMethod:
+    twin = method.twin_without(left_out)
+    if twin is None:
+        raise VitkitError(f"{method.name} kept nothing but the images {left_out} in its model, "
+                          "so no model without them can score them; add more normal images "
+                          "or use --folds 0.")
+    return twin
 
 
 def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],

@@ -48,6 +48,7 @@ class AnomalyMethod(ABC):
     """
 
     name: ClassVar[str]
+    derives_twins: ClassVar[bool] = False  # see twin_without
 
     @abstractmethod
     def prepare(self, image: Image.Image) -> torch.Tensor:
@@ -98,6 +99,12 @@ class AnomalyMethod(ABC):
         (decides how many twins fit in memory at once)."""
         per_image = sum(t[0].numel() * t.element_size() for t in embedding)
         return per_image * n_images
+
+    def twin_without(self, images: Sequence[int]) -> AnomalyMethod | None:
+        """After fitting: a fitted twin that never learned ``images`` (positions in the order
+        they were added), derived from this method's own fit without fitting again; None
+        when the method cannot (then twins are fitted, see :mod:`vitkit.anomaly.folds`)."""
+        return None
 
     @property
     def calibrates(self) -> bool:
@@ -227,6 +234,7 @@ class PatchCoreMethod(_DeepMethod):
     """Nearest-neighbour distance to a coreset of normal patch features (Roth et al. 2022)."""
 
     name = "patchcore"
+    derives_twins = True
 
     def __init__(self, extractor: FeatureExtractor, preprocessing: Preprocessing,
                  device: torch.device, coreset_ratio: float = 0.1,
@@ -252,10 +260,16 @@ class PatchCoreMethod(_DeepMethod):
         self.references = references
         self._patches: list[torch.Tensor] = []
         self._statistics: list[torch.Tensor] = []
+        self._n_images = 0
+        # Kept after fitting, in memory only: which image each bank entry came from, and each
+        # image's statistics, so twins that never learned some images come for free.
+        self._bank_sources: torch.Tensor | None = None
+        self._image_statistics: torch.Tensor | None = None
 
     def add_embedded(self, embedding: Embedding) -> None:
         patches = patchcore.locally_aware_patches(embedding)
         self._patches.append(patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]))
+        self._n_images += patches.shape[0]
         if self.global_stats:
             self._statistics.append(global_stats.image_statistics(embedding))
 
@@ -273,22 +287,46 @@ class PatchCoreMethod(_DeepMethod):
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         features = torch.cat(self._patches)
         self._patches = []
+        per_image = features.shape[0] // max(1, self._n_images)
+        sources = torch.arange(self._n_images).repeat_interleave(per_image)
         n_select = max(1, math.ceil(self.coreset_ratio * features.shape[0]))
         if n_select >= features.shape[0]:
-            self.bank = features
+            self.bank, self._bank_sources = features, sources
         else:
             index = patchcore.greedy_coreset(
                 features, n_select, self.projection_dim, self.seed,
                 None if progress is None else (lambda done: progress(done, n_select)))
-            self.bank = features[index].contiguous()
+            self.bank, self._bank_sources = features[index].contiguous(), sources[index]
         details: dict[str, Any] = {"bank_before": int(features.shape[0]),
                                    "bank_after": int(self.bank.shape[0]),
                                    "feature_dim": int(features.shape[1])}
         if self.global_stats:
-            self.global_model = global_stats.fit_global_gaussian(torch.cat(self._statistics))
+            self._image_statistics = torch.cat(self._statistics)
+            self.global_model = global_stats.fit_global_gaussian(self._image_statistics)
             self._statistics = []
             details["global_stats_dim"] = int(self.global_model.mean.shape[0])
         return details
+
+    def twin_without(self, images: Sequence[int]) -> PatchCoreMethod | None:
+        """The bank without the entries that came from ``images`` (and, with global
+        statistics, the Gaussian refitted without their statistics). Not a coreset selected
+        afresh from the other images: the greedy selection saw the left-out images' patches,
+        but their own entries are gone, which is what the out-of-fold score needs (measured
+        against fitting twins: README)."""
+        if self.bank is None or self._bank_sources is None:
+            return None
+        left_out = torch.zeros(self._n_images, dtype=torch.bool)
+        left_out[torch.as_tensor(list(images), dtype=torch.long)] = True
+        keep = ~left_out[self._bank_sources]
+        if not bool(keep.any()):
+            return None
+        twin = self.spawn()
+        twin.bank = self.bank[keep].contiguous()
+        if self.global_stats:
+            assert self._image_statistics is not None
+            twin.global_model = global_stats.fit_global_gaussian(
+                self._image_statistics[~left_out])
+        return twin
 
     @property
     def calibrates(self) -> bool:
