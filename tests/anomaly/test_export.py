@@ -40,7 +40,7 @@ def test_an_exported_extractor_scores_like_pytorch(variant: str, module: str, no
     recorded = read_meta(bundle).model_extra["anomaly"]["variants"]
     assert [v["name"] for v in recorded] == [variant]
     queries = [to_image(woven_texture(400)), with_stain(woven_texture(401), BOXES[0])]
-    torch_raw, torch_maps = load_detector(bundle, "cpu").raw_scores(queries)
+    torch_raw, torch_maps = load_detector(bundle, "cpu", variant="torch-fp32").raw_scores(queries)
     raw, maps = load_detector(bundle, "cpu", variant=variant).raw_scores(queries)
     np.testing.assert_allclose(raw.numpy(), torch_raw.numpy(), rtol=1e-4)
     np.testing.assert_allclose(maps.numpy(), torch_maps.numpy(), rtol=1e-4, atol=1e-4)
@@ -64,6 +64,8 @@ def test_cli_scores_with_a_bf16_variant_and_refuses_missing_ones(normal_dir: Pat
         result = run_cli("anomaly", "score", bundle, query, "--variant", name, "--json")
         assert result.returncode == 0, result.stderr
         scored[name] = json.loads(result.stdout)[0]
+    default = run_cli("anomaly", "score", bundle, query, "--json")  # the export's variant
+    assert json.loads(default.stdout)[0]["raw_score"] == scored["openvino-bf16"]["raw_score"]
     assert scored["openvino-bf16"]["label"] == scored["torch-fp32"]["label"] == "anomaly"
     assert abs(scored["openvino-bf16"]["raw_score"] / scored["torch-fp32"]["raw_score"] - 1) < 0.05
     missing = run_cli("anomaly", "score", bundle, query, "--variant", "onnx-fp32")

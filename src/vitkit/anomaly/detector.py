@@ -171,7 +171,9 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
 
     ``variant`` runs the feature extractor exported by `vitkit anomaly export` (e.g.
     ``openvino-bf16``; see :mod:`vitkit.anomaly.export`) instead of PyTorch; every score is
-    still computed by the bundle's own code.
+    still computed by the bundle's own code. None: the bundle's default (the variant
+    `anomaly export` made last; torch-fp32 when none was made or its runtime is missing here,
+    with a warning).
     """
     path = Path(path)
     meta = read_meta(path)
@@ -196,16 +198,33 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
         extractor = rebuild_feature_backbone(BackboneSpec.from_dict(meta.backbone),
                                              record["layers"], tuple(pre.input_size))  # type: ignore[arg-type]
         load_weights(path, extractor)
-        if variant not in (None, REFERENCE):
+        chosen = variant if variant is not None else _default_variant(path, record)
+        if chosen != REFERENCE:
             from vitkit.anomaly.export import open_variant
 
-            extractor = open_variant(path, record, str(variant), threads)  # type: ignore[assignment]
+            extractor = open_variant(path, record, chosen, threads)  # type: ignore[assignment]
             device = "cpu"
         method = restore_deep(name, options, tensors, extractor, pre, resolve_device(device))
     if variant not in (None, REFERENCE) and isinstance(method, PatchMeanMethod):
         raise BundleError(f"{path} is a patchmean bundle: it has no network to export, so it "
                           "has no variants.")
     return AnomalyDetector(method, threshold, scale, record)
+
+
+def _default_variant(path: Path, record: dict[str, Any]) -> str:
+    import warnings
+
+    from vitkit.predictor.runtimes import RUNTIME_MODULES, available
+
+    name = record.get("default_variant") or REFERENCE
+    runtime = next((v["runtime"] for v in record.get("variants", []) if v["name"] == name), None)
+    if name != REFERENCE and (runtime is None
+                              or not available(RUNTIME_MODULES.get(runtime, runtime))):
+        warnings.warn(f"{path}: the default variant {name} cannot run here ({runtime or 'no '}"
+                      f" runtime); scoring with {REFERENCE} instead", RuntimeWarning,
+                      stacklevel=3)
+        return REFERENCE
+    return name
 
 
 def resolve_device(device: str) -> torch.device:

@@ -127,8 +127,9 @@ def anomaly_score(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     variant: Annotated[str | None, typer.Option(
         help="Run the feature extractor exported by `vitkit anomaly export` (openvino-bf16, "
-             "openvino-fp32, onnx-fp32); scores are computed the same way. (default: "
-             "torch-fp32)")] = None,
+             "openvino-fp32, onnx-fp32) or torch-fp32; scores are computed the same way. "
+             "(default: the bundle's default, torch-fp32 unless an export made another)")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -178,8 +179,9 @@ def anomaly_eval(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     variant: Annotated[str | None, typer.Option(
         help="Run the feature extractor exported by `vitkit anomaly export` (openvino-bf16, "
-             "openvino-fp32, onnx-fp32); scores are computed the same way. (default: "
-             "torch-fp32)")] = None,
+             "openvino-fp32, onnx-fp32) or torch-fp32; scores are computed the same way. "
+             "(default: the bundle's default, torch-fp32 unless an export made another)")
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -217,6 +219,9 @@ def anomaly_export(
     data: Annotated[str | None, typer.Option(
         help="Images to check the exported scores on. (default: the bundle's normal images)")
     ] = None,
+    default: Annotated[bool, typer.Option(
+        "--default/--no-default", help="Make the (last) exported variant the one `anomaly "
+        "score`, `eval` and `serve` use unless --variant says otherwise.")] = True,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -228,7 +233,8 @@ def anomaly_export(
     """
     from vitkit.workflows.anomaly_export import run_anomaly_export
 
-    result = run_anomaly_export(bundle, variant or ["openvino-bf16"], data=data)
+    result = run_anomaly_export(bundle, variant or ["openvino-bf16"], data=data,
+                                make_default=default)
     if json_out:
         print_json(result)
         return
@@ -241,5 +247,6 @@ def anomaly_export(
                       f"{parity['max_map_diff']:.4f}", f"{parity['label_agreement']:.3f}")
     stderr_console.print(table)
     if not quiet:
-        stderr_console.print("scores are in 0..1 with 0.5 at the threshold; use a variant "
-                             "with --variant NAME")
+        stderr_console.print(f"scores are in 0..1 with 0.5 at the threshold; the bundle now "
+                             f"scores with {result['default_variant']} (--variant NAME "
+                             "chooses another)")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.anomaly.detector import AnomalyDetector, load_detector
-from vitkit.anomaly.export import VARIANTS, ExportedExtractor, export_features
+from vitkit.anomaly.export import REFERENCE, VARIANTS, ExportedExtractor, export_features
 from vitkit.anomaly.methods import PatchMeanMethod
 from vitkit.bundle import update_meta
 from vitkit.data import load_rgb
@@ -23,12 +23,14 @@ PARITY_IMAGES = 16
 
 
 def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-bf16",),
-                       data: str | None = None, n_images: int = PARITY_IMAGES
-                       ) -> dict[str, Any]:
+                       data: str | None = None, n_images: int = PARITY_IMAGES,
+                       make_default: bool = True) -> dict[str, Any]:
     """Exports the feature extractor for each variant, measures its scores against PyTorch on
-    ``n_images`` images (``data``, default the bundle's normal images) and records it.
+    ``n_images`` images (``data``, default the bundle's normal images) and records it; with
+    ``make_default`` the last one becomes the variant `anomaly score` / `eval` / `serve` use.
 
-    Returns ``{"bundle", "variants": [{"name", "runtime", "precision", "file", "parity"}]}``;
+    Returns ``{"bundle", "variants": [{"name", "runtime", "precision", "file", "parity"}],
+    "default_variant"}``;
     ``parity`` holds ``n_images``, ``max_score_diff`` (normalised scores, 0.5 = threshold),
     ``max_map_diff`` (normalised maps), ``max_raw_rel_diff`` and ``label_agreement``.
 
@@ -40,7 +42,7 @@ def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-
     if unknown:
         raise VitkitError(f"unknown anomaly variant(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(VARIANTS)}")
-    reference = load_detector(bundle, "cpu")
+    reference = load_detector(bundle, "cpu", variant=REFERENCE)
     if isinstance(reference.method, PatchMeanMethod):
         raise VitkitError(f"{bundle} is a patchmean bundle: there is no network to export "
                           "(it already scores in milliseconds).")
@@ -69,8 +71,11 @@ def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-
     record = dict(reference.record)
     kept = [v for v in record.get("variants", []) if v["name"] not in set(variants)]
     record["variants"] = kept + entries
+    if make_default:
+        record["default_variant"] = variants[-1]
     update_meta(bundle, anomaly=record)
-    return {"bundle": str(bundle), "variants": entries}
+    return {"bundle": str(bundle), "variants": entries,
+            "default_variant": record.get("default_variant") or REFERENCE}
 
 
 def _parity_images(detector: AnomalyDetector, data: str | None, n_images: int) -> list[Any]:
