@@ -125,3 +125,46 @@ def test_patchcore_twins_are_its_bank_without_the_left_out_images() -> None:
     in_sample, _ = method.score(images[2:3])
     assert float(in_sample) < 1e-5  # its own patches are in the bank
     assert out_of_fold.scores[2] > 1.0  # scored without them: far from every other image
+
+
+def test_copies_of_one_image_stay_in_one_fold_unless_they_are_all_there_is() -> None:
+    from vitkit.anomaly.folds import fold_assignment
+
+    groups = [i for i in range(5) for _ in range(8)]
+    fold_of = fold_assignment(40, 5, seed=0, groups=groups)
+    assert all(len({fold_of[i] for i in range(40) if groups[i] == g}) == 1 for g in range(5))
+    assert sorted(set(fold_of)) == [0, 1, 2, 3, 4]
+    single = fold_assignment(8, 5, seed=0, groups=[0] * 8)  # one photo: its copies are folds
+    assert sorted(single.count(f) for f in range(5)) == [1, 1, 2, 2, 2]
+
+
+def test_dihedral_copies_are_the_eight_symmetries() -> None:
+    from vitkit.anomaly.augment import with_copies
+
+    image = torch.arange(4.0).reshape(1, 1, 2, 2)  # [[0, 1], [2, 3]]
+    copies = with_copies(image, "dihedral")
+    assert copies.shape == (8, 1, 2, 2)
+    assert len({tuple(c.flatten().tolist()) for c in copies}) == 8
+    assert torch.equal(copies[0], image[0])
+    flips = with_copies(torch.cat([image, image + 10]), "flips")
+    assert flips.shape == (8, 1, 2, 2) and torch.equal(flips[4], image[0] + 10)
+    assert torch.equal(flips[1], image[0].flip(-1))
+
+
+@pytest.mark.slow
+def test_one_normal_image_with_dihedral_copies_fits_and_flags_a_stain(tmp_path: Path) -> None:
+    from tests.anomaly.test_detector import BOXES, with_stain
+
+    normal = tmp_path / "good"
+    normal.mkdir()
+    to_image(woven_texture(0)).save(normal / "only.png")
+    result = run_fit(AnomalyFitConfig(data=str(normal), out=str(tmp_path / "b"),
+                                      augment="dihedral"), progress=False)
+    assert result.n_fit == 1 and result.details["out_of_fold"]["folds"] == 5
+    assert result.details["bank_before"] == 8 * 28 * 28  # 8 copies of a 28 x 28 grid
+    detector = load_detector(tmp_path / "b", "cpu")
+    raw, _ = detector.raw_scores([to_image(woven_texture(1)),
+                                  with_stain(woven_texture(2), BOXES[0])])
+    assert raw[1] > raw[0]
+    with pytest.raises(ValueError, match="augment applies to patchcore and padim"):
+        AnomalyFitConfig(data=".", method="patchmean", augment="flips")

@@ -44,6 +44,9 @@ class AnomalyFitConfig(BaseModel):
             :mod:`vitkit.anomaly.global_stats`).
         patch_size: patchmean patch side in pixels (default: the method's).
         resolution: patchmean working long side; default the images' own size up to 1024 px.
+        augment: Also learn flipped (``flips``: 4 copies) or flipped and rotated
+            (``dihedral``: 8 copies) versions of each normal image, for few normal images of
+            parts that look the same mirrored or turned (PatchCore, PaDiM).
         folds: The threshold comes from out-of-fold scores: the method is fitted on every
             normal image, and each of ``folds`` parts is scored by a twin fitted on the
             others (at most one fold per image). 0: hold out ``holdout`` instead.
@@ -74,6 +77,7 @@ class AnomalyFitConfig(BaseModel):
     padim_channels: int = Field(default=100, ge=1)
     patch_size: int | None = Field(default=None, ge=2, le=256)
     resolution: int | None = Field(default=None, ge=16, le=8192)
+    augment: Literal["none", "flips", "dihedral"] = "none"
     folds: int = Field(default=5, ge=0, le=50)
     holdout: float | None = Field(default=None, gt=0.0, lt=1.0)
     percentile: float = Field(default=99.0, gt=0.0, le=100.0)
@@ -96,6 +100,8 @@ class AnomalyFitConfig(BaseModel):
             self.folds = 0  # a held-out share asked for: the former way
         if "image_score" in self.model_fields_set and self.method != "patchcore":
             raise ValueError("image_score is a patchcore option")
+        if self.augment != "none" and self.method == "patchmean":
+            raise ValueError("augment applies to patchcore and padim")
         if self.global_stats and self.method != "patchcore":
             raise ValueError("global_stats is a patchcore option")
         return self

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,22 +65,36 @@ def affordable_folds(requested: int, n_images: int, twin_bytes: int,
     return folds if folds >= MIN_FOLDS else 0
 
 
+def fold_assignment(n_images: int, folds: int, seed: int,
+                    groups: Sequence[int] | None = None) -> list[int]:
+    """Each image's fold. With ``groups`` (e.g. the augmented copies of one photo share a
+    group) a group never spans two folds, so no copy of an image scores another; with a
+    single group the copies themselves are the folds."""
+    if groups is None or len(set(groups)) < MIN_FOLDS:
+        return assign_folds(n_images, min(folds, n_images), seed)
+    n_groups = max(groups) + 1
+    by_group = assign_folds(n_groups, min(folds, n_groups), seed)
+    return [by_group[g] for g in groups]
+
+
 def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, folds: int,
                     seed: int, on_batch: Callable[[int], None] | None = None,
                     finish_progress: Progress | None = None,
-                    on_score: Callable[[int], None] | None = None
+                    on_score: Callable[[int], None] | None = None,
+                    groups: Sequence[int] | None = None
                     ) -> tuple[dict[str, Any], OutOfFold | None]:
     """Fits ``method`` on every image and scores each fold with a twin that left it out.
 
     Returns the method's fit details and the out-of-fold scores, or None when not even two
     twins fit in memory (the caller then holds images out instead). ``on_batch(n)`` and
     ``on_score(n)`` hear about images embedded in the first and second pass;
-    ``finish_progress`` about the method's own final step.
+    ``finish_progress`` about the method's own final step. ``groups`` keeps related images
+    (augmented copies) in one fold (see :func:`fold_assignment`).
     """
     twins: list[AnomalyMethod] = []
     fold_of: list[int] = []
     if method.derives_twins:  # twins come from the kept model's own fit (no extra fits)
-        fold_of = assign_folds(n_images, min(folds, n_images), seed)
+        fold_of = fold_assignment(n_images, folds, seed, groups)
     for batch, index in batches():
         embedding = method.embed(batch)
         if not fold_of:
@@ -88,8 +102,8 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
                                  method.fit_state_bytes(embedding, n_images))
             if k == 0:
                 return {}, None
-            fold_of = assign_folds(n_images, k, seed)
-            twins = [method.spawn() for _ in range(k)]
+            fold_of = fold_assignment(n_images, k, seed, groups)
+            twins = [method.spawn() for _ in range(max(fold_of) + 1)]
         method.add_embedded(embedding)
         for fold, twin in enumerate(twins):
             learned = [i for i, image in enumerate(index) if fold_of[image] != fold]

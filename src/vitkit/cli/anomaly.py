@@ -60,6 +60,11 @@ def anomaly_fit(
     patch_size: Annotated[int | None, typer.Option(help="patchmean patch side in px.")] = None,
     resolution: Annotated[int | None, typer.Option(help="patchmean working long side in px. "
                                                    "(default: native, up to 1024)")] = None,
+    augment: Annotated[str | None, typer.Option(
+        help="Also learn mirrored (flips: 4 copies) or mirrored and turned (dihedral: 8 "
+             "copies) versions of each normal image: for a few images of parts and textures "
+             "that look the same that way, not for objects with an up and down. (default: "
+             "none)")] = None,
     folds: Annotated[int | None, typer.Option(
         min=0, help="The threshold comes from out-of-fold scores: every normal image is "
         "learned, and each of FOLDS parts is scored by a model fitted on the others. 0: hold "
@@ -95,8 +100,8 @@ def anomaly_fit(
              "coreset_ratio": coreset_ratio, "global_stats": global_stats,
              "image_score": image_score,
              "patch_size": patch_size, "resolution": resolution,
-             "folds": folds, "holdout": holdout, "percentile": percentile, "out": out,
-             "batch_size": batch_size, "seed": seed, "device": device}
+             "augment": augment, "folds": folds, "holdout": holdout, "percentile": percentile,
+             "out": out, "batch_size": batch_size, "seed": seed, "device": device}
     cfg = load_config(AnomalyFitConfig, config, given)
     result = run_fit(cfg, progress=not quiet)
     if json_out:

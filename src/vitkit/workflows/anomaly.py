@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitkit.anomaly.augment import n_copies, with_copies
 from vitkit.anomaly.config import (
     MIN_FIT_IMAGES,
     MIN_HOLDOUT_IMAGES,
@@ -91,7 +92,9 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
     method, model, meta = _build_method(config, device)
     fitted = None
     if config.folds:
-        check_enough_normals(usable, MIN_OUT_OF_FOLD_IMAGES, len(report.skipped), folder)
+        # One image is enough when its copies can be the folds.
+        needed = MIN_OUT_OF_FOLD_IMAGES if config.augment == "none" else 1
+        check_enough_normals(usable, needed, len(report.skipped), folder)
         method.setup([_image_size(p) for p in usable])
         fitted = _fit_out_of_fold(method, usable, config, progress)
     if fitted is None:  # hold-out split: asked for, or the twins do not fit in memory
@@ -127,28 +130,36 @@ where the scores came from)."""
 
 def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
                      progress: bool) -> FitOutcome | None:
+    copies = n_copies(config.augment)
+
     def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
-        return indexed(torch.stack([method.prepare(image) for image in batch])
+        return indexed(with_copies(torch.stack([method.prepare(image) for image in batch]),
+                                   config.augment)
                        for batch in _batches(usable, config.batch_size))
 
+    n_images = len(usable) * copies
     hooks: dict[str, Any] = {}
     with make_progress(progress) as bar:
         if bar is not None:
-            learn = bar.add_task("Learning normal", total=len(usable), stats="")
+            learn = bar.add_task("Learning normal", total=n_images, stats="")
             finish = bar.add_task(_finish_message(method.name), total=None, stats="")
             score = bar.add_task("Scoring each fold with a model that did not learn it",
-                                 total=len(usable), stats="")
+                                 total=n_images, stats="")
             hooks = {"on_batch": lambda n: bar.advance(learn, n),
                      "finish_progress": lambda done, total: bar.update(
                          finish, completed=done, total=total),
                      "on_score": lambda n: bar.advance(score, n)}
-        details, out_of_fold = fit_out_of_fold(method, passes, len(usable), config.folds,
-                                               config.seed, **hooks)
+        groups = [i for i in range(len(usable)) for _ in range(copies)]
+        details, out_of_fold = fit_out_of_fold(method, passes, n_images, config.folds,
+                                               config.seed, groups=groups, **hooks)
     if out_of_fold is None:
         return None
     details["out_of_fold"] = {"folds": out_of_fold.folds, **out_of_fold.details}
-    source = (f"the out-of-fold scores of all {len(usable)} normal images ({out_of_fold.folds} "
-              "folds, each scored by a model fitted on the others)")
+    copied = f", {copies} copies each" if copies > 1 else ""
+    grouping = ("the copies of the one image are the folds" if len(usable) == 1
+                else "each scored by a model fitted on the others")
+    source = (f"the out-of-fold scores of all {len(usable)} normal images{copied} "
+              f"({out_of_fold.folds} folds, {grouping})")
     return details, out_of_fold.scores.numpy(), len(usable), 0, source
 
 
@@ -161,7 +172,8 @@ def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitCo
     with make_progress(progress) as bar:
         task = bar.add_task("Learning normal", total=len(fit_paths), stats="") if bar else None
         for batch in _batches(fit_paths, config.batch_size):
-            method.add_normal(torch.stack([method.prepare(image) for image in batch]))
+            method.add_normal(with_copies(torch.stack([method.prepare(image)
+                                                       for image in batch]), config.augment))
             if bar is not None and task is not None:
                 bar.advance(task, len(batch))
     with make_progress(progress) as bar:
@@ -199,7 +211,9 @@ def check_enough_normals(paths: Sequence[Path], needed: int, n_skipped: int = 0,
     raise DataError(
         f"anomaly fit needs at least {needed} usable normal images; found "
         f"{len(paths)}{where}{skipped}. Add more images of good parts — a few dozen give "
-        "a much more reliable threshold.")
+        "a much more reliable threshold" + (" — or, with a single image of a part that looks "
+                                            "the same mirrored and turned, --augment "
+                                            "dihedral." if needed == 2 else "."))
 
 
 def split_normals(paths: Sequence[Path], holdout: float, seed: int, n_skipped: int = 0,
