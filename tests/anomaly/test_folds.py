@@ -168,3 +168,44 @@ def test_one_normal_image_with_dihedral_copies_fits_and_flags_a_stain(tmp_path: 
     assert raw[1] > raw[0]
     with pytest.raises(ValueError, match="augment applies to patchcore and padim"):
         AnomalyFitConfig(data=".", method="patchmean", augment="flips")
+
+
+def test_synthetic_defects_change_a_small_region_or_the_whole_image() -> None:
+    import random
+
+    from vitkit.anomaly.synthetic import global_defect, local_defect, synthetic_defects
+
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for seed in range(12):
+        changed = (local_defect(image, random.Random(seed)) != image).any(dim=0)
+        assert 0 < int(changed.sum()) <= (0.16 * 64) ** 2 + 1
+        assert float((global_defect(image, random.Random(seed)) != image).float().mean()) > 0.5
+    first = synthetic_defects(image[None].repeat(2, 1, 1, 1), [3, 4], seed=1)
+    again = synthetic_defects(image[None].repeat(2, 1, 1, 1), [3, 4], seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.slow
+def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
+        tmp_path: Path) -> None:
+    normal = tmp_path / "good"
+    normal.mkdir()
+    for seed in range(10):
+        to_image(woven_texture(seed, size=96)).save(normal / f"{seed}.png")
+    config = AnomalyFitConfig(data=str(normal), out=str(tmp_path / "b"), auto=True,
+                              batch_size=16)
+    result = run_fit(config, progress=False)
+    auto = result.details["auto"]
+    assert [t["settings"] for t in auto["candidates"]] == [
+        {"image_size": None, "global_stats": False}, {"image_size": None, "global_stats": True},
+        {"image_size": 448, "global_stats": False}, {"image_size": 448, "global_stats": True}]
+    best = max(auto["candidates"], key=lambda t: t["score"])
+    assert auto["chosen"] == best["settings"]
+    for trial in auto["candidates"]:
+        assert set(trial["synthetic_auroc"]) == {"local", "global"}
+        assert trial["score"] == pytest.approx(np.mean(list(trial["synthetic_auroc"].values())),
+                                               abs=1e-4)
+    stored = load_detector(tmp_path / "b", "cpu")
+    assert stored.record["auto"] == auto
+    assert stored.record["config"]["global_stats"] == best["settings"]["global_stats"]
+    assert stored.input_size[0] == (best["settings"]["image_size"] or 224)

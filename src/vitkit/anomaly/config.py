@@ -44,6 +44,10 @@ class AnomalyFitConfig(BaseModel):
             :mod:`vitkit.anomaly.global_stats`).
         patch_size: patchmean patch side in pixels (default: the method's).
         resolution: patchmean working long side; default the images' own size up to 1024 px.
+        auto: Choose input size and (PatchCore) image statistics without labelled defects:
+            every candidate is fitted and scored on synthetic defects made from the normal
+            images (see :mod:`vitkit.anomaly.synthetic`); the best is kept and every
+            candidate's score recorded. Costs about 8-20x a plain fit.
         augment: Also learn flipped (``flips``: 4 copies) or flipped and rotated
             (``dihedral``: 8 copies) versions of each normal image, for few normal images of
             parts that look the same mirrored or turned (PatchCore, PaDiM).
@@ -77,6 +81,7 @@ class AnomalyFitConfig(BaseModel):
     padim_channels: int = Field(default=100, ge=1)
     patch_size: int | None = Field(default=None, ge=2, le=256)
     resolution: int | None = Field(default=None, ge=16, le=8192)
+    auto: bool = False
     augment: Literal["none", "flips", "dihedral"] = "none"
     folds: int = Field(default=5, ge=0, le=50)
     holdout: float | None = Field(default=None, gt=0.0, lt=1.0)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from vitkit.anomaly.methods import AnomalyMethod, Embedding, Progress, select_images
+from vitkit.anomaly.synthetic import synthetic_defects
 from vitkit.errors import VitkitError
 
 FOLD_MEMORY_BYTES = 4 * 1024**3
@@ -43,6 +44,7 @@ class OutOfFold:
     folds: int
     fold_of: list[int]
     details: dict[str, Any] = field(default_factory=dict)
+    synthetic: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> (n,) scores
 
 
 def assign_folds(n_images: int, folds: int, seed: int) -> list[int]:
@@ -81,7 +83,7 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
                     seed: int, on_batch: Callable[[int], None] | None = None,
                     finish_progress: Progress | None = None,
                     on_score: Callable[[int], None] | None = None,
-                    groups: Sequence[int] | None = None
+                    groups: Sequence[int] | None = None, synthetic_seed: int | None = None
                     ) -> tuple[dict[str, Any], OutOfFold | None]:
     """Fits ``method`` on every image and scores each fold with a twin that left it out.
 
@@ -89,7 +91,9 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
     twins fit in memory (the caller then holds images out instead). ``on_batch(n)`` and
     ``on_score(n)`` hear about images embedded in the first and second pass;
     ``finish_progress`` about the method's own final step. ``groups`` keeps related images
-    (augmented copies) in one fold (see :func:`fold_assignment`).
+    (augmented copies) in one fold (see :func:`fold_assignment`). With ``synthetic_seed``,
+    synthetic defects of every image (:mod:`vitkit.anomaly.synthetic`) are scored by the
+    image's own twin too (``OutOfFold.synthetic``: ``local`` and ``global`` scores).
     """
     twins: list[AnomalyMethod] = []
     fold_of: list[int] = []
@@ -121,13 +125,15 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
         twins = [_derived(method, [i for i, f in enumerate(fold_of) if f == fold])
                  for fold in range(max(fold_of) + 1)]
     twins_seconds = round(time.perf_counter() - started, 3)
-    parts = _out_of_fold_parts(method, twins, batches(), fold_of, on_score)
+    parts, synthetic = _out_of_fold_parts(method, twins, batches(), fold_of, on_score,
+                                          synthetic_seed)
     details.update(method.calibrate_parts(parts))
     scores = method.combine_parts(parts)
     return details, OutOfFold(scores, len(twins), fold_of, {
         "fold_sizes": [fold_of.count(f) for f in range(len(twins))],
         "twins": "derived from the kept model" if method.derives_twins else "fitted",
-        "twins_seconds": twins_seconds})
+        "twins_seconds": twins_seconds},
+        {kind: method.combine_parts(rows) for kind, rows in synthetic.items()})
 
 
 def _derived(method: AnomalyMethod, left_out: list[int]) -> AnomalyMethod:
@@ -141,19 +147,34 @@ def _derived(method: AnomalyMethod, left_out: list[int]) -> AnomalyMethod:
 
 def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],
                        passes: Iterable[tuple[torch.Tensor, list[int]]], fold_of: list[int],
-                       on_score: Callable[[int], None] | None) -> torch.Tensor:
+                       on_score: Callable[[int], None] | None, synthetic_seed: int | None
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The out-of-fold parts of every image, and (with ``synthetic_seed``) of a local and a
+    global synthetic defect made from each, scored by the same twin as their source."""
     rows: dict[int, torch.Tensor] = {}
+    made: dict[str, dict[int, torch.Tensor]] = {"local": {}, "global": {}}
     for batch, index in passes:
         embedding = method.embed(batch)
+        defects = None
+        if synthetic_seed is not None:
+            local, overall = synthetic_defects(batch, index, synthetic_seed)
+            defects = {"local": method.embed(local), "global": method.embed(overall)}
         for fold, twin in enumerate(twins):
             members = [i for i, image in enumerate(index) if fold_of[image] == fold]
-            if members:
-                for i, row in zip(members, twin.score_parts(select_images(embedding, members)),
+            if not members:
+                continue
+            for i, row in zip(members, twin.score_parts(select_images(embedding, members)),
+                              strict=True):
+                rows[index[i]] = row
+            for kind, embedded in (defects or {}).items():
+                for i, row in zip(members, twin.score_parts(select_images(embedded, members)),
                                   strict=True):
-                    rows[index[i]] = row
+                    made[kind][index[i]] = row
         if on_score is not None:
             on_score(len(index))
-    return torch.stack([rows[i] for i in sorted(rows)])
+    synthetic = {kind: torch.stack([found[i] for i in sorted(found)])
+                 for kind, found in made.items() if found}
+    return torch.stack([rows[i] for i in sorted(rows)]), synthetic
 
 
 def indexed(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, list[int]]]:

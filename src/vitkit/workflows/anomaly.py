@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from vitkit.anomaly.augment import n_copies, with_copies
 from vitkit.anomaly.config import (
@@ -37,7 +38,7 @@ from vitkit.bundle import BundleMeta, update_meta, write_json_atomic
 from vitkit.console import make_progress
 from vitkit.data import Sample, validate_samples, write_skipped_csv
 from vitkit.data.files import find_images, require_images, why_unmatched
-from vitkit.errors import DataError
+from vitkit.errors import ConfigError, DataError
 
 GOOD = "good"
 DEFAULT_HOLDOUT = 0.2  # share of the normal images held out when folds=0 and none is given
@@ -89,14 +90,19 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
     usable = [s.path for s in report.usable]
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    method, model, meta = _build_method(config, device)
+    auto: dict[str, Any] | None = None
     fitted = None
     if config.folds:
         # One image is enough when its copies can be the folds.
         needed = MIN_OUT_OF_FOLD_IMAGES if config.augment == "none" else 1
         check_enough_normals(usable, needed, len(report.skipped), folder)
-        method.setup([_image_size(p) for p in usable])
-        fitted = _fit_out_of_fold(method, usable, config, progress)
+    if config.auto:
+        config, method, model, meta, fitted, auto = _auto_fit(config, usable, device, progress)
+    else:
+        method, model, meta = _build_method(config, device)
+        if config.folds:
+            method.setup([_image_size(p) for p in usable])
+            fitted = _fit_out_of_fold(method, usable, config, progress)
     if fitted is None:  # hold-out split: asked for, or the twins do not fit in memory
         fitted = _fit_holdout(method, usable, config, len(report.skipped), folder, progress)
     details, scores, n_fit, n_holdout, source = fitted
@@ -113,6 +119,9 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
                 "threshold_scores": [round(float(s), 6) for s in scores], **details},
         "config": config.model_dump(mode="json"),
     }
+    if auto is not None:
+        record["auto"] = auto
+        details["auto"] = auto
     detector = AnomalyDetector(method, threshold, scale, record)
     out = Path(config.out)
     detector.save(out, meta, model)
@@ -129,7 +138,7 @@ where the scores came from)."""
 
 
 def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
-                     progress: bool) -> FitOutcome | None:
+                     progress: bool, synthetic_seed: int | None = None) -> FitOutcome | None:
     copies = n_copies(config.augment)
 
     def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
@@ -151,16 +160,75 @@ def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyF
                      "on_score": lambda n: bar.advance(score, n)}
         groups = [i for i in range(len(usable)) for _ in range(copies)]
         details, out_of_fold = fit_out_of_fold(method, passes, n_images, config.folds,
-                                               config.seed, groups=groups, **hooks)
+                                               config.seed, groups=groups,
+                                               synthetic_seed=synthetic_seed, **hooks)
     if out_of_fold is None:
         return None
     details["out_of_fold"] = {"folds": out_of_fold.folds, **out_of_fold.details}
+    if out_of_fold.synthetic:
+        details["synthetic_auroc"] = {
+            kind: round(float(roc_auc_score(
+                [0] * len(out_of_fold.scores) + [1] * len(made),
+                np.concatenate([out_of_fold.scores.numpy(), made.numpy()]))), 4)
+            for kind, made in out_of_fold.synthetic.items()}
     copied = f", {copies} copies each" if copies > 1 else ""
     grouping = ("the copies of the one image are the folds" if len(usable) == 1
                 else "each scored by a model fitted on the others")
     source = (f"the out-of-fold scores of all {len(usable)} normal images{copied} "
               f"({out_of_fold.folds} folds, {grouping})")
     return details, out_of_fold.scores.numpy(), len(usable), 0, source
+
+
+AUTO_RECIPE = ("each normal image gives a local synthetic defect (a patch cut and pasted, a "
+               "scar, noise or a flat colour) and a global one (lower contrast, blur, a finer "
+               "texture, a colour cast), scored by the model that did not learn the image; "
+               "a candidate's score is the mean of its local and global AUROC against the "
+               "out-of-fold normal scores")
+
+
+def auto_candidates(config: AnomalyFitConfig) -> list[dict[str, Any]]:
+    """The settings `--auto` tries: input size 224 / 448 px and, for PatchCore, the image
+    statistics off / on (the choices that decided past figures; see the README)."""
+    sizes = [None, 448]
+    if config.method == "patchcore":
+        return [{"image_size": size, "global_stats": stats}
+                for size in sizes for stats in (False, True)]
+    if config.method == "padim":
+        return [{"image_size": size} for size in sizes]
+    raise ConfigError("--auto chooses settings of patchcore and padim; patchmean has its own "
+                      "(--patch-size, --resolution).")
+
+
+def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device,
+              progress: bool) -> tuple[AnomalyFitConfig, AnomalyMethod,
+                                       torch.nn.Module | None, BundleMeta, FitOutcome,
+                                       dict[str, Any]]:
+    if not config.folds:
+        raise ConfigError("--auto scores candidates out of fold: leave --folds at 2 or more.")
+    best: tuple[float, AnomalyFitConfig, AnomalyMethod, Any, BundleMeta, FitOutcome] | None
+    best, trials = None, []
+    for settings in auto_candidates(config):
+        candidate = config.model_copy(update=settings)
+        started = time.perf_counter()
+        method, model, meta = _build_method(candidate, device)
+        method.setup([_image_size(p) for p in usable])
+        fitted = _fit_out_of_fold(method, usable, candidate, progress, synthetic_seed=config.seed)
+        if fitted is None:
+            continue
+        synthetic = fitted[0]["synthetic_auroc"]
+        score = float(np.mean(list(synthetic.values())))
+        trials.append({"settings": {k: v for k, v in settings.items()},
+                       "synthetic_auroc": synthetic, "score": round(score, 4),
+                       "seconds": round(time.perf_counter() - started, 2)})
+        if best is None or score > best[0] + 1e-9:  # ties: the cheaper, earlier candidate
+            best = (score, candidate, method, model, meta, fitted)
+    if best is None:
+        raise DataError("no --auto candidate could be scored out of fold (too little memory "
+                        "for the fold models); fit without --auto.")
+    _, chosen, method, model, meta, fitted = best
+    chosen_settings = {k: getattr(chosen, k) for k in trials[0]["settings"]}
+    return chosen, method, model, meta, fitted, {
+        "chosen": chosen_settings, "candidates": trials, "recipe": AUTO_RECIPE}
 
 
 def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
