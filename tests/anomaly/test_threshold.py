@@ -205,3 +205,19 @@ def test_is_anomalous_matches_label_for() -> None:
     flags = is_anomalous(scores, 0.5)
     assert flags.tolist() == [False, True, True, True]
     assert [label_for(s, 0.5) == "anomaly" for s in scores] == flags.tolist()
+
+
+def test_with_few_normal_images_the_threshold_keeps_the_nominal_false_alarm_rate() -> None:
+    from vitkit.anomaly.threshold import few_image_threshold
+
+    rng = np.random.default_rng(0)
+    fresh = rng.lognormal(mean=1.0, sigma=0.3, size=20_000)
+    bounded, maxima = [], []
+    for _ in range(300):  # five normal images set the threshold, new ones are scored
+        five = rng.lognormal(mean=1.0, sigma=0.3, size=5)
+        bounded.append(float((fresh > few_image_threshold(five, 99.0)).mean()))
+        maxima.append(float((fresh > percentile_threshold(five, 99.0)).mean()))
+    assert 0.005 < np.mean(bounded) < 0.02  # nominal 1%: exact for log-normal scores
+    assert np.mean(maxima) > 0.1  # the 99th percentile of five is about their maximum: ~1/6
+    many = rng.lognormal(size=40)
+    assert few_image_threshold(many, 99.0) == percentile_threshold(many, 99.0)

@@ -132,6 +132,38 @@ def percentile_threshold(normal_scores: ArrayLike, q: float = 99.0) -> float:
     return float(np.percentile(scores, q, method="linear"))
 
 
+FEW_IMAGES = 30
+"""Below this many normal images, a 99th percentile of their scores is about their maximum:
+:func:`few_image_threshold` extrapolates the tail instead."""
+
+
+def few_image_threshold(normal_scores: ArrayLike, q: float = 99.0,
+                        n_images: int | None = None) -> float:
+    """The ``q``-th percentile of the normal scores, raised, when fewer than
+    :data:`FEW_IMAGES` images gave them, to the one-sided ``q`` % prediction bound of a
+    log-normal fitted to them: ``exp(m + t * s * sqrt(1 + 1/n))`` with ``m, s`` the mean and
+    spread of the log scores and ``t`` Student's quantile with ``n - 1`` degrees of freedom.
+
+    With two to a few dozen normal images the empirical percentile is their maximum, which new
+    normal images pass about ``1 / (n + 1)`` of the time whatever ``q`` says; the bound widens
+    as ``n`` shrinks. ``n_images`` counts independent images (augmented copies of one image
+    are not); the bound uses at least two.
+    """
+    from scipy import stats
+
+    scores = as_score_array(normal_scores, "normal_scores")
+    empirical = percentile_threshold(scores, q)
+    n = len(scores) if n_images is None else int(n_images)
+    if n >= FEW_IMAGES or len(scores) < 2 or float(scores.min()) <= 0.0:
+        return empirical
+    logs = np.log(scores)
+    spread = float(logs.std(ddof=1))
+    dof = max(1, min(n, len(scores)) - 1)
+    t = float(stats.t.ppf(q / 100.0, dof)) if q < 100.0 else float("inf")
+    bound = float(np.exp(logs.mean() + t * spread * np.sqrt(1.0 + 1.0 / max(n, 1))))
+    return max(empirical, bound) if np.isfinite(bound) else empirical
+
+
 def f1_optimal_threshold(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     """The threshold with the best F1 on labelled scores.
 

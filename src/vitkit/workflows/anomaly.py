@@ -33,7 +33,13 @@ from vitkit.anomaly.folds import fit_out_of_fold, indexed
 from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchMeanMethod
 from vitkit.anomaly.metrics import evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
-from vitkit.anomaly.threshold import ScoreScale, f1_optimal_threshold, percentile_threshold
+from vitkit.anomaly.threshold import (
+    FEW_IMAGES,
+    ScoreScale,
+    f1_optimal_threshold,
+    few_image_threshold,
+    percentile_threshold,
+)
 from vitkit.bundle import BundleMeta, update_meta, write_json_atomic
 from vitkit.console import make_progress
 from vitkit.data import Sample, validate_samples, write_skipped_csv
@@ -106,7 +112,13 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
     if fitted is None:  # hold-out split: asked for, or the twins do not fit in memory
         fitted = _fit_holdout(method, usable, config, len(report.skipped), folder, progress)
     details, scores, n_fit, n_holdout, source = fitted
-    threshold = percentile_threshold(scores, config.percentile)
+    # Independent images behind the scores: the held-out ones, or every learned one (the
+    # augmented copies of an image are not independent of it).
+    threshold = few_image_threshold(scores, config.percentile,
+                                    n_images=n_holdout if n_holdout else n_fit)
+    if threshold > percentile_threshold(scores, config.percentile):
+        source += (f", raised to the {config.percentile:g}% prediction bound of a log-normal "
+                   f"fitted to them (fewer than {FEW_IMAGES} images)")
     scale = ScoreScale.from_normal_scores(scores, threshold)
     fit_seconds = time.perf_counter() - started
     record = {
