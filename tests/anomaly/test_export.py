@@ -8,22 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.anomaly.test_detector import BOXES, N_NORMAL, fit, to_image, with_stain, woven_texture
+from tests.anomaly.test_detector import BOXES, fit
+from tests.anomaly.woven import to_image, with_stain, woven_texture
 from tests.e2e.cli import run_cli
 
 from vitkit.anomaly.detector import load_detector
 from vitkit.bundle import read_meta
 from vitkit.errors import BundleError, VitkitError
 from vitkit.workflows.anomaly_export import run_anomaly_export
-
-
-@pytest.fixture(scope="module")
-def normal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("woven-export") / "good"
-    folder.mkdir()
-    for seed in range(N_NORMAL):
-        to_image(woven_texture(seed)).save(folder / f"{seed:02d}.png")
-    return folder
 
 
 @pytest.mark.slow

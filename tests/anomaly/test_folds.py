@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.anomaly.test_detector import to_image, woven_texture
+from tests.anomaly.woven import to_image, woven_texture
 
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
@@ -153,7 +153,8 @@ def test_dihedral_copies_are_the_eight_symmetries() -> None:
 
 @pytest.mark.slow
 def test_one_normal_image_with_dihedral_copies_fits_and_flags_a_stain(tmp_path: Path) -> None:
-    from tests.anomaly.test_detector import BOXES, with_stain
+    from tests.anomaly.test_detector import BOXES
+    from tests.anomaly.woven import with_stain
 
     normal = tmp_path / "good"
     normal.mkdir()
