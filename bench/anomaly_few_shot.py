@@ -4,8 +4,8 @@ with and without dihedral copies, beside the full set; three seeded draws of the
     .venv/bin/python bench/anomaly_few_shot.py [--sets deeppcb,BDP,FLR] [--shots 1,2,4,8]
         [--seeds 0,1,2] [--jsonl FILE]
 
-Per fit: image and pixel AUROC on the whole test set, and the false-alarm rate on its normal
-images at the stored threshold (nominal 1%). One normal image needs ``--augment``: its copies
+Per fit: image and pixel AUROC on the whole test set, F1 and the false-alarm rate on its
+normal images at the stored threshold (nominal 1%). One normal image needs ``--augment``: its copies
 are the folds of the out-of-fold threshold.
 """
 
@@ -47,7 +47,7 @@ def one(data: Path, name: str, shots: int | None, augment: str, seed: int,
     scores = np.array([r.raw_score for r, _ in detector.score_paths(good)])
     return {"set": name, "shots": shots or len(normal), "augment": augment, "seed": seed,
             "fit_s": fit.fit_seconds, "image_auroc": evaluation["image_auroc"],
-            "pixel_auroc": evaluation.get("pixel_auroc"),
+            "pixel_auroc": evaluation.get("pixel_auroc"), "f1": evaluation["f1"],
             "false_alarms": float((scores > detector.threshold).mean())}
 
 

@@ -135,6 +135,9 @@ def percentile_threshold(normal_scores: ArrayLike, q: float = 99.0) -> float:
 FEW_IMAGES = 30
 """Below this many normal images, a 99th percentile of their scores is about their maximum:
 :func:`few_image_threshold` extrapolates the tail instead."""
+MIN_BOUND_DOF = 3
+"""Fewer scores than this plus one give no usable spread (Student's t at 1 degree of freedom
+is 31.8: a bound above every defect, measured on the paper sets: F1 0)."""
 
 
 def few_image_threshold(normal_scores: ArrayLike, q: float = 99.0,
@@ -147,7 +150,7 @@ def few_image_threshold(normal_scores: ArrayLike, q: float = 99.0,
     With two to a few dozen normal images the empirical percentile is their maximum, which new
     normal images pass about ``1 / (n + 1)`` of the time whatever ``q`` says; the bound widens
     as ``n`` shrinks. ``n_images`` counts independent images (augmented copies of one image
-    are not); the bound uses at least two.
+    are not) and sets ``1/n``; the degrees of freedom come from every score.
     """
     from scipy import stats
 
@@ -158,7 +161,11 @@ def few_image_threshold(normal_scores: ArrayLike, q: float = 99.0,
         return empirical
     logs = np.log(scores)
     spread = float(logs.std(ddof=1))
-    dof = max(1, min(n, len(scores)) - 1)
+    # Degrees of freedom from every score (augmented copies included): with one or two
+    # images and no copies, n - 1 would put t at 31.8 and the bound beyond every defect.
+    dof = len(scores) - 1
+    if dof < MIN_BOUND_DOF:  # too few scores to say how they spread: the largest one
+        return empirical
     t = float(stats.t.ppf(q / 100.0, dof)) if q < 100.0 else float("inf")
     bound = float(np.exp(logs.mean() + t * spread * np.sqrt(1.0 + 1.0 / max(n, 1))))
     return max(empirical, bound) if np.isfinite(bound) else empirical
