@@ -197,9 +197,10 @@ def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
                               batch_size=16)
     result = run_fit(config, progress=False)
     auto = result.details["auto"]
+    quarter = {"image_size": 448, "coreset_ratio": 0.025}
     assert [t["settings"] for t in auto["candidates"]] == [
         {"image_size": None, "global_stats": False}, {"image_size": None, "global_stats": True},
-        {"image_size": 448, "global_stats": False}, {"image_size": 448, "global_stats": True}]
+        {**quarter, "global_stats": False}, {**quarter, "global_stats": True}]
     best = max(auto["candidates"], key=lambda t: t["score"])
     assert auto["chosen"] == best["settings"]
     for trial in auto["candidates"]:
