@@ -13,7 +13,7 @@ from tests.anomaly.woven import to_image, with_stain, woven_texture
 from tests.e2e.cli import run_cli
 
 from vitkit.anomaly.detector import load_detector
-from vitkit.bundle import read_meta
+from vitkit.bundle import read_meta, update_meta
 from vitkit.errors import BundleError, VitkitError
 from vitkit.workflows.anomaly_export import run_anomaly_export
 
@@ -37,6 +37,13 @@ def test_an_exported_extractor_scores_like_pytorch(variant: str, module: str, no
     np.testing.assert_allclose(raw.numpy(), torch_raw.numpy(), rtol=1e-4)
     np.testing.assert_allclose(maps.numpy(), torch_maps.numpy(), rtol=1e-4, atol=1e-4)
     assert raw[1] > raw[0]  # the stain still scores higher
+    record = read_meta(bundle).model_extra["anomaly"]
+    assert record["default_variant"] == variant
+    update_meta(bundle, anomaly={**record, "default_variant": "onnx-int4"})
+    with pytest.warns(RuntimeWarning, match="onnx-int4 cannot run here"):
+        fallback = load_detector(bundle, "cpu")
+    np.testing.assert_allclose(fallback.raw_scores(queries)[0].numpy(), torch_raw.numpy(),
+                               rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -220,9 +220,9 @@ def _default_variant(path: Path, record: dict[str, Any]) -> str:
     runtime = next((v["runtime"] for v in record.get("variants", []) if v["name"] == name), None)
     if name != REFERENCE and (runtime is None
                               or not available(RUNTIME_MODULES.get(runtime, runtime))):
-        warnings.warn(f"{path}: the default variant {name} cannot run here ({runtime or 'no '}"
-                      f" runtime); scoring with {REFERENCE} instead", RuntimeWarning,
-                      stacklevel=3)
+        why = f"{runtime} is not installed" if runtime else "it is not in the bundle"
+        warnings.warn(f"{path}: the default variant {name} cannot run here ({why}); scoring "
+                      f"with {REFERENCE} instead", RuntimeWarning, stacklevel=3)
         return REFERENCE
     return name
 
