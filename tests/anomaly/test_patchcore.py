@@ -222,3 +222,11 @@ def test_image_score_rules_from_patch_scores() -> None:
     assert patchcore.image_scores_from_patches(patch_scores, "top10").item() == 94.5
     with pytest.raises(ValueError, match="top1, top3"):
         patchcore.image_scores_from_patches(patch_scores, "median")
+
+
+def test_the_config_offers_exactly_the_image_score_rules_patchcore_knows() -> None:
+    from typing import get_args
+
+    from vitkit.anomaly.config import ImageScore
+
+    assert get_args(ImageScore) == patchcore.IMAGE_SCORES

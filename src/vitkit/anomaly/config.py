@@ -47,7 +47,7 @@ class AnomalyFitConfig(BaseModel):
         auto: Choose input size and (PatchCore) image statistics without labelled defects:
             every candidate is fitted and scored on synthetic defects made from the normal
             images (see :mod:`vitkit.anomaly.synthetic`); the best is kept and every
-            candidate's score recorded. Costs about 8-20x a plain fit.
+            candidate's score recorded. Cost about 19x a plain fit on one paper set.
         augment: Also learn flipped (``flips``: 4 copies) or flipped and rotated
             (``dihedral``: 8 copies) versions of each normal image, for few normal images of
             parts that look the same mirrored or turned (PatchCore, PaDiM).

@@ -91,7 +91,8 @@ def export_features(extractor: nn.Module, bundle: Path, name: str,
     target = bundle / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     model = TupleOutput(extractor).eval()
-    n_maps = len(extractor(torch.zeros(1, 3, *input_size)))
+    with torch.no_grad():
+        n_maps = len(extractor(torch.zeros(1, 3, *input_size)))
     with staged(target.parent) as folder:
         built = folder / target.name
         if runtime == "openvino":

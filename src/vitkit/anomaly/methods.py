@@ -96,7 +96,8 @@ class AnomalyMethod(ABC):
 
     def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
         """About how much memory fitting on ``n_images`` takes, given one batch's embedding
-        (decides how many twins fit in memory at once)."""
+        (decides how many fitted twins fit in memory at once). Default: every image's
+        embedding kept until the fit ends."""
         per_image = sum(t[0].numel() * t.element_size() for t in embedding)
         return per_image * n_images
 
@@ -173,6 +174,10 @@ class PatchMeanMethod(AnomalyMethod):
 
     def spawn(self) -> PatchMeanMethod:
         return PatchMeanMethod(self.patch_size, self.resolution, self.size)
+
+    def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
+        per_image = embedding[0][0].numel()
+        return 2 * per_image * 8  # running float64 mean and squared deviations, whatever n
 
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         self.model = self._accumulator.finalize()
@@ -280,10 +285,6 @@ class PatchCoreMethod(_DeepMethod):
                                num_neighbors=self.num_neighbors, seed=self.seed,
                                global_stats=self.global_stats, image_score=self.image_score)
 
-    def fit_state_bytes(self, embedding: Embedding, n_images: int) -> int:
-        patches = patchcore.locally_aware_patches(select_images(embedding, [0]))
-        return patches.numel() * patches.element_size() * n_images
-
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         features = torch.cat(self._patches)
         self._patches = []
@@ -311,8 +312,7 @@ class PatchCoreMethod(_DeepMethod):
         """The bank without the entries that came from ``images`` (and, with global
         statistics, the Gaussian refitted without their statistics). Not a coreset selected
         afresh from the other images: the greedy selection saw the left-out images' patches,
-        but their own entries are gone, which is what the out-of-fold score needs (measured
-        against fitting twins: README)."""
+        but their own entries are gone, which is what the out-of-fold score needs."""
         if self.bank is None or self._bank_sources is None:
             return None
         left_out = torch.zeros(self._n_images, dtype=torch.bool)

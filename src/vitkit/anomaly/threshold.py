@@ -145,7 +145,8 @@ def few_image_threshold(normal_scores: ArrayLike, q: float = 99.0,
     """The ``q``-th percentile of the normal scores, raised, when fewer than
     :data:`FEW_IMAGES` images gave them, to the one-sided ``q`` % prediction bound of a
     log-normal fitted to them: ``exp(m + t * s * sqrt(1 + 1/n))`` with ``m, s`` the mean and
-    spread of the log scores and ``t`` Student's quantile with ``n - 1`` degrees of freedom.
+    spread of the log scores and ``t`` Student's quantile with one degree of freedom per score
+    less one (below :data:`MIN_BOUND_DOF`, the percentile alone).
 
     With two to a few dozen normal images the empirical percentile is their maximum, which new
     normal images pass about ``1 / (n + 1)`` of the time whatever ``q`` says; the bound widens

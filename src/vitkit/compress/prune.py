@@ -84,20 +84,17 @@ def prune_mlp_state(model: nn.Module, importance: list[torch.Tensor], width: int
     ``mlp_ratio`` that builds that shape."""
     inner = getattr(model, "model", model)
     blocks = vit_blocks(model)
-    prefix = ""
     state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
     for i, (block, scores) in enumerate(zip(blocks, importance, strict=True)):
         keep = torch.sort(torch.topk(scores, width).indices).values
-        name = f"{prefix}blocks.{i}.mlp"
+        name = f"blocks.{i}.mlp"
         state[f"{name}.fc1.weight"] = state[f"{name}.fc1.weight"][keep].contiguous()
         if block.mlp.fc1.bias is not None:
             state[f"{name}.fc1.bias"] = state[f"{name}.fc1.bias"][keep].contiguous()
         state[f"{name}.fc2.weight"] = state[f"{name}.fc2.weight"][:, keep].contiguous()
-        if f"{name}.norm.weight" in state:  # an MLP with a norm on the hidden units
-            for suffix in ("weight", "bias"):
-                key = f"{name}.norm.{suffix}"
-                if key in state:
-                    state[key] = state[key][keep].contiguous()
+        for key in (f"{name}.norm.weight", f"{name}.norm.bias"):  # a norm on the hidden units
+            if key in state:
+                state[key] = state[key][keep].contiguous()
     embed_dim = blocks[0].mlp.fc1.in_features
     ratio = width / embed_dim
     if int(embed_dim * ratio) != width:  # timm computes int(dim * mlp_ratio)

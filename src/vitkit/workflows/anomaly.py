@@ -99,9 +99,12 @@ def run_fit(config: AnomalyFitConfig, progress: bool = True) -> FitResult:
     auto: dict[str, Any] | None = None
     fitted = None
     if config.folds:
-        # One image is enough when its copies can be the folds.
-        needed = MIN_OUT_OF_FOLD_IMAGES if config.augment == "none" else 1
-        check_enough_normals(usable, needed, len(report.skipped), folder)
+        if config.augment == "none":
+            check_enough_normals(usable, MIN_OUT_OF_FOLD_IMAGES, len(report.skipped), folder,
+                                 hint=" — or, with a single image of a part that looks the "
+                                 "same mirrored and turned, --augment dihedral")
+        else:  # one image is enough: its copies can be the folds
+            check_enough_normals(usable, 1, len(report.skipped), folder)
     if config.auto:
         config, method, model, meta, fitted, auto = _auto_fit(config, usable, device, progress)
     else:
@@ -222,9 +225,9 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
                                        dict[str, Any]]:
     if not config.folds:
         raise ConfigError("--auto scores candidates out of fold: leave --folds at 2 or more.")
-    best: tuple[float, AnomalyFitConfig, AnomalyMethod, Any, BundleMeta, FitOutcome] | None
-    best, trials = None, []
-    best_settings: dict[str, Any] = {}
+    best: tuple[float, dict[str, Any], AnomalyFitConfig, AnomalyMethod, Any, BundleMeta,
+                FitOutcome] | None = None
+    trials = []
     for settings in auto_candidates(config):
         candidate = config.model_copy(update=settings)
         started = time.perf_counter()
@@ -235,19 +238,17 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
             continue
         synthetic = fitted[0]["synthetic_auroc"]
         score = float(np.mean(list(synthetic.values())))
-        trials.append({"settings": {k: v for k, v in settings.items()},
-                       "synthetic_auroc": synthetic, "score": round(score, 4),
+        trials.append({"settings": dict(settings), "synthetic_auroc": synthetic,
+                       "score": round(score, 4),
                        "seconds": round(time.perf_counter() - started, 2)})
         if best is None or score > best[0] + 1e-9:  # ties: the cheaper, earlier candidate
-            best = (score, candidate, method, model, meta, fitted)
-            best_settings = dict(settings)
+            best = (score, dict(settings), candidate, method, model, meta, fitted)
     if best is None:
         raise DataError("no --auto candidate could be scored out of fold (too little memory "
                         "for the fold models); fit without --auto.")
-    _, chosen, method, model, meta, fitted = best
-    chosen_settings = {k: getattr(chosen, k) for k in best_settings}
+    _, settings, chosen, method, model, meta, fitted = best
     return chosen, method, model, meta, fitted, {
-        "chosen": chosen_settings, "candidates": trials, "recipe": AUTO_RECIPE}
+        "chosen": settings, "candidates": trials, "recipe": AUTO_RECIPE}
 
 
 def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
@@ -289,18 +290,17 @@ def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitCo
 
 
 def check_enough_normals(paths: Sequence[Path], needed: int, n_skipped: int = 0,
-                         folder: Path | None = None) -> None:
-    """A clear error when fewer than ``needed`` usable normal images were found."""
+                         folder: Path | None = None, why: str = "", hint: str = "") -> None:
+    """A clear error when fewer than ``needed`` usable normal images were found; ``why`` says
+    what they are for, ``hint`` what else the user could do."""
     if len(paths) >= needed:
         return
     skipped = f" ({n_skipped} more were skipped as unreadable)" if n_skipped else ""
     where = f" in {folder}" if folder else ""
     raise DataError(
-        f"anomaly fit needs at least {needed} usable normal images; found "
+        f"anomaly fit needs at least {needed} usable normal images{why}; found "
         f"{len(paths)}{where}{skipped}. Add more images of good parts — a few dozen give "
-        "a much more reliable threshold" + (" — or, with a single image of a part that looks "
-                                            "the same mirrored and turned, --augment "
-                                            "dihedral." if needed == 2 else "."))
+        f"a much more reliable threshold{hint}.")
 
 
 def split_normals(paths: Sequence[Path], holdout: float, seed: int, n_skipped: int = 0,
@@ -310,16 +310,9 @@ def split_normals(paths: Sequence[Path], holdout: float, seed: int, n_skipped: i
     Raises:
         DataError: Fewer than ``MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES`` usable images.
     """
-    needed = MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES
-    if len(paths) < needed:
-        skipped = f" ({n_skipped} more were skipped as unreadable)" if n_skipped else ""
-        where = f" in {folder}" if folder else ""
-        raise DataError(
-            f"anomaly fit needs at least {needed} usable normal images ({MIN_FIT_IMAGES} to "
-            f"learn from and {MIN_HOLDOUT_IMAGES} held out to set the threshold); found "
-            f"{len(paths)}{where}{skipped}. Add more images of good parts — a few dozen give "
-            "a much more reliable threshold."
-        )
+    check_enough_normals(paths, MIN_FIT_IMAGES + MIN_HOLDOUT_IMAGES, n_skipped, folder,
+                         why=f" ({MIN_FIT_IMAGES} to learn from and {MIN_HOLDOUT_IMAGES} held "
+                         "out to set the threshold)")
     order = list(paths)
     random.Random(seed).shuffle(order)
     n_holdout = max(MIN_HOLDOUT_IMAGES, round(holdout * len(order)))
