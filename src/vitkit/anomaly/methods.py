@@ -20,6 +20,7 @@ from PIL import Image
 from vitkit.anomaly import global_stats, gray, padim, patchcore, patchmean
 from vitkit.anomaly.features import FeatureExtractor
 from vitkit.anomaly.maps import upsample_map
+from vitkit.backbones.fold import inference_copy
 from vitkit.data import Preprocessing, eval_transform
 from vitkit.errors import ConfigError
 
@@ -223,13 +224,31 @@ class _DeepMethod(AnomalyMethod):
         self.preprocessing = preprocessing
         self.device = device
         self._transform = eval_transform(preprocessing)
+        # The extractor that runs: batch norms folded, built on first use and again whenever
+        # ``extractor`` is replaced (an exported variant runs as it is).
+        self._runner: tuple[object, Callable[[torch.Tensor], list[torch.Tensor]], bool] | None \
+            = None
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         return self._transform(image)
 
+    def _runnable(self, batch: torch.Tensor) -> tuple[Callable[[torch.Tensor], list[torch.Tensor]],
+                                                     bool]:
+        if self._runner is None or self._runner[0] is not self.extractor:
+            if isinstance(self.extractor, torch.nn.Module):
+                fast, folded = inference_copy(self.extractor, batch[:1].to(self.device))
+            else:
+                fast, folded = self.extractor, False
+            self._runner = (self.extractor, fast, folded)
+        return self._runner[1], self._runner[2]
+
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        return [m.cpu() for m in self.extractor(batch.to(self.device))]
+        extractor, channels_last = self._runnable(batch)
+        batch = batch.to(self.device)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return [m.cpu().contiguous() for m in extractor(batch)]
 
     def embed(self, batch: torch.Tensor) -> Embedding:
         return self.features(batch)
