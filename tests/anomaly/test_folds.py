@@ -13,6 +13,7 @@ from tests.anomaly.woven import to_image, woven_texture
 
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly import folds
 from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed
 from vitkit.anomaly.methods import PatchMeanMethod
 from vitkit.anomaly.threshold import percentile_threshold
@@ -62,6 +63,26 @@ def test_each_image_is_scored_by_a_model_fitted_on_the_other_folds_only() -> Non
     assert torch.equal(method.tensors()["mean"], alone.tensors()["mean"])
     in_sample, _ = method.score(images)
     assert out_of_fold.scores[4] > in_sample[4]
+
+
+def test_features_are_extracted_once_when_they_fit_in_the_cache(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    images = _canvases(9)
+    images[4] += 0.3
+    results = {}
+    for budget in (folds.EMBEDDING_CACHE_BYTES, 0):  # kept, then a second pass
+        monkeypatch.setattr(folds, "EMBEDDING_CACHE_BYTES", budget)
+        method = PatchMeanMethod(patch_size=8, size=(24, 24))
+        embedded = []
+        original = method.embed
+        monkeypatch.setattr(method, "embed", lambda b, f=original: embedded.append(len(b)) or f(b))
+        _, out_of_fold = fit_out_of_fold(method, lambda: indexed(iter(images.split(4))), 9,
+                                         folds=3, seed=1)
+        assert out_of_fold is not None
+        results[budget] = (sum(embedded), out_of_fold.scores)
+    (cached_count, cached), (uncached_count, uncached) = results.values()
+    assert (cached_count, uncached_count) == (9, 18)
+    assert torch.equal(cached, uncached)
 
 
 @pytest.mark.slow

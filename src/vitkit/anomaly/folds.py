@@ -9,9 +9,12 @@ out-of-fold scores set the threshold, so the threshold still comes from images t
 model never saw, while no image is kept out of the final model (a held-out 20% used to be
 missing from the memory bank and the Gaussians).
 
-Cost: one extra pass of feature extraction (the twins share the features of the first pass)
-and, for fitted twins, ``k`` more fits (covariance inversions, patch statistics). Memory: the
-fitted twins' state together; ``k`` is lowered to what fits in :data:`FOLD_MEMORY_BYTES`.
+Cost: for fitted twins, ``k`` more fits (covariance inversions, patch statistics); the
+twins share the features of the one pass over the images, which are kept for scoring the
+folds afterwards (a second pass of feature extraction only when they would take more than
+:data:`EMBEDDING_CACHE_BYTES`, or when synthetic defects must be made from the images).
+Memory: the fitted twins' state together; ``k`` is lowered to what fits in
+:data:`FOLD_MEMORY_BYTES`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from vitkit.errors import VitkitError
 FOLD_MEMORY_BYTES = 4 * 1024**3
 """The most memory the twins' fit state may take together (features or Gaussian sums)."""
 MIN_FOLDS = 2
+EMBEDDING_CACHE_BYTES = 1024**3
+"""The first pass's features are kept for scoring the folds when they take at most this."""
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, list[int]]]]
 """A fresh pass over the normal images: (prepared batch, the images' indices in 0..n-1)."""
@@ -99,8 +104,16 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
     fold_of: list[int] = []
     if method.derives_twins:  # twins come from the kept model's own fit (no extra fits)
         fold_of = fold_assignment(n_images, folds, seed, groups)
+    kept: list[tuple[Embedding, list[int]]] | None = []
+    kept_bytes = 0
     for batch, index in batches():
         embedding = method.embed(batch)
+        if kept is not None:
+            kept_bytes += sum(t.numel() * t.element_size() for t in embedding)
+            if kept_bytes <= EMBEDDING_CACHE_BYTES:
+                kept.append((embedding, index))
+            else:
+                kept = None
         if not fold_of:
             k = affordable_folds(folds, n_images,
                                  method.fit_state_bytes(embedding, n_images))
@@ -125,7 +138,15 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
         twins = [_derived(method, [i for i, f in enumerate(fold_of) if f == fold])
                  for fold in range(max(fold_of) + 1)]
     twins_seconds = round(time.perf_counter() - started, 3)
-    parts, synthetic = _out_of_fold_parts(method, twins, batches(), fold_of, on_score,
+    if synthetic_seed is not None:  # the defects are made from the images: read them again
+        passes: Iterable[tuple[torch.Tensor | None, list[int], Embedding | None]] = (
+            (batch, index, None if kept is None else kept[i][0])
+            for i, (batch, index) in enumerate(batches()))
+    elif kept is not None:
+        passes = ((None, index, embedding) for embedding, index in kept)
+    else:
+        passes = ((batch, index, None) for batch, index in batches())
+    parts, synthetic = _out_of_fold_parts(method, twins, passes, fold_of, on_score,
                                           synthetic_seed)
     details.update(method.calibrate_parts(parts))
     scores = method.combine_parts(parts)
@@ -146,18 +167,20 @@ def _derived(method: AnomalyMethod, left_out: list[int]) -> AnomalyMethod:
 
 
 def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],
-                       passes: Iterable[tuple[torch.Tensor, list[int]]], fold_of: list[int],
-                       on_score: Callable[[int], None] | None, synthetic_seed: int | None
+                       passes: Iterable[tuple[torch.Tensor | None, list[int], Embedding | None]],
+                       fold_of: list[int], on_score: Callable[[int], None] | None,
+                       synthetic_seed: int | None
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The out-of-fold parts of every image, and (with ``synthetic_seed``) of a local and a
-    global synthetic defect made from each, scored by the same twin as their source."""
+    global synthetic defect made from each, scored by the same twin as their source.
+    ``passes``: (batch, indices, the batch's embedding when already known, else None)."""
     rows: dict[int, torch.Tensor] = {}
     made: dict[str, dict[int, torch.Tensor]] = {"local": {}, "global": {}}
-    for batch, index in passes:
-        embedding = method.embed(batch)
+    for batch, index, known in passes:
+        embedding = known if known is not None else method.embed(_needed(batch))
         defects = None
         if synthetic_seed is not None:
-            local, overall = synthetic_defects(batch, index, synthetic_seed)
+            local, overall = synthetic_defects(_needed(batch), index, synthetic_seed)
             defects = {"local": method.embed(local), "global": method.embed(overall)}
         for fold, twin in enumerate(twins):
             members = [i for i, image in enumerate(index) if fold_of[image] == fold]
@@ -175,6 +198,12 @@ def _out_of_fold_parts(method: AnomalyMethod, twins: list[AnomalyMethod],
     synthetic = {kind: torch.stack([found[i] for i in sorted(found)])
                  for kind, found in made.items() if found}
     return torch.stack([rows[i] for i in sorted(rows)]), synthetic
+
+
+def _needed(batch: torch.Tensor | None) -> torch.Tensor:
+    if batch is None:
+        raise RuntimeError("a pass over kept features has no images to embed or alter")
+    return batch
 
 
 def indexed(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, list[int]]]:

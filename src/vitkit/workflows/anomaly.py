@@ -484,8 +484,6 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
         report: Write overlays and the HTML report.
         variant: An exported feature extractor to score with (`vitkit anomaly export`).
     """
-    from vitkit.report.anomaly import write_anomaly_report
-
     detector = load_detector(bundle, device, variant=variant)
     tests = mvtec_test_images(data_root)
     by_path = {t.path: t for t in tests}
@@ -524,6 +522,8 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
                "threshold_source": detector.record.get("threshold_source")}
     write_json_atomic(out / "eval.json", details)
     if report:
+        from vitkit.report.anomaly import write_anomaly_report  # matplotlib: only when asked
+
         entries = [(t, r) for t, r in scored]
         write_anomaly_report(out, details, _report_entries(detector, entries, max_map_side))
     return result
