@@ -50,7 +50,8 @@ def vitkit_row(data: Path, out: Path, auto: bool) -> dict[str, Any]:
     return {"tool": "vitkit --auto" if auto else "vitkit default",
             "image_auroc": result["image_auroc"], "pixel_auroc": result.get("pixel_auroc"),
             "fit_s": round(fitted - start, 2), "test_s": round(done - fitted, 2),
-            "total_s": round(done - start, 2), "settings": fit.details.get("auto", {}).get("chosen")}
+            "total_s": round(done - start, 2),
+            "settings": fit.details.get("auto", {}).get("chosen")}
 
 
 def anomalib_row(python: str, data: Path, method: str, threads: int) -> dict[str, Any]:

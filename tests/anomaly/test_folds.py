@@ -3,7 +3,7 @@ learn it, and the false-alarm rate on new normal images matches the nominal perc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,11 @@ import pytest
 import torch
 from tests.anomaly.woven import to_image, woven_texture
 
+from vitkit.anomaly import folds
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
-from vitkit.anomaly import folds
 from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed
-from vitkit.anomaly.methods import PatchMeanMethod
+from vitkit.anomaly.methods import Embedding, PatchMeanMethod
 from vitkit.anomaly.threshold import percentile_threshold
 from vitkit.workflows.anomaly import run_fit
 
@@ -73,9 +73,15 @@ def test_features_are_extracted_once_when_they_fit_in_the_cache(
     for budget in (folds.EMBEDDING_CACHE_BYTES, 0):  # kept, then a second pass
         monkeypatch.setattr(folds, "EMBEDDING_CACHE_BYTES", budget)
         method = PatchMeanMethod(patch_size=8, size=(24, 24))
-        embedded = []
+        embedded: list[int] = []
         original = method.embed
-        monkeypatch.setattr(method, "embed", lambda b, f=original: embedded.append(len(b)) or f(b))
+
+        def counted(batch: torch.Tensor, seen: list[int] = embedded,
+                    embed: Callable[[torch.Tensor], Embedding] = original) -> Embedding:
+            seen.append(len(batch))
+            return embed(batch)
+
+        monkeypatch.setattr(method, "embed", counted)
         _, out_of_fold = fit_out_of_fold(method, lambda: indexed(iter(images.split(4))), 9,
                                          folds=3, seed=1)
         assert out_of_fold is not None
