@@ -3,6 +3,7 @@ learn it, and the false-alarm rate on new normal images matches the nominal perc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from vitkit.anomaly.detector import load_detector
 from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed
 from vitkit.anomaly.methods import Embedding, PatchMeanMethod
 from vitkit.anomaly.threshold import percentile_threshold
-from vitkit.workflows.anomaly import run_fit
+from vitkit.workflows.anomaly import run_eval, run_fit
 
 
 def test_folds_are_seeded_and_as_equal_as_possible() -> None:
@@ -238,3 +239,17 @@ def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
     assert stored.record["auto"] == auto
     assert stored.record["config"]["global_stats"] == best["settings"]["global_stats"]
     assert stored.input_size[0] == (best["settings"]["image_size"] or 224)
+    root = tmp_path / "mvtec"  # the eval report shows the choice beside every candidate
+    for kind, seeds in (("good", (20, 21)), ("stain", (22, 23))):
+        (root / "test" / kind).mkdir(parents=True)
+        for seed in seeds:
+            texture = woven_texture(seed, size=96)
+            if kind == "stain":
+                texture[30:50, 30:50] = 0.0
+            to_image(texture).save(root / "test" / kind / f"{seed}.png")
+    run_eval(tmp_path / "b", root, out=tmp_path / "eval", progress=False)
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["fitted_with"]["auto"] == auto
+    assert saved["fitted_with"]["method"] == "patchcore"
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert page.count("<tr class=\"chosen\">") == 1 and 'id="auto-candidates"' in page

@@ -41,6 +41,7 @@ def write_anomaly_report(out: Path, evaluation: Mapping[str, Any],
         _header(evaluation),
         _overview(evaluation),
         _per_defect(evaluation),
+        _fitting(evaluation),
         _histogram(rows, evaluation),
         _gallery(rows),
         _skipped(evaluation),
@@ -114,6 +115,47 @@ def _per_defect(ev: Mapping[str, Any]) -> str:
              f"<th>F1</th></tr></thead><tbody>{rows}</tbody></table></div>")
     return _section("per-defect-section", "Per defect type", table,
                     "Each defect type against the normal test images.")
+
+
+def _fitting(ev: Mapping[str, Any]) -> str:
+    """The fit's settings and, when `--auto` chose them, every candidate's synthetic scores."""
+    fitted = ev.get("fitted_with") or {}
+    if not fitted:
+        return ""
+    settings = "".join(f"<tr><th>{_e(key)}</th><td>{_e('default' if value is None else value)}"
+                       "</td></tr>" for key, value in fitted.items() if key != "auto")
+    body = ("<div class=\"table-wrap\"><table class=\"data\" id=\"fit-settings\">"
+            f"<tbody>{settings}</tbody></table></div>")
+    auto = fitted.get("auto")
+    lead = "The settings of the fit."
+    if auto:
+        rows = []
+        for trial in auto.get("candidates", []):
+            chosen = trial.get("settings") == auto.get("chosen")
+            synthetic = trial.get("synthetic_auroc", {})
+            row_class = ' class="chosen"' if chosen else ""
+            rows.append(
+                f"<tr{row_class}>"
+                f"<td>{_e(_settings_text(trial.get('settings', {})))}</td>"
+                f"<td>{fmt.decimal(synthetic.get('local'), 3)}</td>"
+                f"<td>{fmt.decimal(synthetic.get('global'), 3)}</td>"
+                f"<td>{fmt.decimal(trial.get('score'), 3)}</td>"
+                f"<td>{fmt.decimal(trial.get('seconds'), 1)}</td>"
+                f"<td>{'chosen' if chosen else ''}</td></tr>")
+        body += ("<h3>Candidates tried by --auto</h3><div class=\"table-wrap\">"
+                 "<table class=\"data numeric\" id=\"auto-candidates\"><thead><tr>"
+                 "<th>Settings</th><th>Synthetic local AUROC</th><th>Synthetic global AUROC</th>"
+                 "<th>Score</th><th>Seconds</th><th></th></tr></thead>"
+                 f"<tbody>{''.join(rows)}</tbody></table></div>"
+                 f"<p class=\"note\">{_e(auto.get('recipe', ''))}</p>")
+        lead = ("The settings of the fit; --auto chose them on synthetic defects, without "
+                "seeing the defects of this test set.")
+    return _section("fit-section", "How this detector was fitted", body, lead)
+
+
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {'default' if value is None else value}"
+                     for key, value in settings.items()) or "defaults"
 
 
 def _histogram(rows: Sequence[Mapping[str, Any]], ev: Mapping[str, Any]) -> str:

@@ -519,7 +519,8 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
     out = Path(out) if out is not None else Path(bundle) / "eval"
     details = {**result, "data": str(data_root), "n_skipped": len(skipped),
                "skipped": [s.to_dict() for s in skipped],
-               "threshold_source": detector.record.get("threshold_source")}
+               "threshold_source": detector.record.get("threshold_source"),
+               "fitted_with": _fitted_with(detector.record)}
     write_json_atomic(out / "eval.json", details)
     if report:
         from vitkit.report.anomaly import write_anomaly_report  # matplotlib: only when asked
@@ -527,6 +528,17 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
         entries = [(t, r) for t, r in scored]
         write_anomaly_report(out, details, _report_entries(detector, entries, max_map_side))
     return result
+
+
+def _fitted_with(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings the bundle was fitted with, and --auto's candidates when it chose them."""
+    config = record.get("config") or {}
+    keys = ("method", "model", "image_size", "layers", "global_stats", "image_score",
+            "coreset_ratio", "folds", "augment")
+    fitted = {key: config[key] for key in keys if key in config}
+    if "auto" in record:
+        fitted["auto"] = record["auto"]
+    return fitted
 
 
 def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
