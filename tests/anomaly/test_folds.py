@@ -253,3 +253,31 @@ def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
     assert saved["fitted_with"]["method"] == "patchcore"
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("<tr class=\"chosen\">") == 1 and 'id="auto-candidates"' in page
+
+
+def test_a_fit_with_image_statistics_also_scores_the_candidate_without_them(
+        tmp_path: Path) -> None:
+    """--auto fits PatchCore once per size: the candidate without image statistics is that
+    fit's patch part, the same as a fit of its own (scores, synthetic AUROC, bank)."""
+    from vitkit.workflows.anomaly import _build_method, _fit_out_of_fold, _out_of_fold, _view
+
+    paths = []
+    for seed in range(8):
+        paths.append(tmp_path / f"{seed}.png")
+        to_image(woven_texture(seed, size=64)).save(paths[-1])
+    plain = AnomalyFitConfig(data=str(tmp_path), out=str(tmp_path / "b"), batch_size=4)
+    alone, _, _ = _build_method(plain, torch.device("cpu"))
+    expected = _fit_out_of_fold(alone, paths, plain, False, synthetic_seed=0)
+    both_config = plain.model_copy(update={"global_stats": True})
+    both, _, _ = _build_method(both_config, torch.device("cpu"))
+    fitted = _out_of_fold(both, paths, both_config, False, synthetic_seed=0)
+    assert expected is not None and fitted is not None
+    patch_only, outcome = _view(both, *fitted, paths, plain)
+    assert not patch_only.global_stats and patch_only.global_model is None
+    np.testing.assert_allclose(outcome[1], expected[1], rtol=1e-5)
+    assert outcome[0]["synthetic_auroc"] == expected[0]["synthetic_auroc"]
+    assert "global_stats_dim" not in outcome[0] and "global_references" not in outcome[0]
+    assert patch_only.tensors().keys() == {"memory_bank"}
+    assert torch.equal(patch_only.tensors()["memory_bank"], alone.tensors()["memory_bank"])
+    with_global, outcome_global = _view(both, *fitted, paths, both_config)
+    assert with_global is both and "global_references" in outcome_global[0]

@@ -50,6 +50,10 @@ class OutOfFold:
     fold_of: list[int]
     details: dict[str, Any] = field(default_factory=dict)
     synthetic: dict[str, torch.Tensor] = field(default_factory=dict)  # kind -> (n,) scores
+    # The method's score parts before they are combined (PatchCore with image statistics:
+    # patch, global), of the normal images (n, P) and of the synthetic defects.
+    parts: torch.Tensor | None = None
+    synthetic_parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def assign_folds(n_images: int, folds: int, seed: int) -> list[int]:
@@ -154,7 +158,8 @@ def fit_out_of_fold(method: AnomalyMethod, batches: Batches, n_images: int, fold
         "fold_sizes": [fold_of.count(f) for f in range(len(twins))],
         "twins": "derived from the kept model" if method.derives_twins else "fitted",
         "twins_seconds": twins_seconds},
-        {kind: method.combine_parts(rows) for kind, rows in synthetic.items()})
+        {kind: method.combine_parts(rows) for kind, rows in synthetic.items()}, parts,
+        synthetic)
 
 
 def _derived(method: AnomalyMethod, left_out: list[int]) -> AnomalyMethod:

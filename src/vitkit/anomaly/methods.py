@@ -304,6 +304,15 @@ class PatchCoreMethod(_DeepMethod):
                                num_neighbors=self.num_neighbors, seed=self.seed,
                                global_stats=self.global_stats, image_score=self.image_score)
 
+    def without_global_stats(self) -> PatchCoreMethod:
+        """This fitted method with the image statistics dropped: the same bank, scoring with
+        the patch part alone (what a fit without ``global_stats`` would have learned)."""
+        return PatchCoreMethod(self.extractor, self.preprocessing, self.device,
+                               coreset_ratio=self.coreset_ratio,
+                               projection_dim=self.projection_dim,
+                               num_neighbors=self.num_neighbors, seed=self.seed, bank=self.bank,
+                               image_score=self.image_score)
+
     def finish_fit(self, progress: Progress | None = None) -> dict[str, Any]:
         features = torch.cat(self._patches)
         self._patches = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -29,8 +30,8 @@ from vitkit.anomaly.detector import (
     resolve_device,
 )
 from vitkit.anomaly.features import build_feature_backbone
-from vitkit.anomaly.folds import fit_out_of_fold, indexed
-from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchMeanMethod
+from vitkit.anomaly.folds import OutOfFold, fit_out_of_fold, indexed
+from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchCoreMethod, PatchMeanMethod
 from vitkit.anomaly.metrics import evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
 from vitkit.anomaly.threshold import (
@@ -154,6 +155,13 @@ where the scores came from)."""
 
 def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
                      progress: bool, synthetic_seed: int | None = None) -> FitOutcome | None:
+    fitted = _out_of_fold(method, usable, config, progress, synthetic_seed)
+    return None if fitted is None else _outcome(*fitted, usable, config)
+
+
+def _out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
+                 progress: bool, synthetic_seed: int | None = None
+                 ) -> tuple[dict[str, Any], OutOfFold] | None:
     copies = n_copies(config.augment)
 
     def passes() -> Iterator[tuple[torch.Tensor, list[int]]]:
@@ -179,7 +187,13 @@ def _fit_out_of_fold(method: AnomalyMethod, usable: list[Path], config: AnomalyF
                                                synthetic_seed=synthetic_seed, **hooks)
     if out_of_fold is None:
         return None
-    details["out_of_fold"] = {"folds": out_of_fold.folds, **out_of_fold.details}
+    return details, out_of_fold
+
+
+def _outcome(details: dict[str, Any], out_of_fold: OutOfFold, usable: list[Path],
+             config: AnomalyFitConfig) -> FitOutcome:
+    copies = n_copies(config.augment)
+    details = {**details, "out_of_fold": {"folds": out_of_fold.folds, **out_of_fold.details}}
     if out_of_fold.synthetic:
         details["synthetic_auroc"] = {
             kind: round(float(roc_auc_score(
@@ -228,27 +242,62 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
     best: tuple[float, dict[str, Any], AnomalyFitConfig, AnomalyMethod, Any, BundleMeta,
                 FitOutcome] | None = None
     trials = []
-    for settings in auto_candidates(config):
-        candidate = config.model_copy(update=settings)
+    for number, group in enumerate(_shared_fits(auto_candidates(config))):
+        # The settings of one fit: image statistics on when any candidate of the group
+        # wants them (the others are the same fit with the patch part alone).
+        fit_settings = {**group[0], **({"global_stats": True} if len(group) > 1 else {})}
+        candidate = config.model_copy(update=fit_settings)
         started = time.perf_counter()
         method, model, meta = _build_method(candidate, device)
         method.setup([_image_size(p) for p in usable])
-        fitted = _fit_out_of_fold(method, usable, candidate, progress, synthetic_seed=config.seed)
+        fitted = _out_of_fold(method, usable, candidate, progress, synthetic_seed=config.seed)
         if fitted is None:
             continue
-        synthetic = fitted[0]["synthetic_auroc"]
-        score = float(np.mean(list(synthetic.values())))
-        trials.append({"settings": dict(settings), "synthetic_auroc": synthetic,
-                       "score": round(score, 4),
-                       "seconds": round(time.perf_counter() - started, 2)})
-        if best is None or score > best[0] + 1e-9:  # ties: the cheaper, earlier candidate
-            best = (score, dict(settings), candidate, method, model, meta, fitted)
+        seconds = round(time.perf_counter() - started, 2)
+        for settings in group:
+            view = config.model_copy(update=settings)
+            chosen_method, outcome = _view(method, *fitted, usable, view)
+            synthetic = outcome[0]["synthetic_auroc"]
+            score = float(np.mean(list(synthetic.values())))
+            trials.append({"settings": dict(settings), "synthetic_auroc": synthetic,
+                           "score": round(score, 4), "fit": number, "seconds": seconds})
+            if best is None or score > best[0] + 1e-9:  # ties: the cheaper, earlier candidate
+                best = (score, dict(settings), view, chosen_method, model, meta, outcome)
     if best is None:
         raise DataError("no --auto candidate could be scored out of fold (too little memory "
                         "for the fold models); fit without --auto.")
     _, settings, chosen, method, model, meta, fitted = best
     return chosen, method, model, meta, fitted, {
         "chosen": settings, "candidates": trials, "recipe": AUTO_RECIPE}
+
+
+def _shared_fits(candidates: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Candidates grouped by the fit they can share: PatchCore with and without image
+    statistics differ only in the global part, so one fit with them on scores both."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for settings in candidates:
+        key = repr(sorted((k, v) for k, v in settings.items() if k != "global_stats"))
+        groups.setdefault(key, []).append(settings)
+    return list(groups.values())
+
+
+def _view(method: AnomalyMethod, details: dict[str, Any], out_of_fold: OutOfFold,
+          usable: list[Path], config: AnomalyFitConfig) -> tuple[AnomalyMethod, FitOutcome]:
+    """The fitted method as ``config`` wants it: as fitted, or (a PatchCore fitted with image
+    statistics, asked for without) with the patch part alone, out-of-fold scores included."""
+    if not isinstance(method, PatchCoreMethod) or config.global_stats or \
+            not method.global_stats:
+        return method, _outcome(details, out_of_fold, usable, config)
+    if out_of_fold.parts is None:
+        raise RuntimeError("the out-of-fold parts were not kept")
+    patch_only = dataclasses.replace(
+        out_of_fold, scores=out_of_fold.parts[:, 0], parts=out_of_fold.parts[:, :1],
+        synthetic={kind: rows[:, 0] for kind, rows in out_of_fold.synthetic_parts.items()},
+        synthetic_parts={kind: rows[:, :1]
+                         for kind, rows in out_of_fold.synthetic_parts.items()})
+    global_keys = {"global_stats_dim", "global_references"}
+    kept = {key: value for key, value in details.items() if key not in global_keys}
+    return method.without_global_stats(), _outcome(kept, patch_only, usable, config)
 
 
 def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitConfig,
