@@ -8,6 +8,7 @@ import torch
 from vitkit.anomaly.global_stats import (
     fit_global_gaussian,
     global_distances,
+    global_weight,
     image_statistics,
     reference_level,
 )
@@ -51,3 +52,23 @@ def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         image_statistics([])
     assert reference_level(torch.tensor([0.0, 0.0])) > 0.0
+
+
+def test_the_global_part_is_stretched_to_vary_like_the_patch_part() -> None:
+    # log-spreads (median absolute deviation of the logs): patch 0.2, global 0.05.
+    patch = torch.tensor([1.0, 1.0, 1.0]) * torch.tensor([0.2, 0.0, -0.2]).exp()
+    overall = torch.tensor([30.0, 30.0, 30.0]) * torch.tensor([0.05, 0.0, -0.05]).exp()
+    assert global_weight(patch, overall) == pytest.approx(4.0)
+    assert global_weight(patch[:2], overall[:2]) == 1.0  # too few images to measure a spread
+    assert global_weight(patch, torch.full((3,), 30.0)) == 1.0  # no spread: the former rule
+
+
+def test_bundles_fitted_before_the_weight_keep_their_scores() -> None:
+    from vitkit.anomaly.methods import PatchCoreMethod
+
+    parts = torch.tensor([[2.0, 10.0], [1.0, 40.0]])
+    method = PatchCoreMethod.__new__(PatchCoreMethod)
+    method.global_stats, method.references, method.global_weight = True, (1.0, 20.0), 1.0
+    torch.testing.assert_close(method.combine_parts(parts), torch.tensor([2.0, 2.0]))
+    method.global_weight = 2.0  # (40 / 20) ** 2 = 4 outweighs the patch part's 1
+    torch.testing.assert_close(method.combine_parts(parts), torch.tensor([2.0, 4.0]))

@@ -266,7 +266,7 @@ class PatchCoreMethod(_DeepMethod):
                  bank: torch.Tensor | None = None, global_stats: bool = False,
                  global_model: global_stats.GlobalGaussian | None = None,
                  references: tuple[float, float] | None = None,
-                 image_score: str = "reweighted") -> None:
+                 image_score: str = "reweighted", global_weight: float = 1.0) -> None:
         super().__init__(extractor, preprocessing, device)
         if image_score not in patchcore.IMAGE_SCORES:
             raise ConfigError(f"image_score must be one of {', '.join(patchcore.IMAGE_SCORES)},"
@@ -282,6 +282,9 @@ class PatchCoreMethod(_DeepMethod):
         # (patch, global) scores of a typical held-out normal image: the units in which the
         # two parts are compared when global statistics are on.
         self.references = references
+        # The power on the global part (see global_stats.global_weight); 1 in bundles fitted
+        # before it was measured, which keeps their scores.
+        self.global_weight = global_weight
         self._patches: list[torch.Tensor] = []
         self._statistics: list[torch.Tensor] = []
         self._n_images = 0
@@ -390,7 +393,9 @@ class PatchCoreMethod(_DeepMethod):
             raise RuntimeError("global statistics need normal images to calibrate")
         self.references = (global_stats.reference_level(parts[:, 0]),
                            global_stats.reference_level(parts[:, 1]))
-        return {"global_references": [round(v, 6) for v in self.references]}
+        self.global_weight = global_stats.global_weight(parts[:, 0], parts[:, 1])
+        return {"global_references": [round(v, 6) for v in self.references],
+                "global_weight": round(self.global_weight, 6)}
 
     def combine_parts(self, parts: torch.Tensor) -> torch.Tensor:
         if not self.global_stats:
@@ -398,8 +403,10 @@ class PatchCoreMethod(_DeepMethod):
         if self.references is None:
             raise RuntimeError("call calibrate() with held-out normal images first")
         local_ref, global_ref = self.references
-        # Both parts in units of a typical normal image; the worse one decides.
-        return torch.maximum(parts[:, 0] / local_ref, parts[:, 1] / global_ref)
+        # Both parts in units of a typical normal image, the global one stretched to vary
+        # as much as the patch part between normal images; the worse one decides.
+        overall = (parts[:, 1] / global_ref).clamp_min(0.0) ** self.global_weight
+        return torch.maximum(parts[:, 0] / local_ref, overall)
 
     def score_embedded(self, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
         patch_part, patch_map, global_part = self._parts(embedding)
@@ -415,7 +422,8 @@ class PatchCoreMethod(_DeepMethod):
                 "num_neighbors": self.num_neighbors, "seed": self.seed,
                 "image_score": self.image_score,
                 "global_stats": self.global_stats,
-                "references": list(self.references) if self.references else None}
+                "references": list(self.references) if self.references else None,
+                "global_weight": self.global_weight}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self.bank is None:
@@ -522,7 +530,8 @@ def restore_deep(name: str, options: dict[str, Any], tensors: dict[str, torch.Te
                                global_stats=bool(options.get("global_stats", False)),
                                global_model=global_model,
                                references=tuple(references) if references else None,  # type: ignore[arg-type]
-                               image_score=str(options.get("image_score", "reweighted")))
+                               image_score=str(options.get("image_score", "reweighted")),
+                               global_weight=float(options.get("global_weight", 1.0)))
     if name == PadimMethod.name:
         model = padim.PadimModel(tensors["mean"], tensors["inv_cov"],
                                  tuple(int(v) for v in tensors["grid"].tolist()))  # type: ignore[arg-type]

@@ -295,7 +295,7 @@ def _view(method: AnomalyMethod, details: dict[str, Any], out_of_fold: OutOfFold
         synthetic={kind: rows[:, 0] for kind, rows in out_of_fold.synthetic_parts.items()},
         synthetic_parts={kind: rows[:, :1]
                          for kind, rows in out_of_fold.synthetic_parts.items()})
-    global_keys = {"global_stats_dim", "global_references"}
+    global_keys = {"global_stats_dim", "global_references", "global_weight"}
     kept = {key: value for key, value in details.items() if key not in global_keys}
     return method.without_global_stats(), _outcome(kept, patch_only, usable, config)
 
