@@ -230,15 +230,18 @@ def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
         {"image_size": None, "global_stats": False}, {"image_size": None, "global_stats": True},
         {**quarter, "global_stats": False}, {**quarter, "global_stats": True}]
     best = max(auto["candidates"], key=lambda t: t["score"])
-    assert auto["chosen"] == best["settings"]
+    within = [t for t in auto["candidates"]
+              if t["score"] >= best["score"] - best["standard_error"] - 1e-9]
+    assert auto["chosen"] == within[0]["settings"]  # the first within one standard error
     for trial in auto["candidates"]:
         assert set(trial["synthetic_auroc"]) == {"local", "global"}
         assert trial["score"] == pytest.approx(np.mean(list(trial["synthetic_auroc"].values())),
                                                abs=1e-4)
+        assert 0.0 <= trial["standard_error"] < 0.5
     stored = load_detector(tmp_path / "b", "cpu")
     assert stored.record["auto"] == auto
-    assert stored.record["config"]["global_stats"] == best["settings"]["global_stats"]
-    assert stored.input_size[0] == (best["settings"]["image_size"] or 224)
+    assert stored.record["config"]["global_stats"] == auto["chosen"]["global_stats"]
+    assert stored.input_size[0] == (auto["chosen"]["image_size"] or 224)
     root = tmp_path / "mvtec"  # the eval report shows the choice beside every candidate
     for kind, seeds in (("good", (20, 21)), ("stain", (22, 23))):
         (root / "test" / kind).mkdir(parents=True)
@@ -281,3 +284,14 @@ def test_a_fit_with_image_statistics_also_scores_the_candidate_without_them(
     assert torch.equal(patch_only.tensors()["memory_bank"], alone.tensors()["memory_bank"])
     with_global, outcome_global = _view(both, *fitted, paths, both_config)
     assert with_global is both and "global_references" in outcome_global[0]
+
+
+def test_a_costlier_candidate_must_win_by_more_than_one_standard_error() -> None:
+    from vitkit.workflows.anomaly import _one_standard_error_choice
+
+    trials = [{"score": 0.90, "standard_error": 0.02}, {"score": 0.95, "standard_error": 0.02},
+              {"score": 0.96, "standard_error": 0.02}]
+    assert _one_standard_error_choice(trials) == 1  # 0.95 is within 0.02 of the best 0.96
+    trials[2]["standard_error"] = 0.005
+    assert _one_standard_error_choice(trials) == 2
+    assert _one_standard_error_choice([{"score": 0.8, "standard_error": 0.0}]) == 0

@@ -372,3 +372,14 @@ def test_pro_undefined_without_regions_or_normal_pixels() -> None:
     amap = np.random.default_rng(0).random((8, 8))
     assert pro_score([amap], [None]) is None
     assert pro_score([amap], [np.ones((8, 8), bool)]) is None
+
+
+def test_auroc_standard_error_is_hanley_and_mcneils() -> None:
+    from vitkit.anomaly.metrics import auroc_standard_error
+
+    # A = 0.5, 10 vs 10: Q1 = Q2 = 1/3, variance (0.25 + 9 * (1/12) * 2) / 100 = 0.0175.
+    assert auroc_standard_error(0.5, 10, 10) == pytest.approx(0.0175 ** 0.5)
+    assert auroc_standard_error(1.0, 30, 30) == 0.0
+    assert auroc_standard_error(0.9, 200, 200) < auroc_standard_error(0.9, 20, 20)
+    with pytest.raises(ValueError, match="at least one"):
+        auroc_standard_error(0.7, 0, 5)

@@ -14,6 +14,8 @@ that bound (the tests check it against the exact values).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +117,23 @@ class AnomalyEvaluation:
 
 
 # ----------------------------------------------------------------------------- image level
+
+
+def auroc_standard_error(auroc: float, n_negative: int, n_positive: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUROC from ``n_negative`` normal and
+    ``n_positive`` anomalous scores.
+
+    Raises:
+        ValueError: If either count is below 1 or the AUROC is outside [0, 1].
+    """
+    if n_negative < 1 or n_positive < 1 or not 0.0 <= auroc <= 1.0:
+        raise ValueError(f"need an AUROC in [0, 1] and at least one score of each kind, got "
+                         f"{auroc}, {n_negative}, {n_positive}")
+    q1 = auroc / (2.0 - auroc)
+    q2 = 2.0 * auroc**2 / (1.0 + auroc)
+    variance = (auroc * (1.0 - auroc) + (n_positive - 1) * (q1 - auroc**2)
+                + (n_negative - 1) * (q2 - auroc**2)) / (n_negative * n_positive)
+    return math.sqrt(max(variance, 0.0))
 
 
 def image_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float) -> ImageMetrics:

@@ -140,14 +140,16 @@ def _fitting(ev: Mapping[str, Any]) -> str:
                 f"<td>{fmt.decimal(synthetic.get('local'), 3)}</td>"
                 f"<td>{fmt.decimal(synthetic.get('global'), 3)}</td>"
                 f"<td>{fmt.decimal(trial.get('score'), 3)}</td>"
+                f"<td>{fmt.decimal(trial.get('standard_error'), 3)}</td>"
                 f"<td>{fmt.decimal(trial.get('seconds'), 1)}</td>"
                 f"<td>{'chosen' if chosen else ''}</td></tr>")
         body += ("<h3>Candidates tried by --auto</h3><div class=\"table-wrap\">"
                  "<table class=\"data numeric\" id=\"auto-candidates\"><thead><tr>"
                  "<th>Settings</th><th>Synthetic local AUROC</th><th>Synthetic global AUROC</th>"
-                 "<th>Score</th><th>Seconds</th><th></th></tr></thead>"
+                 "<th>Score</th><th>Standard error</th><th>Seconds</th><th></th></tr></thead>"
                  f"<tbody>{''.join(rows)}</tbody></table></div>"
-                 f"<p class=\"note\">{_e(auto.get('recipe', ''))}</p>")
+                 f"<p class=\"note\">Synthetic defects: {_e(auto.get('recipe', ''))}. "
+                 f"Chosen: {_e(auto.get('rule', 'the best score'))}.</p>")
         lead = ("The settings of the fit; --auto chose them on synthetic defects, without "
                 "seeing the defects of this test set.")
     return _section("fit-section", "How this detector was fitted", body, lead)

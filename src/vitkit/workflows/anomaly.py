@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ from vitkit.anomaly.detector import (
 from vitkit.anomaly.features import build_feature_backbone
 from vitkit.anomaly.folds import OutOfFold, fit_out_of_fold, indexed
 from vitkit.anomaly.methods import DEEP_METHODS, AnomalyMethod, PatchCoreMethod, PatchMeanMethod
-from vitkit.anomaly.metrics import evaluate_anomaly
+from vitkit.anomaly.metrics import auroc_standard_error, evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
 from vitkit.anomaly.threshold import (
     FEW_IMAGES,
@@ -239,8 +240,8 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
                                        dict[str, Any]]:
     if not config.folds:
         raise ConfigError("--auto scores candidates out of fold: leave --folds at 2 or more.")
-    best: tuple[float, dict[str, Any], AnomalyFitConfig, AnomalyMethod, Any, BundleMeta,
-                FitOutcome] | None = None
+    fitted_candidates: list[tuple[dict[str, Any], AnomalyFitConfig, AnomalyMethod, Any,
+                                  BundleMeta, FitOutcome]] = []
     trials = []
     for number, group in enumerate(_shared_fits(auto_candidates(config))):
         # The settings of one fit: image statistics on when any candidate of the group
@@ -254,21 +255,39 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
         if fitted is None:
             continue
         seconds = round(time.perf_counter() - started, 2)
+        n_normal = len(fitted[1].scores)
         for settings in group:
             view = config.model_copy(update=settings)
             chosen_method, outcome = _view(method, *fitted, usable, view)
             synthetic = outcome[0]["synthetic_auroc"]
             score = float(np.mean(list(synthetic.values())))
+            # The score's standard error: the mean of independent-ish AUROCs, n vs n each.
+            error = math.sqrt(sum(auroc_standard_error(a, n_normal, n_normal) ** 2
+                                  for a in synthetic.values())) / len(synthetic)
             trials.append({"settings": dict(settings), "synthetic_auroc": synthetic,
-                           "score": round(score, 4), "fit": number, "seconds": seconds})
-            if best is None or score > best[0] + 1e-9:  # ties: the cheaper, earlier candidate
-                best = (score, dict(settings), view, chosen_method, model, meta, outcome)
-    if best is None:
+                           "score": round(score, 4), "standard_error": round(error, 4),
+                           "fit": number, "seconds": seconds})
+            fitted_candidates.append((dict(settings), view, chosen_method, model, meta, outcome))
+    if not trials:
         raise DataError("no --auto candidate could be scored out of fold (too little memory "
                         "for the fold models); fit without --auto.")
-    _, settings, chosen, method, model, meta, fitted = best
+    choice = _one_standard_error_choice(trials)
+    settings, chosen, method, model, meta, fitted = fitted_candidates[choice]
     return chosen, method, model, meta, fitted, {
-        "chosen": settings, "candidates": trials, "recipe": AUTO_RECIPE}
+        "chosen": settings, "candidates": trials, "recipe": AUTO_RECIPE, "rule": AUTO_RULE}
+
+
+AUTO_RULE = ("the first candidate, in the order tried (smaller, then with image statistics), "
+             "whose score is within one standard error of the best score")
+
+
+def _one_standard_error_choice(trials: list[dict[str, Any]]) -> int:
+    """The one-standard-error rule: a later candidate costs more and can fail in ways the
+    synthetic defects do not show (image statistics of new parts that differ from the
+    normal images as a whole), so it must win by more than the noise of its score."""
+    best = max(trials, key=lambda t: t["score"])
+    bar = best["score"] - best["standard_error"]
+    return next(i for i, t in enumerate(trials) if t["score"] >= bar - 1e-9)
 
 
 def _shared_fits(candidates: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
