@@ -15,7 +15,6 @@ that bound (the tests check it against the exact values).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
