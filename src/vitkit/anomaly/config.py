@@ -45,9 +45,10 @@ class AnomalyFitConfig(BaseModel):
         patch_size: patchmean patch side in pixels (default: the method's).
         resolution: patchmean working long side; default the images' own size up to 1024 px.
         auto: Choose input size and (PatchCore) image statistics without labelled defects:
-            every candidate is fitted and scored on synthetic defects made from the normal
-            images (see :mod:`vitkit.anomaly.synthetic`); the best is kept and every
-            candidate's score recorded. Cost about 19x a plain fit on one paper set.
+            every candidate is scored on synthetic defects made from the normal images (see
+            :mod:`vitkit.anomaly.synthetic`); the cheapest candidate within one standard
+            error of the best score is kept and every candidate's score recorded. Cost about
+            12x a plain fit.
         augment: Also learn flipped (``flips``: 4 copies) or flipped and rotated
             (``dihedral``: 8 copies) versions of each normal image, for few normal images of
             parts that look the same mirrored or turned (PatchCore, PaDiM).

@@ -63,10 +63,10 @@ def anomaly_fit(
     auto: Annotated[bool | None, typer.Option(
         "--auto/--no-auto",
         help="Choose the input size (224 / 448 px) and, for PatchCore, the image statistics "
-             "without labelled defects: each candidate is fitted and scored on synthetic "
-             "defects made from your normal images; the best is kept, every score recorded "
-             "(in details.auto and the bundle). About 19x the time of a plain fit on one "
-             "paper set. (default: off)")] = None,
+             "without labelled defects: each candidate is scored on synthetic defects made "
+             "from your normal images; the cheapest one within one standard error of the "
+             "best score is kept, every score recorded (in details.auto, the bundle and the "
+             "eval report). About 12x the time of a plain fit. (default: off)")] = None,
     augment: Annotated[str | None, typer.Option(
         help="Also learn mirrored (flips: 4 copies) or mirrored and turned (dihedral: 8 "
              "copies) versions of each normal image: for a few images of parts and textures "
