@@ -11,6 +11,7 @@ timm's ``BatchNormAct2d`` also holds a dropout and an activation after the norm;
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -96,7 +97,10 @@ def _same(expected: object, actual: object) -> bool:
     if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple)):
         return len(expected) == len(actual) and all(
             _same(e, a) for e, a in zip(expected, actual, strict=True))
-    return type(expected) is type(actual)
+    if isinstance(expected, Mapping) and isinstance(actual, Mapping):
+        return expected.keys() == actual.keys() and all(
+            _same(expected[k], actual[k]) for k in expected)
+    return type(expected) is type(actual) and not isinstance(expected, torch.Tensor)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
