@@ -3,8 +3,9 @@
 In eval mode a batch norm is a fixed per-channel scale and shift, so it can be merged into the
 weights and bias of the convolution that feeds it; the network then skips one full pass over
 every feature map per layer. The pairs are found by running the model once and matching each
-batch norm's input to the convolution that produced it, so any timm CNN (ResNet,
-EfficientNet, MobileNet, ConvNeXt's plain convs) is handled without knowing its block names.
+batch norm's input to the convolution that produced it, so timm's batch-norm CNNs (ResNet,
+EfficientNet, MobileNet) are handled without knowing their block names; models without batch
+norms (ConvNeXt, ViTs) are left as they are.
 timm's ``BatchNormAct2d`` also holds a dropout and an activation after the norm; they stay.
 """
 
