@@ -215,7 +215,7 @@ def test_synthetic_defects_change_a_small_region_or_the_whole_image() -> None:
 
 
 @pytest.mark.slow
-def test_auto_scores_every_candidate_on_synthetic_defects_and_keeps_the_best(
+def test_auto_scores_every_candidate_and_keeps_the_cheapest_within_one_standard_error(
         tmp_path: Path) -> None:
     normal = tmp_path / "good"
     normal.mkdir()
