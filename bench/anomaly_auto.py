@@ -13,14 +13,13 @@ seeing all four sets (see the README), so none of them is unseen for those two c
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from anomaly_threshold import SETS, textile_as_mvtec  # type: ignore[import-not-found]
+from anomaly_threshold import SETS, emit, textile_as_mvtec  # type: ignore[import-not-found]
 
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.workflows.anomaly import run_eval, run_fit
@@ -51,11 +50,7 @@ def main() -> None:
             for i, trial in enumerate(auto["candidates"]):
                 real = evaluate(data, trial["settings"], work / f"{name}-{i}")
                 rows.append({**trial, **real, "chosen": trial["settings"] == auto["chosen"]})
-            line = {"set": name, "auto_fit_s": fit.fit_seconds, "candidates": rows}
-            print(json.dumps(line), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as handle:
-                    handle.write(json.dumps(line) + "\n")
+            emit({"set": name, "auto_fit_s": fit.fit_seconds, "candidates": rows}, args.jsonl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,7 +12,6 @@ are the folds of the out-of-fold threshold.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from anomaly_threshold import SETS  # type: ignore[import-not-found]
+from anomaly_threshold import SETS, emit  # type: ignore[import-not-found]
 
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
@@ -69,11 +68,7 @@ def main() -> None:
                     modes = ["dihedral"] if shots == 1 else ["none", "dihedral"]
                     runs += [(shots, mode, seed) for mode in modes]
             for shots, augment, seed in runs:
-                row = one(SETS[name], name, shots, augment, seed, work)
-                print(json.dumps(row), flush=True)
-                if args.jsonl:
-                    with open(args.jsonl, "a") as handle:
-                        handle.write(json.dumps(row) + "\n")
+                emit(one(SETS[name], name, shots, augment, seed, work), args.jsonl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -37,6 +37,14 @@ SETS = {"deeppcb": SHARED / "deeppcb", "BDP": SHARED / "piped_paper" / "PA_BDP01
         "FLR": SHARED / "piped_paper" / "PA_FLR01_TL"}
 
 
+def emit(row: dict[str, Any], jsonl: str | None) -> None:
+    """Prints one result line and, with ``jsonl``, appends it to that file."""
+    print(json.dumps(row), flush=True)
+    if jsonl:
+        with open(jsonl, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 def textile_as_mvtec(root: Path, n_fit: int) -> Path:
     from vitkit.workflows.demo import textile_root
 
@@ -88,11 +96,7 @@ def main() -> None:
                     else SETS[name])
             for method in args.methods.split(","):
                 for mode in args.modes.split(","):
-                    row = one(data, name, method, mode, work)
-                    print(json.dumps(row), flush=True)
-                    if args.jsonl:
-                        with open(args.jsonl, "a") as handle:
-                            handle.write(json.dumps(row) + "\n")
+                    emit(one(data, name, method, mode, work), args.jsonl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from anomaly_threshold import SETS, textile_as_mvtec  # type: ignore[import-not-found]
+from anomaly_threshold import SETS, emit, textile_as_mvtec  # type: ignore[import-not-found]
 
 from vitkit.anomaly.config import AnomalyFitConfig
 from vitkit.anomaly.detector import load_detector
@@ -118,10 +118,7 @@ def main() -> None:
                      for method in args.methods.split(",")]
             line = {"set": name, "load_avg_1min": os.getloadavg()[0], "rows": rows}
             lines.append(line)
-            print(json.dumps(line), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as handle:
-                    handle.write(json.dumps(line) + "\n")
+            emit(line, args.jsonl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(lines))

@@ -19,16 +19,19 @@ def gaussian_kernel1d(sigma: float, radius: int, dtype: torch.dtype,
     return (weights / weights.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0,
+                  truncate: float = _TRUNCATE) -> torch.Tensor:
     """Separable Gaussian smoothing of each map, with reflect padding at the borders.
 
-    The kernel radius is ``ceil(4 * sigma)``, shortened on an axis to ``size - 1`` when the map
-    is smaller than that (reflect padding cannot reach further); weights are renormalised, so a
-    constant map stays constant and, away from the borders, the sum of a map is preserved.
+    The kernel radius is ``ceil(truncate * sigma)``, shortened on an axis to ``size - 1`` when
+    the map is smaller than that (reflect padding cannot reach further); weights are
+    renormalised, so a constant map stays constant and, away from the borders, the sum of a
+    map is preserved.
 
     Args:
         maps: ``(B, H, W)`` floating-point maps.
         sigma: Standard deviation in pixels; ``0`` returns the maps unchanged.
+        truncate: The kernel reaches this many standard deviations (4 by default).
 
     Returns:
         ``(B, H, W)`` smoothed maps, same dtype and device.
@@ -44,7 +47,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     work = maps.float() if maps.dtype in (torch.float16, torch.bfloat16) else maps
     x = work.unsqueeze(1)  # (B, 1, H, W)
     height, width = maps.shape[-2:]
-    radius = math.ceil(_TRUNCATE * sigma)
+    radius = math.ceil(truncate * sigma)
     radius_h, radius_w = min(radius, height - 1), min(radius, width - 1)
     if radius_w > 0:
         kernel = gaussian_kernel1d(sigma, radius_w, x.dtype, x.device).view(1, 1, 1, -1)

@@ -15,6 +15,8 @@ import random
 import torch
 import torch.nn.functional as F
 
+from vitkit.anomaly.maps import gaussian_blur
+
 LOCAL_KINDS: tuple[str, ...] = ("cut-paste", "scar", "noise", "colour")
 GLOBAL_KINDS: tuple[str, ...] = ("contrast", "blur", "texture-scale", "colour-cast")
 
@@ -47,7 +49,7 @@ def local_defect(image: torch.Tensor, rng: random.Random) -> torch.Tensor:
         length_box.fill_(rng.uniform(-2.0, 2.0))
     elif kind == "noise":
         generator = torch.Generator().manual_seed(rng.randrange(1 << 30))
-        region.add_(torch.randn(region.shape, generator=generator) * 1.0)
+        region.add_(torch.randn(region.shape, generator=generator))
     else:
         colour = torch.tensor([rng.uniform(-2.0, 2.0) for _ in range(image.shape[0])])
         region.copy_(colour.view(-1, 1, 1).expand_as(region))
@@ -62,16 +64,9 @@ def global_defect(image: torch.Tensor, rng: random.Random) -> torch.Tensor:
         return mean + (image - mean) * rng.uniform(0.5, 0.7)
     if kind == "blur":
         sigma = rng.uniform(1.5, 2.5)
-        radius = int(3 * sigma)
-        x = torch.arange(-radius, radius + 1, dtype=image.dtype)
-        kernel = torch.exp(-x**2 / (2 * sigma**2))
-        kernel = kernel / kernel.sum()
-        channels = image.shape[0]
-        padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
-        rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
-                        groups=channels)
-        return F.conv2d(rows, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
-                        groups=channels)[0]
+        # Each channel as one map, with a kernel radius of int(3 sigma) (ceil of the truncate
+        # times sigma), as when the README's figures were measured.
+        return gaussian_blur(image, sigma, truncate=(int(3 * sigma) - 0.5) / sigma)
     if kind == "texture-scale":  # the same texture, finer: the image shrunk and tiled
         _, height, width = image.shape
         factor = rng.uniform(0.6, 0.75)
