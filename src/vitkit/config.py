@@ -9,6 +9,7 @@ from typing import Any, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from vitkit.atomic import write_text_atomic
 from vitkit.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -77,6 +78,6 @@ def _known_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def dump_config(config: BaseModel, path: Path) -> None:
-    """Saves the resolved config as YAML (it can be passed back with ``--config``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Saves the resolved config as YAML (it can be passed back with ``--config``), whole or
+    not at all: a run killed while saving keeps the config it had (``--resume`` reads it)."""
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
