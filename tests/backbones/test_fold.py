@@ -19,8 +19,14 @@ def _trained_norms(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenetv3_small_050"])
-def test_folded_timm_cnn_computes_the_same_features(name: str) -> None:
+# Largest |folded - original| over the largest |original| of a feature map: float32 rounding
+# only. Measured over 12 seeds and 1-2 threads: efficientnet_lite0 up to 9.3e-6 (its unfolded
+# float32 features are themselves 5e-6 from float64), resnet18 1.2e-6, mobilenetv3 9.5e-7;
+# the bounds leave about 3x. A wrong fold (a missed shift, a scale applied twice) is O(1).
+@pytest.mark.parametrize(("name", "bound"), [("efficientnet_lite0", 3e-5), ("resnet18", 4e-6),
+                                             ("mobilenetv3_small_050", 4e-6)])
+def test_folded_timm_cnn_computes_the_same_features(name: str, bound: float) -> None:
+    torch.manual_seed(0)
     model = _trained_norms(timm.create_model(name, pretrained=False, features_only=True))
     images = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -32,7 +38,7 @@ def test_folded_timm_cnn_computes_the_same_features(name: str) -> None:
     with torch.no_grad():
         actual = model(images)
     for want, got in zip(expected, actual, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+        torch.testing.assert_close(got, want, rtol=0.0, atol=bound * float(want.abs().max()))
 
 
 class _ReadsConvOutputTwice(nn.Module):
