@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from tests.requirements import require
 
 from vitkit.evaluate import classification_metrics
 
@@ -142,16 +143,21 @@ def fake_run(tmp_path: Path) -> FakeRun:
 def chromium_driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A headless Chromium WebDriver using the system browser and driver (never downloads).
 
-    Skips the test when Chromium or its driver is not installed.
+    Skips the test when Chromium, its driver or selenium is not installed; fails it instead
+    where ``VITKIT_REQUIRE`` names chromium (CI).
     """
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require("chromium", "selenium is not installed (pip install -e '.[dev]')")
 
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.is_file():
-            pytest.skip(
+            require(
+                "chromium",
                 f"{path} not found; install headless Chromium with "
-                "`apt-get install chromium chromium-driver` (Debian/Ubuntu)"
+                "`apt-get install chromium chromium-driver` (Debian/Ubuntu)",
             )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
