@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 DEMO_STAMP  := $(VENV)/.demo-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: install install-dev demo test test-fast lint bench clean
+.PHONY: install install-dev demo test test-fast lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,8 @@ install-dev: $(DEV_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/vitkit demo
 
-test: $(DEV_STAMP)
+# What CI runs: lint and type check first (seconds to a minute or two), then the whole suite.
+test: lint typecheck
 	$(BIN)/python -m pytest
 
 test-fast: $(DEV_STAMP)
@@ -40,6 +41,9 @@ test-fast: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy src
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py
