@@ -295,3 +295,43 @@ def test_a_costlier_candidate_must_win_by_more_than_one_standard_error() -> None
     trials[2]["standard_error"] = 0.005
     assert _one_standard_error_choice(trials) == 2
     assert _one_standard_error_choice([{"score": 0.8, "standard_error": 0.0}]) == 0
+
+
+def test_auto_standard_error_counts_images_not_their_augmented_copies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --augment dihedral each of 16 images gives 8 scores (and 8 synthetic defects);
+    the copies of an image are not independent of it, so the standard error of a candidate's
+    score is Hanley and McNeil's with 16 normal and 16 defective images, not 128 and 128
+    (which is about sqrt(8) too small)."""
+    import math
+
+    from vitkit.anomaly.folds import OutOfFold
+    from vitkit.anomaly.metrics import auroc_standard_error
+    from vitkit.workflows import anomaly as workflow
+
+    n_images, copies = 16, 8
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.rand(n_images * copies, generator=generator)
+    made = {"local": torch.rand(n_images * copies, generator=generator) + 0.5,
+            "global": torch.rand(n_images * copies, generator=generator) + 0.2}
+
+    class Fake:
+        def setup(self, sizes: list[tuple[int, int]]) -> None:
+            pass
+
+    monkeypatch.setattr(workflow, "_build_method", lambda config, device: (Fake(), None, None))
+    monkeypatch.setattr(workflow, "_image_size", lambda path: (64, 64))
+    monkeypatch.setattr(workflow, "_out_of_fold", lambda *args, **kwargs: (
+        {}, OutOfFold(normal, 2, [0] * len(normal), synthetic=made)))
+    paths = [tmp_path / f"{i}.png" for i in range(n_images)]
+    config = AnomalyFitConfig(data=str(tmp_path), method="padim", auto=True,
+                              augment="dihedral")
+    *_, auto = workflow._auto_fit(config, paths, torch.device("cpu"), progress=False)
+    for trial in auto["candidates"]:
+        aurocs = list(trial["synthetic_auroc"].values())
+        expected = math.sqrt(sum(auroc_standard_error(a, n_images, n_images) ** 2
+                                 for a in aurocs)) / len(aurocs)
+        copies_counted = math.sqrt(sum(auroc_standard_error(a, 128, 128) ** 2
+                                       for a in aurocs)) / len(aurocs)
+        assert trial["standard_error"] == pytest.approx(expected, abs=1e-4)
+        assert expected > 2.5 * copies_counted  # the two are far apart: the test can fail

@@ -72,3 +72,29 @@ def test_bundles_fitted_before_the_weight_keep_their_scores() -> None:
     torch.testing.assert_close(method.combine_parts(parts), torch.tensor([2.0, 2.0]))
     method.global_weight = 2.0  # (40 / 20) ** 2 = 4 outweighs the patch part's 1
     torch.testing.assert_close(method.combine_parts(parts), torch.tensor([2.0, 4.0]))
+
+
+def test_the_power_is_capped_when_the_global_scores_barely_vary() -> None:
+    """Normal images whose global distances differ only in float32's last bits: the spread
+    ratio asks for a power of millions, which would turn a global distance twice the typical
+    one into infinity (and tie every such defect). The power stops at GLOBAL_WEIGHT_MAX."""
+    from vitkit.anomaly.methods import PatchCoreMethod
+
+    patch = torch.tensor([0.2, 0.1, 0.0, -0.1, -0.2]).exp()  # log spread 0.1
+    ulp = float(torch.finfo(torch.float32).eps) * 16  # float32 spacing near 30
+    overall = 30.0 + ulp * torch.tensor([2.0, 1.0, 0.0, -1.0, -2.0])  # float32
+    assert 0.1 / (ulp / 30) > 1e5  # what the uncapped ratio would be
+    weight = global_weight(patch, overall)
+    method = PatchCoreMethod.__new__(PatchCoreMethod)
+    method.global_stats, method.references, method.global_weight = True, (1.0, 30.0), weight
+    combined = method.combine_parts(torch.tensor([[1.0, 30.0 + ulp], [1.0, 60.0], [3.0, 30.0]]))
+    assert torch.isfinite(combined).all()
+    # a normal image stays at its patch part, a global change doubling the distance counts
+    # 2 ** 8, a patch defect keeps its own ratio
+    torch.testing.assert_close(combined, torch.tensor([1.0, 256.0, 3.0]), rtol=1e-4, atol=0)
+    from vitkit.anomaly.global_stats import GLOBAL_WEIGHT_MAX
+
+    assert weight == GLOBAL_WEIGHT_MAX == 8.0
+    # weights measured on real sets (0.29-0.47, see global_weight) are far below the cap
+    assert global_weight(patch, 30.0 * (torch.tensor([0.4, 0.2, 0.0, -0.2, -0.4]).exp())) \
+        == pytest.approx(0.5)

@@ -23,6 +23,19 @@ import torch
 # images would otherwise divide by zero).
 _MIN_REFERENCE = 1e-12
 
+GLOBAL_WEIGHT_MAX = 8.0
+"""The largest power on the global part. The spread ratio asks for far more when the global
+distances of the normal images barely vary (in float32's last bits, e.g. near-identical
+images): then a global distance twice the typical one became infinite (every such defect
+tied, and normal images a few bits above the median scored like defects). Measured weights
+are far below it: 0.47 (paper BDP), 0.29 (paper FLR), 0.54 (deeppcb; efficientnet_lite0,
+224 px, out of fold); the former rule was 1. At 8 a global distance 10% above the typical
+one already counts as 2.1 typical patch scores and a doubled one as 256, and the combined
+score stays finite in float32 up to e^(88/8) ~ 60,000 times the typical distance. Where the
+cap applies, the global part of the normal images varies less than their patch part: it can
+cost sensitivity to faint global changes, but it cannot let the global part outweigh the
+patch part on normal images more than the uncapped power would."""
+
 
 class GlobalGaussian(NamedTuple):
     """A Gaussian of image statistics: ``mean (D,)`` and ``precision (D, D)``, float32."""
@@ -89,7 +102,8 @@ def global_weight(patch_scores: torch.Tensor, global_scores: torch.Tensor) -> fl
     weight)``. With a weight of 1 (the rule before it was measured) the part that varies more
     between normal images decides for most of them and hides the other part's anomalies;
     e.g. paper BDP at 224 px, image AUROC 0.997 with 1, 1.000 with this weight. 1 when
-    either spread is degenerate (fewer than 3 images, or identical scores)."""
+    either spread is degenerate (fewer than 3 images, or identical scores); at most
+    :data:`GLOBAL_WEIGHT_MAX` when the global scores barely vary."""
     if patch_scores.numel() < 3 or global_scores.numel() < 3:
         return 1.0
 
@@ -100,7 +114,7 @@ def global_weight(patch_scores: torch.Tensor, global_scores: torch.Tensor) -> fl
     patch_spread, overall_spread = log_spread(patch_scores), log_spread(global_scores)
     if patch_spread <= 0 or overall_spread <= 0:
         return 1.0
-    return patch_spread / overall_spread
+    return min(patch_spread / overall_spread, GLOBAL_WEIGHT_MAX)
 
 
 def reference_level(scores: torch.Tensor) -> float:

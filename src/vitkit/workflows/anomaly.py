@@ -255,15 +255,12 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
         if fitted is None:
             continue
         seconds = round(time.perf_counter() - started, 2)
-        n_normal = len(fitted[1].scores)
         for settings in group:
             view = config.model_copy(update=settings)
             chosen_method, outcome = _view(method, *fitted, usable, view)
             synthetic = outcome[0]["synthetic_auroc"]
             score = float(np.mean(list(synthetic.values())))
-            # The score's standard error: the mean of independent-ish AUROCs, n vs n each.
-            error = math.sqrt(sum(auroc_standard_error(a, n_normal, n_normal) ** 2
-                                  for a in synthetic.values())) / len(synthetic)
+            error = _auto_standard_error(list(synthetic.values()), len(usable))
             trials.append({"settings": dict(settings), "synthetic_auroc": synthetic,
                            "score": round(score, 4), "standard_error": round(error, 4),
                            "fit": number, "seconds": seconds})
@@ -272,9 +269,21 @@ def _auto_fit(config: AnomalyFitConfig, usable: list[Path], device: torch.device
         raise DataError("no --auto candidate could be scored out of fold (too little memory "
                         "for the fold models); fit without --auto.")
     choice = _one_standard_error_choice(trials)
-    settings, chosen, method, model, meta, fitted = fitted_candidates[choice]
-    return chosen, method, model, meta, fitted, {
+    settings, chosen, method, model, meta, outcome = fitted_candidates[choice]
+    return chosen, method, model, meta, outcome, {
         "chosen": settings, "candidates": trials, "recipe": AUTO_RECIPE, "rule": AUTO_RULE}
+
+
+def _auto_standard_error(aurocs: Sequence[float], n_images: int) -> float:
+    """The standard error of a candidate's score, the mean of its synthetic AUROCs (taken as
+    independent): each AUROC is ``n_images`` normal against ``n_images`` synthetic defects.
+
+    ``n_images`` counts the independent images: with ``--augment`` every image also gives
+    its copies' scores and their defects, but a copy repeats its image (same part, same
+    texture), so counting the 8 dihedral copies as images made the error about sqrt(8) too
+    small and the one-standard-error rule too ready to pick a costlier candidate."""
+    return math.sqrt(sum(auroc_standard_error(a, n_images, n_images) ** 2
+                         for a in aurocs)) / len(aurocs)
 
 
 AUTO_RULE = ("the first candidate, in the order tried (smaller, then with image statistics), "
@@ -578,14 +587,19 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
         new_threshold, _ = f1_optimal_threshold(raw, labels)
         _adopt_threshold(bundle, detector, new_threshold, f"F1-optimal on {data_root}")
     has_masks = any(t.mask is not None for t, _ in scored)
-    maps = masks = None
+    maps: list[np.ndarray] | None = None
+    masks: list[np.ndarray | None] | None = None
     if has_masks:
-        maps = [r.map for _, r in scored]
-        masks = [_read_mask(t, r.map.shape) for t, r in scored]  # type: ignore[union-attr]
+        maps, masks = [], []
+        for test_image, score in scored:
+            if score.map is None:  # _score_for_eval asks for maps: a bug if one is missing
+                raise RuntimeError(f"{test_image.path} was scored without a map")
+            maps.append(score.map)
+            masks.append(_read_mask(test_image, score.map.shape))
     evaluation = evaluate_anomaly(raw, defects, detector.threshold, maps=maps, masks=masks)
-    result = evaluation.to_dict()
+    metrics = evaluation.to_dict()
     out = Path(out) if out is not None else Path(bundle) / "eval"
-    details = {**result, "data": str(data_root), "n_skipped": len(skipped),
+    details = {**metrics, "data": str(data_root), "n_skipped": len(skipped),
                "skipped": [s.to_dict() for s in skipped],
                "threshold_source": detector.record.get("threshold_source"),
                "fitted_with": _fitted_with(detector.record)}
@@ -595,7 +609,7 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
 
         entries = [(t, r) for t, r in scored]
         write_anomaly_report(out, details, _report_entries(detector, entries, max_map_side))
-    return result
+    return metrics
 
 
 def _fitted_with(record: dict[str, Any]) -> dict[str, Any]:
