@@ -7,13 +7,16 @@ import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from tests.e2e.cli import run_cli
 
 import vitkit
 from vitkit.bench import QUICK, BenchConfig, run_bench
 from vitkit.bundle import read_meta
+from vitkit.compress.reference import reference_images
 from vitkit.errors import VitkitError
 from vitkit.predictor import predict as predict_module
 from vitkit.predictor.variants import default_variant_name
@@ -56,16 +59,70 @@ def test_a_gain_within_timing_noise_keeps_the_reference() -> None:
     assert _choose(reports) == "torch-fp32"
 
 
+class _AnswersTheFirstClass:
+    """A deliberately broken variant: class 0 for every image, at once (so it is also by far
+    the fastest candidate, and only the accuracy guard can keep it out)."""
+
+    runtime, precision = "torch", "int8"
+
+    def __init__(self, name: str, classes: int) -> None:
+        self.name, self.classes = name, classes
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(batch), self.classes)
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_the_guard_refuses_a_variant_that_loses_accuracy_and_keeps_one_that_does_not(
+        fresh_bundle: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = fresh_bundle("cnn")
+    meta = read_meta(bundle)
+    real_open = predict_module.open_runtime
+
+    def open_runtime(path: Path, variant: Any, model: Any, **options: Any) -> Any:
+        if variant.name == "torch-dynamic-int8":
+            return _AnswersTheFirstClass(variant.name, len(meta.labels))
+        return real_open(path, variant, model, **options)
+
+    monkeypatch.setattr(predict_module, "open_runtime", open_runtime)
+    candidates = ["torch-bf16", "torch-dynamic-int8"]
+    guarded = run_optimize(bundle, candidates=candidates, budget=QUICK)  # the default guard
+    assert (guarded.max_drop, guarded.min_agreement) == (0.5, 0.99)
+    by_name = {c.name: c for c in guarded.candidates}
+    broken, bf16 = by_name["torch-dynamic-int8"], by_name["torch-bf16"]
+    reference = reference_images(meta)
+    assert reference is not None
+    labels = [s.label for s in reference.samples]
+    # Its accuracy is the share of validation images of the first class, counted by hand.
+    assert broken.status == "ok" and broken.accuracy == round(
+        labels.count(meta.labels[0]) / len(labels), 4)
+    assert broken.accuracy_drop is not None and broken.accuracy_drop > 0.5
+    assert not broken.eligible and broken.reason == (
+        f"loses {broken.accuracy_drop:.2f} points (> 0.5)")
+    assert broken.throughput == max(c.throughput or 0 for c in guarded.candidates)
+    # bf16 answers like fp32 on every validation image (measured: 6 of 6, 0 points lost).
+    assert bf16.eligible and bf16.accuracy_drop == 0.0 and bf16.agreement == 1.0
+    assert guarded.default_variant in {"torch-fp32", "torch-bf16"}
+    # The guard alone kept it out: without it, the broken variant wins on speed.
+    unguarded = run_optimize(bundle, candidates=candidates, max_drop=100, min_agreement=0.0,
+                             budget=QUICK)
+    assert unguarded.default_variant == "torch-dynamic-int8"
+
+
 def test_optimize_records_its_choice_and_every_consumer_runs_it(
         fresh_bundle: Callable[[str], Path]) -> None:
     bundle = fresh_bundle("cnn")
     result = run_optimize(bundle, candidates=["torch-bf16", "torch-dynamic-int8"],
-                          max_drop=100, min_agreement=0.0, budget=QUICK)
+                          budget=QUICK)  # the default guard: 0.5 points, 99% agreement
     names = [c.name for c in result.candidates]
     assert names == ["torch-fp32", "torch-bf16", "torch-dynamic-int8"]
     for candidate in result.candidates:
         assert candidate.status == "ok" and candidate.throughput and candidate.latency_p50_ms
-        assert candidate.accuracy is not None and candidate.agreement is not None
+        # bf16 and dynamic int8 keep every top-1 of the tiny cnn (its top-2 margins are 67x
+        # their largest logit change, tests/compress/test_runtimes.py), so the guard passes.
+        assert candidate.accuracy_drop == 0.0 and candidate.agreement == 1.0
+        assert candidate.eligible, candidate.reason
     meta = read_meta(bundle)
     extra = meta.model_extra or {}
     assert extra["default_variant"] == result.default_variant == default_variant_name(meta)
