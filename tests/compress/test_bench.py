@@ -52,6 +52,34 @@ def test_json_follows_the_contract_and_measures_accuracy(trained_bundles: dict[s
     assert tome["tome_r"] == 8 and tome["agreement"] >= 0.5
 
 
+def test_size_parameters_and_accuracy_are_the_ones_counted_by_hand(
+        trained_bundles: dict[str, Path]) -> None:
+    import vitkit
+    from vitkit.bundle import WEIGHTS_FILE
+    from vitkit.compress.reference import image_batches, reference_images
+
+    bundle = trained_bundles["cnn"]
+    result = quick(bundle, variants=["torch-fp32", "torch-bf16"])
+    fp32, bf16 = by_name(result)["torch-fp32"], by_name(result)["torch-bf16"]
+    weights = (bundle / WEIGHTS_FILE).stat().st_size
+    assert fp32["size_mb"] == bf16["size_mb"] == round(weights / 1e6, 3)
+    model = vitkit.load(bundle)
+    assert fp32["parameters"] == sum(p.numel() for p in model.torch_model().parameters())
+    meta = read_meta(bundle)
+    found = reference_images(meta, limit=12)
+    assert found is not None and result["reference"] == found.source
+    batches = list(image_batches(found.samples, meta))
+    right = sum(int((model(images).argmax(1) == labels).sum()) for images, labels in batches)
+    assert fp32["n_images"] == bf16["n_images"] == len(found.samples)
+    assert fp32["accuracy"] == round(right / len(found.samples), 4)
+    low = vitkit.load(bundle, variant="torch-bf16")
+    agree = sum(int((low(images).argmax(1) == model(images).argmax(1)).sum())
+                for images, _ in batches)
+    assert bf16["agreement"] == round(agree / len(found.samples), 4)
+    right_bf16 = sum(int((low(images).argmax(1) == labels).sum()) for images, labels in batches)
+    assert bf16["accuracy_drop"] == round(100 * (right - right_bf16) / len(found.samples), 3)
+
+
 def test_without_reference_images_accuracy_is_unknown(fresh_bundle: Callable[[str], Path],
                                                       tmp_path: Path) -> None:
     bundle = fresh_bundle("cnn")
