@@ -492,7 +492,7 @@ class PadimMethod(_DeepMethod):
         distances = padim.padim_distance_map(embedding[0], self.model)
         # The papers' image score is the maximum of the smoothed full-size map: smoothing first
         # keeps one noisy position from deciding the image.
-        smoothed = upsample_map(distances, tuple(self.preprocessing.input_size), self.map_sigma)
+        smoothed = upsample_map(distances, self.preprocessing.input_size, self.map_sigma)
         return smoothed.flatten(1).amax(dim=1), distances
 
     def options(self) -> dict[str, Any]:

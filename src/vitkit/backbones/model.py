@@ -51,7 +51,9 @@ class ImageClassifier(nn.Module):
         if self.source == "hf":
             return True
         info = getattr(self.model, "feature_info", None)
-        return bool(info) and len({int(f["reduction"]) for f in info}) == 1
+        if not info:
+            return False
+        return len({int(f["reduction"]) for f in info}) == 1
 
     @property
     def has_fixed_input_size(self) -> bool:
@@ -107,11 +109,12 @@ class ImageClassifier(nn.Module):
         """The body's parameters in groups ordered from input to output; the head excluded."""
         head_ids = {id(p) for p in self.head.parameters()}
         named = [(n, p) for n, p in self.model.named_parameters() if id(p) not in head_ids]
-        if self.source == "timm" and hasattr(self.model, "group_matcher"):
+        group_matcher = getattr(self.model, "group_matcher", None)
+        if self.source == "timm" and callable(group_matcher):
             from timm.models import group_parameters
 
             by_name = dict(named)
-            groups = group_parameters(self.model, self.model.group_matcher(coarse=False))
+            groups = group_parameters(self.model, group_matcher(coarse=False))
             ordered = [[by_name[n] for n in names if n in by_name] for names in groups.values()]
             return [g for g in ordered if g]
         return _groups_by_block_index(named)

@@ -146,7 +146,13 @@ def fit_position_embedding(state: dict[str, torch.Tensor], model: torch.nn.Modul
     target = model.state_dict()["pos_embed"]
     if state["pos_embed"].shape == target.shape:
         return state
-    height, width = model.patch_embed.grid_size  # type: ignore[union-attr]
+    from timm.layers import PatchEmbed
+
+    patch_embed = model.get_submodule("patch_embed")
+    if not isinstance(patch_embed, PatchEmbed) or patch_embed.grid_size is None:
+        raise WeightsError(f"{TIMM_NAME}'s patch embedding has no fixed grid to fit "
+                           "the position embedding to; build it with an image size.")
+    height, width = patch_embed.grid_size
     cls, patches = state["pos_embed"][:, :1], state["pos_embed"][:, 1:]
     side = int(round(patches.shape[1] ** 0.5))
     grid = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)

@@ -25,6 +25,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Reads a state dict from ``.safetensors`` or a torch file, never unpickling objects."""
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}. Check the path given to --weights.")
+    state: object  # checked below: a file may hold anything
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))

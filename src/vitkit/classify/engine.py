@@ -157,7 +157,8 @@ class Trainer:
         )
         self.device = self.accelerator.device
         # Channels-last makes CPU convolutions ~1.5x faster (oneDNN); transformers ignore it.
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        # (two calls: torch's stubs have no overload for a device with a memory format)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.stage_epochs = config.stage_epochs()
         self.stages = [s for s in STAGE_ORDER if s in self.stage_epochs]
         self._writer: Any = None

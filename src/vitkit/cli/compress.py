@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 from rich.table import Table
@@ -131,9 +131,9 @@ def optimize(
     does not travel between CPUs.
     """
     from vitkit.bench import QUICK, Budget
-    from vitkit.workflows.optimize import run_optimize, set_default_variant
+    from vitkit.workflows.optimize import Goal, run_optimize, set_default_variant
 
-    if goal not in ("throughput", "latency"):
+    if goal not in get_args(Goal):
         raise typer.BadParameter("choose throughput or latency", param_hint="--goal")
     if default is not None:
         record = set_default_variant(bundle, default)
@@ -150,7 +150,7 @@ def optimize(
 
     names = [n.strip() for n in candidates.split(",") if n.strip()] if candidates else None
     result = run_optimize(bundle, data=data, max_drop=max_drop, min_agreement=min_agreement,
-                          goal=goal, batch=batch, candidates=names,
+                          goal=cast(Goal, goal), batch=batch, candidates=names,  # checked
                           tome=int_list(tome, "--tome") if tome is not None else None,
                           image_sizes=int_list(image_sizes, "--image-sizes") or (),
                           rebuild=rebuild, budget=QUICK if quick else Budget(), log=log)

@@ -15,6 +15,7 @@ short distillation from the unpruned model (:mod:`vitkit.workflows.prune`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,20 +36,41 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+class VitMlp(NamedTuple):
+    """One block's MLP, typed: the layers pruning reads and cuts."""
+
+    fc1: nn.Linear
+    act: nn.Module
+    fc2: nn.Linear
+
+
+def vit_mlps(model: nn.Module) -> list[VitMlp]:
+    """The MLP of every transformer block of a timm ViT (see :func:`vit_blocks`)."""
+    mlps = []
+    for block in vit_blocks(model):
+        fc1, act, fc2 = (getattr(block.mlp, name, None) for name in ("fc1", "act", "fc2"))
+        if not (isinstance(fc1, nn.Linear) and isinstance(act, nn.Module)
+                and isinstance(fc2, nn.Linear)):
+            raise VitkitError("MLP pruning works on timm Vision Transformers whose MLP is "
+                              "fc1 (Linear) → act → fc2 (Linear); this model's is not.")
+        mlps.append(VitMlp(fc1, act, fc2))
+    return mlps
+
+
 @torch.inference_mode()
 def mlp_importance(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """Per block, the importance of each hidden unit: mean |activation| over the images'
     tokens times the L2 norm of the unit's output weights."""
-    blocks = vit_blocks(model)
-    sums = [torch.zeros(b.mlp.fc1.out_features, dtype=torch.float64) for b in blocks]
-    counts = [0] * len(blocks)
+    mlps = vit_mlps(model)
+    sums = [torch.zeros(mlp.fc1.out_features, dtype=torch.float64) for mlp in mlps]
+    counts = [0] * len(mlps)
     hooks = []
-    for i, block in enumerate(blocks):
+    for i, mlp in enumerate(mlps):
         def record(_module: nn.Module, _inputs: object, output: torch.Tensor, i: int = i) -> None:
             flat = output.detach().abs().reshape(-1, output.shape[-1])
             sums[i] += flat.sum(dim=0, dtype=torch.float64)
             counts[i] += flat.shape[0]
-        hooks.append(block.mlp.act.register_forward_hook(record))
+        hooks.append(mlp.act.register_forward_hook(record))
     try:
         model.eval()
         seen = 0
@@ -60,8 +82,8 @@ def mlp_importance(model: nn.Module, batches: Iterable[torch.Tensor]) -> list[to
             hook.remove()
     if seen == 0:
         raise VitkitError("MLP importance needs at least one image")
-    return [(total / max(count, 1)).float() * block.mlp.fc2.weight.detach().norm(dim=0)
-            for total, count, block in zip(sums, counts, blocks, strict=True)]
+    return [(total / max(count, 1)).float() * mlp.fc2.weight.detach().norm(dim=0)
+            for total, count, mlp in zip(sums, counts, mlps, strict=True)]
 
 
 def pruned_width(hidden: int, keep: float) -> int:
@@ -83,19 +105,20 @@ def prune_mlp_state(model: nn.Module, importance: list[torch.Tensor], width: int
     cut to its ``width`` most important units (kept in their original order), and the
     ``mlp_ratio`` that builds that shape."""
     inner = getattr(model, "model", model)
-    blocks = vit_blocks(model)
-    state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
-    for i, (block, scores) in enumerate(zip(blocks, importance, strict=True)):
+    mlps = vit_mlps(model)
+    state: dict[str, torch.Tensor] = {
+        k: v.detach().clone() for k, v in inner.state_dict().items()}
+    for i, (mlp, scores) in enumerate(zip(mlps, importance, strict=True)):
         keep = torch.sort(torch.topk(scores, width).indices).values
         name = f"blocks.{i}.mlp"
         state[f"{name}.fc1.weight"] = state[f"{name}.fc1.weight"][keep].contiguous()
-        if block.mlp.fc1.bias is not None:
+        if mlp.fc1.bias is not None:
             state[f"{name}.fc1.bias"] = state[f"{name}.fc1.bias"][keep].contiguous()
         state[f"{name}.fc2.weight"] = state[f"{name}.fc2.weight"][:, keep].contiguous()
         for key in (f"{name}.norm.weight", f"{name}.norm.bias"):  # a norm on the hidden units
             if key in state:
                 state[key] = state[key][keep].contiguous()
-    embed_dim = blocks[0].mlp.fc1.in_features
+    embed_dim = mlps[0].fc1.in_features
     ratio = width / embed_dim
     if int(embed_dim * ratio) != width:  # timm computes int(dim * mlp_ratio)
         raise VitkitError(f"an MLP width of {width} cannot be expressed as mlp_ratio for "

@@ -252,7 +252,7 @@ def quantize_bundle(bundle: Path | str, method: str | None = None, runtime: str 
     calibration = _calibration_images(meta, calib, calib_limit, plan) if plan.calibrated else None
     reference = load(bundle, variant=REFERENCE_VARIANT)
     assert reference.model is not None
-    model = copy.deepcopy(reference.model).eval()
+    model: nn.Module = copy.deepcopy(reference.model).eval()  # wrapped below, maybe
     if tome:
         from vitkit.compress.tome import apply_tome
 

@@ -101,7 +101,7 @@ def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: Any) -
 
 # timm's RandAugment levels can ask Posterize to keep 0 bits, which Pillow >= 11 rejects with a
 # ValueError in the middle of training; keeping 1 bit gives the same near-black image.
-_timm_posterize = timm_auto_augment.NAME_TO_OP["Posterize"]
+_timm_posterize = timm_auto_augment.posterize  # what NAME_TO_OP["Posterize"] holds
 timm_auto_augment.NAME_TO_OP["Posterize"] = _posterize_at_least_one_bit
 
 

@@ -39,7 +39,9 @@ def embed_paths(predictor: Predictor, paths: Sequence[Path | str], batch_size: i
                 progress: bool = True, description: str = "features") -> Embeddings:
     """Embeds image files; an unreadable or odd file is skipped and reported, never raised."""
     model = predictor.torch_model()
-    features, logits, kept = [], [], []
+    features: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    kept: list[str] = []
     skipped: list[PredictionError] = []
     for batch in readable_batches(list(paths), lambda p: p, predictor.transform, batch_size,
                                   skipped, progress, description):

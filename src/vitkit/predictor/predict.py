@@ -80,7 +80,8 @@ class Predictor:
         self.device = torch.device(device)
         self.model = None
         if model is not None:
-            self.model = model.eval().to(device, memory_format=torch.channels_last)
+            # Two calls: torch's stubs have no overload for a device with a memory format.
+            self.model = model.eval().to(device).to(memory_format=torch.channels_last)
         if runtime is None:
             if self.model is None:
                 raise ValueError("a Predictor needs a model or a runtime")
@@ -199,8 +200,9 @@ class Predictor:
         predictions = []
         for row, (name, row_scores, row_idx) in enumerate(
                 zip(names, scores, indices, strict=True)):
-            topk = [{"label": self.labels[int(i)], "score": float(s)}
-                    for s, i in zip(row_scores, row_idx, strict=True)]
+            topk: list[dict[str, Any]] = [
+                {"label": self.labels[int(i)], "score": float(s)}
+                for s, i in zip(row_scores, row_idx, strict=True)]
             prediction = Prediction(str(name), topk[0]["label"], topk[0]["score"], topk)
             if ood_scores is not None and unknown is not None:
                 prediction.ood_score = float(ood_scores[row])

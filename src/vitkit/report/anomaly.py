@@ -172,7 +172,7 @@ def _histogram(rows: Sequence[Mapping[str, Any]], ev: Mapping[str, Any]) -> str:
     anomalous = np.array([r["score"] for r in rows if r["defect"] != "good"])
     fig = Figure(figsize=(7.5, 2.8), dpi=110)
     ax = fig.add_subplot()
-    bins = np.linspace(0.0, 1.0, 41)
+    bins: list[float] = np.linspace(0.0, 1.0, 41).tolist()  # matplotlib's stubs want a Sequence
     ax.hist(normal, bins=bins, alpha=0.65, label=f"normal ({len(normal)})", color="#1a7f37")
     ax.hist(anomalous, bins=bins, alpha=0.65, label=f"anomalous ({len(anomalous)})",
             color="#cf222e")

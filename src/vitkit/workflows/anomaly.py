@@ -6,10 +6,10 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from vitkit.console import make_progress
 from vitkit.data import Sample, validate_samples, write_skipped_csv
 from vitkit.data.files import find_images, require_images, why_unmatched
 from vitkit.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 GOOD = "good"
 DEFAULT_HOLDOUT = 0.2  # share of the normal images held out when folds=0 and none is given
@@ -344,9 +347,7 @@ def _fit_holdout(method: AnomalyMethod, usable: list[Path], config: AnomalyFitCo
     with make_progress(progress) as bar:
         task = bar.add_task(_finish_message(method.name), total=None, stats="") if bar else None
         finish_started = time.perf_counter()
-        details = method.finish_fit(
-            None if bar is None else lambda done, total: bar.update(task, completed=done,
-                                                                    total=total))
+        details = method.finish_fit(_reporter(bar, task))
         details["finish_seconds"] = round(time.perf_counter() - finish_started, 3)
         if bar is not None and task is not None and bar.tasks[0].total is None:
             bar.update(task, total=1, completed=1)  # a step that reported no progress: done
@@ -424,6 +425,14 @@ def _build_method(config: AnomalyFitConfig, device: torch.device
 def _finish_message(method: str) -> str:
     return {"patchcore": "Selecting the memory-bank coreset",
             "padim": "Inverting the per-position covariances"}.get(method, "Fitting")
+
+
+def _reporter(bar: Progress | None, task: TaskID | None) -> Callable[[int, int], None] | None:
+    """``progress(done, total)`` for a long step, shown on ``task`` of ``bar`` (None without
+    a bar)."""
+    if bar is None or task is None:
+        return None
+    return lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _advancing(batch: torch.Tensor, size: int, bar: Any, task: Any) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from vitkit.backbones import BackboneSpec, rebuild
 from vitkit.bundle import read_meta, save_weights
 from vitkit.classify.config import DistillConfig
-from vitkit.compress.prune import mlp_importance, prune_mlp_state, pruned_width, vit_blocks
+from vitkit.compress.prune import mlp_importance, prune_mlp_state, pruned_width, vit_mlps
 from vitkit.compress.reference import compare, image_batches, reference_images
 from vitkit.errors import DataError, VitkitError
 from vitkit.predictor.predict import load
@@ -79,7 +79,7 @@ def run_prune(bundle: Path | str, out: Path | str, mlp_keep: float = 0.5, epochs
                           f"comes from {spec.source}.")
     reference = load(bundle, variant=REFERENCE_VARIANT, ood=False)
     model = reference.torch_model().eval()
-    hidden = vit_blocks(model)[0].mlp.fc1.out_features
+    hidden = vit_mlps(model)[0].fc1.out_features
     width = pruned_width(hidden, mlp_keep)
     train_config = dict(meta.train.get("config") or {})
     source = data or train_config.get("data")
