@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 DEMO_STAMP  := $(VENV)/.demo-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: install install-dev demo test test-fast lint typecheck bench clean
+.PHONY: install install-dev demo test test-fast lint typecheck bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ typecheck: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# 100,000 mutated image files through the decoder (the CI tests run a bounded sample).
+fuzz: $(DEV_STAMP)
+	$(BIN)/python bench/fuzz_decode.py --cases 100000
 
 clean:
 	rm -rf $(VENV) demo-output runs .pytest_cache

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Images with more pixels than this are refused as possible decompression bombs."""
@@ -36,6 +36,16 @@ UNSUPPORTED_MODE = "unsupported colour mode"
 _HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255, 255)
+# EXIF Orientation value -> the transpose that shows the image upright (as ImageOps uses).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # warnings.catch_warnings swaps a process-wide filter list; two threads entering and leaving it
 # interleaved can restore each other's copy and leave the "error" filter installed for good.
@@ -152,6 +162,10 @@ def _open(path: Path | io.BytesIO, max_pixels: int) -> Image.Image:
         except UnidentifiedImageError as exc:
             raise ImageProblem(NOT_AN_IMAGE) from exc
         except OSError as exc:
+            if exc.errno is None:
+                # A plugin's complaint about the bytes ("image file is truncated", "Truncated
+                # File Read"), not the operating system's about reading the file.
+                raise _problem(TRUNCATED, _short(exc)) from exc
             raise _problem(UNREADABLE, exc.strerror or _short(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - plugins raise many types on bad headers
             raise _problem(TRUNCATED, _short(exc)) from exc
@@ -175,10 +189,14 @@ def _apply_orientation(im: Image.Image, conversions: list[str]) -> Image.Image:
         orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - broken EXIF only loses orientation, the pixels are fine
         return im
-    if orientation not in range(2, 9):
+    method = _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
         return im
     conversions.append("exif_orientation")
-    return ImageOps.exif_transpose(im)
+    # Not ImageOps.exif_transpose: after turning the pixels it re-serialises the whole EXIF
+    # block, and a malformed tag elsewhere in it raises TypeError, ValueError, AttributeError
+    # or struct.error (found by fuzzing, tests/data/test_decode_fuzz.py). Only pixels leave here.
+    return im.transpose(method)
 
 
 def _to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
@@ -216,8 +234,12 @@ def _composite_on_white(im: Image.Image, conversions: list[str]) -> Image.Image:
 
 def _rescale_to_8bit(im: Image.Image) -> Image.Image:
     """Maps the image's actual value range onto 0..255 (a plain convert would clip to white)."""
-    values = np.asarray(im, dtype=np.float32)
-    finite = np.isfinite(values)
+    raw = np.asarray(im)
+    finite = np.isfinite(raw)
+    # float64: a float32 image can span -3.4e38..3.4e38, and that difference overflows float32
+    # (a RuntimeWarning, an exception under -W error; found by fuzzing the float TIFF seed).
+    # Non-finite values are dropped before the cast: a signalling NaN warns when cast.
+    values = np.where(finite, raw, 0).astype(np.float64)
     if not finite.any():
         return Image.new("L", im.size, 0)
     low = float(values[finite].min())
