@@ -72,13 +72,26 @@ def test_fitted_mahalanobis_recovers_known_gaussians() -> None:
                                rtol=0.03, atol=0.0)
 
 
-def test_ledoit_wolf_matches_scikit_learn() -> None:
-    x = torch.randn(30, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+def test_ledoit_wolf_keeps_the_hand_written_estimate() -> None:
+    """The formula vitkit computed by hand before it called scikit-learn (Ledoit and Wolf
+    2004, as scikit-learn writes it), against what it returns now."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 20, generator=generator, dtype=torch.float64) @ torch.randn(
+        20, 20, generator=generator, dtype=torch.float64)  # correlated: shrinkage inside (0, 1)
     x = x - x.mean(0)
+    n, d = x.shape
+    emp = x.T @ x / n
+    mu = float(emp.diagonal().sum()) / d
+    delta_sum = float((emp * emp).sum())
+    beta = (float(((x * x).T @ (x * x)).sum()) / n - delta_sum) / (d * n)
+    delta = (delta_sum - 2.0 * mu * float(emp.diagonal().sum()) + d * mu * mu) / d
+    expected_shrinkage = min(beta, delta) / delta
+    expected = (1.0 - expected_shrinkage) * emp + expected_shrinkage * mu * torch.eye(
+        d, dtype=torch.float64)
     ours, shrinkage = ledoit_wolf(x)
-    theirs, their_shrinkage = sklearn_ledoit_wolf(x.numpy(), assume_centered=True)
-    assert shrinkage == pytest.approx(their_shrinkage, rel=1e-10)
-    np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-10, atol=1e-12)
+    assert 0.0 < expected_shrinkage < 1.0
+    assert shrinkage == pytest.approx(expected_shrinkage, rel=1e-10)
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_relative_mahalanobis_is_zero_with_one_class() -> None:
@@ -184,3 +197,19 @@ def test_every_method_scores_far_points_higher(name: str) -> None:
     assert auroc(s_val.numpy(), s_ood.numpy()) > 0.9
     again = method.score(method.fit(train), val, val_logits)
     torch.testing.assert_close(again, s_val)  # deterministic
+
+
+def test_the_shared_covariance_comes_from_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Ledoit-Wolf in the project: the Mahalanobis fits call scikit-learn's."""
+    import sklearn.covariance
+
+    calls: list[tuple[int, ...]] = []
+
+    def spy(x: np.ndarray, **kwargs: object) -> tuple[np.ndarray, float]:
+        calls.append(x.shape)
+        return sklearn_ledoit_wolf(x, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sklearn.covariance, "ledoit_wolf", spy)
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(4))
+    fit_relative_mahalanobis(TrainingSet(x, torch.zeros(40, 2), torch.arange(40) % 2))
+    assert calls == [(40, 6), (40, 6)]  # the class-centred and the class-agnostic Gaussian
