@@ -92,3 +92,46 @@ def test_bad_strengths_are_refused() -> None:
         corrupt(x, "fog", 1.0)
     with pytest.raises(ValueError, match="shape"):
         gaussian_blur(torch.rand(2, 1, 8, 8), 1.0)
+
+
+def _former_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The blur corruption as it was written before it called the project's one blur."""
+    import math
+
+    import torch.nn.functional as F
+
+    height, width = images.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    horizontal = kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+    out = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), horizontal, groups=3)
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), vertical, groups=3)
+    return out.clamp(0.0, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 24, 40)])
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 2.0, 4.0])
+def test_blur_is_the_project_blur_with_its_former_numbers(
+        shape: tuple[int, ...], sigma: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Gaussian blur in vitkit (anomaly.maps.gaussian_blur): the corruption calls it,
+    with the kernel radius ceil(3 sigma) it always had, and its output stays within 1e-6
+    of the former hand-written one (the kernel is now computed in float64)."""
+    from vitkit.anomaly import maps
+
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(5))
+    expected = _former_blur(images, sigma)
+    calls: list[float] = []
+    real = maps.gaussian_blur
+
+    def spy(x: torch.Tensor, sigma: float = 4.0, truncate: float = 4.0) -> torch.Tensor:
+        calls.append(sigma)
+        return real(x, sigma, truncate)
+
+    monkeypatch.setattr(maps, "gaussian_blur", spy)
+    blurred = gaussian_blur(images, sigma)
+    assert calls == [sigma]
+    torch.testing.assert_close(blurred, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gaussian_blur(images[0], sigma), expected[0], atol=1e-6, rtol=0)

@@ -21,14 +21,14 @@ generator makes a measurement repeatable.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from vitkit.anomaly import maps
 
 # ITU-R BT.601 luma, as PIL's "L" conversion (ImageEnhance.Contrast uses that mean).
 _LUMA = (0.299, 0.587, 0.114)
@@ -48,26 +48,17 @@ def gaussian_noise(images: torch.Tensor, sigma: float,
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of std ``sigma`` pixels (kernel radius ``ceil(3 sigma)``,
-    reflected borders)."""
+    reflected borders): the project's one blur, :func:`vitkit.anomaly.maps.gaussian_blur`,
+    on each channel. Where an image side is at most ``ceil(3 sigma)`` pixels the kernel is
+    shortened on that axis only (it used to be shortened on both)."""
     if sigma < 0:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return images.clone()
     batch = _as_batch(images)
-    height, width = batch.shape[-2:]
-    # Reflect padding needs the pad to be smaller than the image side.
-    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
-    offsets = torch.arange(-radius, radius + 1, dtype=batch.dtype, device=batch.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = batch.shape[1]
-    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    out = F.conv2d(F.pad(batch, (radius, radius, 0, 0), mode="reflect"), horizontal,
-                   groups=channels)
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), vertical,
-                   groups=channels)
-    return out.clamp(0.0, 1.0).reshape(images.shape)
+    b, c, height, width = batch.shape
+    blurred = maps.gaussian_blur(batch.reshape(b * c, height, width), sigma, truncate=3.0)
+    return blurred.clamp(0.0, 1.0).reshape(images.shape)
 
 
 def jpeg(images: torch.Tensor, quality: float) -> torch.Tensor:
