@@ -129,6 +129,34 @@ def test_overlay_is_same_size_rgb_and_red_on_the_hot_region() -> None:
     assert b > r + 50 and b > g + 50
 
 
+def _jet(level: float) -> np.ndarray:
+    """RGB 0..255 (float64) of matplotlib's jet at ``level`` in [0, 1]."""
+    import matplotlib
+
+    return np.asarray(matplotlib.colormaps["jet"](level)[:3]) * 255.0
+
+
+def test_overlay_pixels_are_the_blend_of_image_and_colour() -> None:
+    image = Image.new("L", (64, 48), 128)
+    out = np.asarray(heatmap_overlay(image, _hot_block_map(), 0.0, 1.0, alpha=0.6)).astype(int)
+    # Inside the hot block (value 1 after the x4 resize) and far from it (value 0):
+    # 0.4 * 128 + 0.6 * jet(1) = 0.4 * 128 + 0.6 * (127.5, 0, 0) -> (128, 51, 51).
+    np.testing.assert_array_equal(out[20, 40], np.rint(0.4 * 128 + 0.6 * _jet(1.0)))
+    np.testing.assert_array_equal(out[20, 40], [128, 51, 51])
+    np.testing.assert_array_equal(out[5, 5], np.rint(0.4 * 128 + 0.6 * _jet(0.0)))
+    np.testing.assert_array_equal(out[5, 5], [51, 51, 128])
+    # Every pixel, on a random picture and a map at a quarter of the range: the colour of
+    # level round(0.25 * 255) / 255, 30% of it; the image, 70%. Float64 here, float32 in
+    # the code: at most 1 apart where a value falls near .5 (measured: 3 of 576 differ).
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    amap = np.full((12, 16), 2.5)
+    got = np.asarray(heatmap_overlay(Image.fromarray(picture), amap, 2.0, 4.0, alpha=0.3))
+    expected = np.rint(0.7 * picture + 0.3 * _jet(np.rint(0.25 * 255) / 255))
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert (got == expected).mean() >= 0.99
+
+
 def test_overlay_colours_follow_the_given_range_not_the_map() -> None:
     image = Image.new("RGB", (16, 12), (128, 128, 128))
     amap = _hot_block_map()
