@@ -46,3 +46,26 @@ def test_robustness_panels_from_the_json_document(tmp_path: Path) -> None:
     assert width > height  # three panels in a row
     with pytest.raises(ValueError, match="no corruption or attack"):
         render_robustness({"clean_accuracy": 0.9, "corruptions": [], "adversarial": []})
+
+
+def test_the_reliability_title_shows_the_ece_evaluate_computes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECE is computed in one place (evaluate.calibration.ReliabilityBins.ece); the plot's
+    title shows that value, from the bins object or from its JSON form."""
+    from vitkit.evaluate.calibration import ReliabilityBins
+
+    rng = np.random.default_rng(1)
+    bins = reliability_bins(rng.dirichlet(np.ones(3), 100), rng.integers(0, 3, 100), n_bins=10)
+    assert f"ECE {bins.ece:.3f} " in _panel_title(bins.to_dict())
+    monkeypatch.setattr(ReliabilityBins, "ece", property(lambda self: 0.4321))
+    assert "ECE 0.432 " in _panel_title(bins.to_dict())
+
+
+def _panel_title(bins: dict) -> str:
+    from matplotlib.figure import Figure
+
+    from vitkit.report.plots import _reliability_panel
+
+    ax = Figure().subplots()
+    _reliability_panel(ax, bins, "t")
+    return ax.get_title(loc="left")

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from vitkit.atomic import write_bytes_atomic
+from vitkit.evaluate.calibration import ReliabilityBins
 
 _DPI = 110
 _TRAIN_COLOR = "#1f6feb"
@@ -241,7 +242,7 @@ def _reliability_panel(ax: Axes, bins: Mapping[str, Sequence], title: str) -> No
     filled = (counts > 0) & ~np.isnan(acc) & ~np.isnan(conf)
     lo, width = edges[:-1][filled], np.diff(edges)[filled]
     total = counts.sum()
-    ece = float((counts[filled] * np.abs(acc[filled] - conf[filled])).sum() / total) if total else 0
+    ece = _ece(counts, acc, conf)
     ax.bar(lo, acc[filled], width=width, align="edge", color=_TRAIN_COLOR, alpha=0.85,
            edgecolor="white", linewidth=0.8, label="accuracy")
     gap_lo = np.minimum(acc[filled], conf[filled])
@@ -263,6 +264,18 @@ def _reliability_panel(ax: Axes, bins: Mapping[str, Sequence], title: str) -> No
                  loc="left", fontsize=10, fontweight="bold")
     ax.grid(True, color="#d0d7de", linewidth=0.6, alpha=0.8)
     ax.spines[["top", "right"]].set_visible(False)
+
+
+def _ece(counts: np.ndarray, accuracy: np.ndarray, confidence: np.ndarray) -> float:
+    """The ECE as evaluate computes it (its one definition), from bins whose empty or missing
+    values are NaN."""
+
+    def value(number: float) -> float | None:
+        return None if math.isnan(number) else float(number)
+
+    return ReliabilityBins(edges=[], counts=[int(c) for c in counts],
+                           accuracy=[value(a) for a in accuracy],
+                           confidence=[value(c) for c in confidence]).ece
 
 
 def _bins_dict(bins: object) -> Mapping[str, Sequence]:
