@@ -137,6 +137,33 @@ def test_upsampled_peak_stays_in_its_cell() -> None:
     assert upsample_map(amap, (64, 48)).shape == (64, 48)
 
 
+def test_overlay_blends_the_upsampled_map_over_the_image() -> None:
+    import matplotlib
+    import numpy as np
+    from PIL import Image
+
+    from vitkit.explain.overlay import overlay_map
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    amap = torch.tensor([[0.0, 1.0], [0.25, 0.5]])
+    out = np.asarray(overlay_map(Image.fromarray(picture), amap, alpha=0.4)).astype(int)
+    assert out.shape == (32, 48, 3)
+    # Corner pixels keep their cell's value exactly under bilinear upsampling; the colour is
+    # jet at that level (quantised to 256 steps), blended 40% over the picture.
+    for (row, col), level in {(0, 0): 0.0, (0, 47): 1.0, (31, 0): 0.25, (31, 47): 0.5}.items():
+        colour = np.asarray(matplotlib.colormaps["jet"](np.rint(level * 255) / 255)[:3]) * 255
+        # No channel falls near .5 here, so float32 (code) and float64 (here) round alike.
+        np.testing.assert_array_equal(out[row, col], np.rint(0.6 * picture[row, col]
+                                                             + 0.4 * colour))
+    # alpha 0 gives the picture back, alpha 1 the colours alone (the picture has no say).
+    np.testing.assert_array_equal(
+        np.asarray(overlay_map(Image.fromarray(picture), amap, alpha=0.0)), picture)
+    alone = np.asarray(overlay_map(Image.fromarray(255 - picture), amap, alpha=1.0))
+    np.testing.assert_array_equal(
+        alone, np.asarray(overlay_map(Image.fromarray(picture), amap, alpha=1.0)))
+
+
 def test_model_view_undoes_normalisation() -> None:
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     pixels = torch.tensor([1.0, 0.0, 0.5])[:, None, None].expand(3, 2, 2)
