@@ -47,6 +47,8 @@ def config(bundles: dict[str, Path], tmp_path: Path, **sections: Any) -> ServeCo
         "routes": {"default": [{"model": "a"}]},
         "fallback": ["a", "b"],
         "log": {"url": f"sqlite:///{tmp_path / 'log.db'}", "flush_ms": 20},
+        "state_file": str(tmp_path / "state.json"),
+        "bundle_roots": [str(tmp_path)],
         **sections,
     }
     return ServeConfig.model_validate(data)
@@ -110,7 +112,9 @@ def test_health_models_and_metrics(server: tuple[str, Any]) -> None:
     image = Image.new("RGB", (48, 48), (200, 30, 30))
     assert predict(url, [png_bytes(image)] * 2).status_code == 200
     text = httpx.get(f"{url}/metrics").text
-    assert 'vitkit_requests_total{arm="a",model="a",outcome="ok"} 2.0' in text
+    version = models["models"][0]["version"]
+    assert f'vitkit_images_total{{arm="a",model="a",outcome="ok",version="{version}"}} 2.0' \
+        in text
     assert "vitkit_batch_size_bucket" in text and "vitkit_request_latency_seconds" in text
     assert 'vitkit_queue_depth{model="a"}' in text
 
@@ -171,7 +175,9 @@ def test_ab_arms_are_sticky_over_http_and_feedback_reaches_the_report(
         arms[f"u{i}"] = answer["arm"]
         again = predict(url, [image], user=f"u{i}").json()["predictions"][0]
         assert again["arm"] == answer["arm"], "sticky"
-        label = answer["label"] if i % 3 else f"not {answer['label']}"
+        labels = service.models[answer["arm"]].labels
+        wrong = next(x for x in labels if x != answer["label"])
+        label = answer["label"] if i % 3 else wrong
         feedback = httpx.post(f"{url}/v1/feedback", json={"request_id": answer["request_id"],
                                                           "label": label})
         assert feedback.status_code == 200
@@ -231,7 +237,8 @@ def test_fallback_answers_on_each_fault_and_the_breaker_opens(
 
 
 @pytest.mark.parametrize("server", [{"batching": {"max_batch": 1, "max_queue": 1,
-                                                  "max_wait_ms": 0}}], indirect=True)
+                                                  "max_wait_ms": 0},
+                                     "limits": {"max_images": 1}}], indirect=True)
 def test_a_full_queue_answers_503_with_retry_after(server: tuple[str, Any],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     url, service = server

@@ -94,17 +94,17 @@ def serve_ab_report(
     _require_serve()
     from rich.table import Table
 
-    from vitkit.serve.log import RequestLog, ab_report
+    from vitkit.serve.log import ab_report, read_rows
 
     url = log if "://" in log else f"sqlite:///{Path(log)}"
     if "://" not in log and not Path(log).is_file():
         raise VitkitError(f"{log} does not exist; give the request log of `vitkit serve` "
                           "(default serve-requests.db) or a SQLAlchemy URL.")
-    request_log = RequestLog(url)
     try:
-        report = ab_report(request_log.rows(), route)
-    finally:
-        request_log.close()
+        rows = read_rows(url)
+    except Exception as exc:  # noqa: BLE001 - a driver error names the problem
+        raise VitkitError(f"cannot read the request log {log}: {exc}") from None
+    report = ab_report(rows, route)
     if json_out:
         print_json(report)
         return

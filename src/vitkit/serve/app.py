@@ -1,12 +1,15 @@
 """HTTP around :class:`~vitkit.serve.service.Service` (FastAPI; run by uvicorn).
 
-Endpoints: ``POST /v1/predict`` (multipart files or JSON with base64 images; ``X-User-Id``
-for sticky A/B arms; ``?route=``, ``?maps=1`` for anomaly heat maps), ``POST /v1/feedback``,
-``GET /v1/models``, ``GET /v1/ab``, ``GET /livez``, ``GET /readyz``, ``GET /metrics``, the
-Open Inference Protocol v2 subset (``/v2/health/ready``, ``/v2/models/{name}``,
-``/v2/models/{name}/infer``), admin (``POST /admin/models/{name}/candidate|rollback``, bearer
-token) and a web page at ``/``. User errors are JSON ``{"error", "detail"}`` with a 4xx
-status, never a 500 or a traceback.
+Endpoints: ``POST /v1/predict`` (multipart files, JSON with base64 images, or one raw
+``image/*`` body; ``X-User-Id`` for sticky A/B arms; ``?route=``, ``?maps=1`` for anomaly heat
+maps), ``POST /v1/feedback``, ``GET /v1/models``, ``/v1/ab``, ``/v1/drift``, ``GET|HEAD
+/livez``, ``/readyz``, ``GET /metrics``, the Open Inference Protocol v2 (:mod:`vitkit.serve.v2`),
+admin (``POST /admin/models/{name}/candidate|rollback``, bearer token, rate-limited) and a web
+page at ``/``; ``/docs`` works offline.
+
+Every answer carries ``X-Request-Id`` (the client's, when it sends a sane one, or a new one)
+and is counted in ``vitkit_http_requests_total`` by route and status, 4xx included. User
+errors are JSON ``{"error", "detail"}`` with a 4xx status, never a 500 or a traceback.
 """
 
 from __future__ import annotations
@@ -15,53 +18,69 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
-from collections.abc import AsyncIterator
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
+from vitkit.serve.auth import AdminGuard, check_token
 from vitkit.serve.config import ServeConfig
-from vitkit.serve.log import ab_report
+from vitkit.serve.errors import HttpProblem
+from vitkit.serve.log import LogUnavailable, ab_report
 from vitkit.serve.page import PAGE
-from vitkit.serve.service import NoModelAvailable, RolloutError, Service, UnknownRoute
+from vitkit.serve.schemas import (
+    EXTRA_SCHEMAS,
+    Candidate,
+    Feedback,
+    FeedbackRecorded,
+    PredictImages,
+    Predictions,
+    parse,
+    problem_responses,
+    request_body,
+)
+from vitkit.serve.service import (
+    NoModelAvailable,
+    RequestTooLarge,
+    RolloutError,
+    Service,
+    UnknownRoute,
+)
+from vitkit.serve.v2 import v2_router
 
 RETRY_AFTER_S = 1
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+RAW_IMAGE_TYPES = ("image/",)
+access_log = logging.getLogger("vitkit.access")
 
-
-class HttpProblem(Exception):
-    def __init__(self, status: int, error: str, detail: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+__all__ = ["HttpProblem", "create_app"]
 
 
 def create_app(config: ServeConfig) -> FastAPI:
+    """The application; raises :class:`~vitkit.errors.ConfigError` for an admin token that is
+    too short (checked here, at start-up, not at the first admin call)."""
+    token = config.admin_token()
+    token_source = config.admin_token_file or config.admin_token_env
+    check_token(token, token_source)
     service = Service(config)
     limits = config.limits
-    admin_token = config.admin_token()
+    guard = AdminGuard(token, f"{config.admin_token_env} (or admin_token_file)")
+    max_bytes = int(limits.max_upload_mb * 1024 * 1024)
 
     def require_admin(request: Request) -> None:
-        """``Authorization: Bearer <token>``, compared in constant time."""
-        if admin_token is None:
-            raise HttpProblem(403, "admin disabled", f"set {config.admin_token_env} (or "
-                              "admin_token_file) when starting the server to enable admin "
-                              "endpoints")
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HttpProblem(401, "unauthorized", "send Authorization: Bearer <token>",
-                              {"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(token.encode(), admin_token.encode()):
-            raise HttpProblem(403, "forbidden", "wrong admin token")
-
-    max_bytes = int(limits.max_upload_mb * 1024 * 1024)
+        guard.check(request.headers.get("authorization"), _client(request))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,62 +94,124 @@ def create_app(config: ServeConfig) -> FastAPI:
                 await loading
             await service.close()
 
-    app = FastAPI(title="vitkit", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="vitkit", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  responses=problem_responses(413, 503))
     app.state.service = service
+    _offline_docs(app)
+    if config.cors.allow_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors.allow_origins,
+                           allow_methods=config.cors.allow_methods,
+                           allow_headers=config.cors.allow_headers,
+                           expose_headers=["X-Request-Id", "Retry-After"], max_age=600)
 
     @app.exception_handler(HttpProblem)
     async def _problem(_request: Request, exc: HttpProblem) -> JSONResponse:
         return JSONResponse({"error": exc.error, "detail": exc.detail}, exc.status,
                             headers=exc.headers)
 
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+        name = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "bad request")
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            detail = "no such endpoint; see /docs or GET /v1/models"
+        return JSONResponse({"error": name, "detail": detail}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        return JSONResponse({"error": "bad request", "detail": problems}, 422)
+
     @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Response:
+    async def _edge(request: Request,
+                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        response = await _guarded(request, call_next)
+        response.headers["X-Request-Id"] = request_id
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        seconds = time.perf_counter() - started
+        service.metrics.http_requests.labels(request.method, template,
+                                             str(response.status_code)).inc()
+        service.metrics.http_latency.labels(template).observe(seconds)
+        if config.access_log:
+            access_log.info('%s "%s %s" %d %.1f ms id=%s', _client(request), request.method,
+                            request.url.path, response.status_code, 1000 * seconds, request_id)
+        return response
+
+    async def _guarded(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if service.draining and request.url.path not in ("/livez",):
             return JSONResponse({"error": "shutting down", "detail": "the server is stopping; "
                                  "retry on another instance"}, 503,
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            return _too_large(f"the request body is {int(length):,} bytes; the limit is "
-                              f"{max_bytes:,} (limits.max_upload_mb)")
-        return await call_next(request)
+            return JSONResponse({"error": "too large", "detail": f"the request body is "
+                                 f"{int(length):,} bytes; the limit is {max_bytes:,} "
+                                 "(limits.max_upload_mb)"}, 413)
+        try:
+            return await call_next(request)
+        except Exception:  # noqa: BLE001 - a bug must still answer JSON, and be logged
+            logging.getLogger("vitkit.serve").exception("internal error in %s %s",
+                                                        request.method, request.url.path)
+            return JSONResponse({"error": "internal error", "detail": "the server failed on "
+                                 f"this request; its log has the details (request id "
+                                 f"{request.state.request_id})"}, 500)
 
-    @app.get("/livez")
+    # ------------------------------------------------------------------ health, metrics
+    @app.api_route("/livez", methods=["GET", "HEAD"], tags=["health"])
     async def livez() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"],
+                   responses=problem_responses(503))
     async def readyz() -> JSONResponse:
-        if service.ready and not service.draining:
-            return JSONResponse({"status": "ready", "models": sorted(service.models)})
-        state = "loading" if not service.loaded.is_set() else "no model could be loaded"
-        return JSONResponse({"status": state, "errors": service.load_errors}, 503)
+        state = service.readiness()
+        return JSONResponse(state, 200 if state["status"] in ("ready", "degraded") else 503,
+                            headers=None if state["status"] != "loading"
+                            else {"Retry-After": str(RETRY_AFTER_S)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
-        for name, batcher in service.batchers.items():
-            service.metrics.queue_depth.labels(name).set(batcher.depth)
+        service.refresh_gauges()
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return service.describe()
+    # ------------------------------------------------------------------ v1
+    @app.get("/v1/models", tags=["v1"])
+    async def models(request: Request) -> dict[str, Any]:
+        """The models, routes and fallback; bundle paths and load errors only for admin
+        callers (``Authorization: Bearer <token>``)."""
+        return service.describe(admin=guard.is_admin(request.headers.get("authorization")))
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", tags=["v1"], openapi_extra=request_body(
+                  PredictImages, "multipart/form-data"),
+              responses={200: {"model": Predictions},
+                         **problem_responses(404, 413, 415, 422, 503)})
     async def predict(request: Request) -> dict[str, Any]:
         payloads = await _read_images(request, limits.max_images, max_bytes)
         loop = asyncio.get_running_loop()
         images = await asyncio.gather(*[
             loop.run_in_executor(service.decoders, _decode, data, name, limits.max_pixels)
             for name, data in payloads])
+        route = request.query_params.get("route")
         try:
             answers = await service.answer(
-                images, request.headers.get("x-user-id"), request.query_params.get("route"),
+                images, request.headers.get("x-user-id"), route,
                 with_maps=request.query_params.get("maps", "").lower() in ("1", "true"))
         except UnknownRoute as exc:
             raise HttpProblem(404, "unknown route", f"no route '{exc}'; routes: "
                               f"{', '.join(config.routes)}") from None
+        except RequestTooLarge as exc:
+            raise HttpProblem(413, "too many images", str(exc)) from None
         except NoModelAvailable as exc:
             raise HttpProblem(503, "overloaded" if exc.overloaded else "no model available",
                               str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -138,23 +219,32 @@ def create_app(config: ServeConfig) -> FastAPI:
             answer["image"] = name
         return {"predictions": answers}
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", tags=["v1"], openapi_extra=request_body(Feedback),
+              responses={200: {"model": FeedbackRecorded},
+                         **problem_responses(404, 409, 422, 503)})
     async def feedback(request: Request) -> dict[str, Any]:
-        body = await _json_body(request)
-        request_id, label = body.get("request_id"), body.get("label")
-        if not isinstance(request_id, str) or not isinstance(label, str):
-            raise HttpProblem(422, "bad feedback", 'send {"request_id": "...", "label": "..."}')
+        body = parse(Feedback, await _json_body(request), "feedback")
         if service.log is None:
             raise HttpProblem(409, "no request log", "this server keeps no request log "
                               "(log.url is null), so feedback cannot be recorded")
-        found = await asyncio.get_running_loop().run_in_executor(
-            None, service.log.feedback, request_id, label)
-        if not found:
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                None, service.record_feedback, body.request_id, body.label, body.replace)
+        except LogUnavailable as exc:
+            raise HttpProblem(503, "request log unavailable", f"the request-log database "
+                              f"does not answer ({exc}); retry later",
+                              {"Retry-After": "5"}) from None
+        except ValueError as exc:
+            raise HttpProblem(422, "unknown label", str(exc)) from None
+        if outcome == "unknown":
             raise HttpProblem(404, "unknown request id", f"no answered image has request_id "
-                              f"{request_id!r}")
-        return {"request_id": request_id, "label": label, "recorded": True}
+                              f"{body.request_id!r}")
+        if outcome == "conflict":
+            raise HttpProblem(409, "feedback already recorded", f"{body.request_id!r} already "
+                              'has another label; send "replace": true to overwrite it')
+        return {"request_id": body.request_id, "label": body.label, "recorded": True}
 
-    @app.get("/v1/drift")
+    @app.get("/v1/drift", tags=["v1"])
     async def drift() -> dict[str, Any]:
         return {name: {"version": service.slots[name].model.version if name in service.slots
                        else None, "window": monitor.config.window,
@@ -162,144 +252,94 @@ def create_app(config: ServeConfig) -> FastAPI:
                        "last": monitor.report}
                 for name, monitor in service.drift.items()}
 
-    @app.get("/v1/ab")
+    @app.get("/v1/ab", tags=["v1"], responses=problem_responses(409, 503))
     async def ab(route: str | None = None) -> dict[str, Any]:
         if service.log is None:
             raise HttpProblem(409, "no request log", "A/B figures come from the request log, "
                               "which is off (log.url is null)")
-        rows = await asyncio.get_running_loop().run_in_executor(None, service.log.rows)
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(None, service.log.rows)
+        except LogUnavailable as exc:
+            raise HttpProblem(503, "request log unavailable", str(exc),
+                              {"Retry-After": "5"}) from None
         return ab_report(rows, route)
 
-    @app.post("/admin/models/{name}/candidate", status_code=202)
+    # ------------------------------------------------------------------ admin
+    admin_errors = problem_responses(401, 403, 404, 409, 422, 429)
+
+    @app.post("/admin/models/{name}/candidate", status_code=202, tags=["admin"],
+              openapi_extra=request_body(Candidate), responses=admin_errors)
     async def candidate(name: str, request: Request) -> dict[str, Any]:
         require_admin(request)
-        body = await _json_body(request)
-        bundle = body.get("bundle")
-        if not isinstance(bundle, str):
-            raise HttpProblem(422, "bad request", 'send {"bundle": "/path/to/bundle", '
-                              '"variant": optional}')
+        body = parse(Candidate, await _json_body(request), "candidate")
         try:
-            return await service.start_candidate(name, bundle, body.get("variant"))
+            return await service.start_candidate(name, body.bundle, body.variant)
         except RolloutError as exc:
             raise HttpProblem(exc.status, "candidate refused", str(exc)) from None
 
-    @app.post("/admin/models/{name}/rollback")
+    @app.post("/admin/models/{name}/rollback", tags=["admin"], responses=admin_errors)
     async def rollback(name: str, request: Request) -> dict[str, Any]:
         require_admin(request)
         try:
-            return service.rollback(name)
+            return await service.rollback(name)
         except RolloutError as exc:
             raise HttpProblem(exc.status, "nothing to roll back", str(exc)) from None
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return PAGE
 
-    # ------------------------------------------------------------ Open Inference Protocol v2
-    @app.get("/v2/health/live")
-    async def v2_live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def v2_ready() -> JSONResponse:
-        ready = service.ready and not service.draining
-        return JSONResponse({"ready": ready}, 200 if ready else 503)
-
-    @app.get("/v2/models/{name}")
-    async def v2_model(name: str) -> dict[str, Any]:
-        model = _v2_model(service, name)
-        height, width = model.input_size
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "score", "datatype": "FP32", "shape": [-1]}]
-        if model.kind == "classify":
-            outputs.append({"name": "unknown", "datatype": "BOOL", "shape": [-1]})
-        return {"name": name, "versions": [model.version], "platform": f"vitkit-{model.kind}",
-                "inputs": [{"name": "input", "datatype": "FP32",
-                            "shape": [-1, 3, height, width]},
-                           {"name": "image", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": outputs, "parameters": {"labels": model.labels}}
-
-    @app.post("/v2/models/{name}/infer")
-    async def v2_infer(name: str, request: Request) -> dict[str, Any]:
-        model = _v2_model(service, name)
-        body = _parse_json(await _bounded_body(request, max_bytes))
-        tensors = await _v2_inputs(body, model, limits.max_images, limits.max_pixels,
-                                   service)
-        try:
-            answers = await service.infer_prepared(name, tensors)
-        except Exception as exc:  # noqa: BLE001 - overload, timeout or model failure
-            raise HttpProblem(503, "inference failed", f"{type(exc).__name__}: {exc}",
-                              {"Retry-After": str(RETRY_AFTER_S)}) from None
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [len(answers)],
-                    "data": [a["label"] for a in answers]},
-                   {"name": "score", "datatype": "FP32", "shape": [len(answers)],
-                    "data": [float(a["score"]) for a in answers]}]
-        if model.kind == "classify":
-            outputs.append({"name": "unknown", "datatype": "BOOL", "shape": [len(answers)],
-                            "data": [bool(a.get("unknown")) for a in answers]})
-        response: dict[str, Any] = {"model_name": name, "model_version": model.version,
-                                    "outputs": outputs}
-        if "id" in body:
-            response["id"] = body["id"]
-        return response
-
+    app.include_router(v2_router(service, max_bytes, _bounded_body,
+                                 lambda data, name: _decode(data, name, limits.max_pixels)))
+    _with_extra_schemas(app)
     return app
 
 
-def _v2_model(service: Service, name: str) -> Any:
-    model = service.models.get(name)
-    if model is None:
-        raise HttpProblem(404, "unknown model", f"no loaded model '{name}'; models: "
-                          f"{', '.join(service.models) or 'none yet'}")
-    return model
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
-async def _v2_inputs(body: dict[str, Any], model: Any, max_images: int, max_pixels: int,
-                     service: Service) -> list[Any]:
-    """Tensors from a v2 request: ``input`` FP32 [B, 3, H, W] (preprocessed), or ``image``
-    BYTES [B] (base64 image files, decoded and preprocessed here)."""
-    import torch
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI from the ``swagger-ui-bundle`` package's files, not a CDN: ``/docs`` works
+    on a machine without internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
 
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise HttpProblem(422, "bad v2 request", 'send {"inputs": [{"name": "input" or '
-                          '"image", "shape": [...], "datatype": "FP32" or "BYTES", '
-                          '"data": [...]}]}')
-    tensor = inputs[0]
-    shape, data = tensor.get("shape"), tensor.get("data")
-    if not isinstance(shape, list) or not isinstance(data, list) or not shape:
-        raise HttpProblem(422, "bad v2 request", "each input needs a shape and data lists")
-    if shape[0] > max_images:
-        raise HttpProblem(413, "too many images", f"at most {max_images} per request")
-    if tensor.get("datatype") == "FP32":
-        height, width = model.input_size
-        if shape[1:] != [3, height, width]:
-            raise HttpProblem(422, "bad shape", f"input must be [B, 3, {height}, {width}], "
-                              f"got {shape}")
-        try:
-            batch = torch.tensor(data, dtype=torch.float32).reshape(shape)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise HttpProblem(422, "bad data", f"data does not fill {shape}: {exc}") from None
-        return list(batch)
-    if tensor.get("datatype") == "BYTES":
-        loop = asyncio.get_running_loop()
-        payloads = _base64_images({"images": data}, max_images)
-        images = await asyncio.gather(*[
-            loop.run_in_executor(service.decoders, _decode, raw, name, max_pixels)
-            for name, raw in payloads])
-        return [model.prepare(image) for image in images]
-    raise HttpProblem(422, "bad datatype", "datatype must be FP32 (preprocessed) or BYTES "
-                      "(base64 image files)")
+    try:
+        import swagger_ui_bundle
+        from starlette.staticfiles import StaticFiles
+    except ImportError:
+        return
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="vitkit API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
 
-def _too_large(detail: str) -> JSONResponse:
-    return JSONResponse({"error": "too large", "detail": detail}, 413)
+def _with_extra_schemas(app: FastAPI) -> None:
+    """Adds the bodies declared with :func:`~vitkit.serve.schemas.request_body` to the
+    OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                                 description="vitkit serve: see /docs")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                EXTRA_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _read_images(request: Request, max_images: int, max_bytes: int
                        ) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` of every image in a multipart or JSON request."""
-    content_type = request.headers.get("content-type", "")
+    """``(name, bytes)`` of every image in a multipart, JSON or raw image request."""
+    content_type = request.headers.get("content-type", "").lower()
     body = await _bounded_body(request, max_bytes)
     if content_type.startswith("multipart/form-data"):
         try:
@@ -309,17 +349,23 @@ async def _read_images(request: Request, max_images: int, max_bytes: int
                 raise HttpProblem(413, "too many images", f"at most {max_images} images per "
                                   f"request (limits.max_images): {exc.detail}") from None
             raise HttpProblem(422, "bad multipart body", str(exc.detail)) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpProblem(422, "bad multipart body", str(exc)[:200]) from None
         files = [(getattr(v, "filename", None) or k, v) for k, v in form.multi_items()
                  if hasattr(v, "read")]
         if len(files) > max_images:
             raise HttpProblem(413, "too many images", f"at most {max_images} images per "
                               "request (limits.max_images)")
-        payloads = [(name, await upload.read()) for name, upload in files]
+        payloads = [(str(name)[:256], await upload.read()) for name, upload in files]
     elif content_type.startswith("application/json"):
-        payloads = _base64_images(_parse_json(body), max_images)
+        payloads = _base64_images(parse(PredictImages, _parse_json(body), "request"),
+                                  max_images)
+    elif content_type.startswith(RAW_IMAGE_TYPES) or content_type == "application/octet-stream":
+        payloads = [("body", body)] if body else []
     else:
         raise HttpProblem(415, "unsupported request", "send multipart/form-data with image "
-                          'files, or application/json {"images": ["<base64>", ...]}')
+                          'files, application/json {"images": ["<base64>", ...]}, or one '
+                          "image as the body (Content-Type: image/jpeg, image/png, …)")
     if not payloads:
         raise HttpProblem(422, "no image", "the request holds no image")
     return payloads
@@ -339,23 +385,26 @@ async def _bounded_body(request: Request, max_bytes: int) -> bytes:
     return body
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request) -> Any:
     return _parse_json(await _bounded_body(request, 1024 * 1024))
 
 
-def _parse_json(body: bytes) -> dict[str, Any]:
+def _parse_json(body: bytes) -> Any:
     try:
         value = json.loads(body or b"null")
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise HttpProblem(422, "bad json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise HttpProblem(422, "bad json", "the body must be a JSON object")
     return value
 
 
-def _base64_images(body: dict[str, Any], max_images: int) -> list[tuple[str, bytes]]:
-    items = body.get("images", [body["image"]] if "image" in body else None)
-    if not isinstance(items, list):
+def _base64_images(body: PredictImages, max_images: int) -> list[tuple[str, bytes]]:
+    if body.images is not None and body.image is not None:
+        raise HttpProblem(422, "bad json", 'send either "images" or "image", not both')
+    items = body.images if body.images is not None else (
+        [body.image] if body.image is not None else None)
+    if items is None:
         raise HttpProblem(422, "bad json", 'send {"images": ["<base64>", ...]} or '
                           '{"image": "<base64>"}')
     if len(items) > max_images:
@@ -363,8 +412,6 @@ def _base64_images(body: dict[str, Any], max_images: int) -> list[tuple[str, byt
                           "(limits.max_images)")
     decoded = []
     for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise HttpProblem(422, "bad json", f"images[{i}] is not a base64 string")
         try:
             decoded.append((f"images[{i}]", base64.b64decode(item.split(",")[-1],
                                                              validate=True)))

@@ -15,7 +15,13 @@ fallback: [lite0-int8, lite0]    # who answers when a model fails, times out or 
 batching: {max_batch: 32, max_wait_ms: 5, max_queue: 256, timeout_ms: 2000}
 limits: {max_upload_mb: 10, max_pixels: 40000000, max_images: 16}
 log: {url: sqlite:///serve-requests.db}
+state_file: serve-state.json     # live versions and rollout history, kept across restarts
+bundle_roots: [runs]             # where admin candidate bundles may come from
+cors: {allow_origins: []}        # off unless origins are listed
 ```
+
+Relative paths in a YAML file (bundles, ``state_file``, ``bundle_roots``, a SQLite log) are
+read from the file's folder, so the config works from any current directory.
 """
 
 from __future__ import annotations
@@ -75,6 +81,19 @@ class LogConfig(_Strict):
     url: str | None = Field("sqlite:///serve-requests.db", description="SQLAlchemy URL of the "
                             "request log (SQLite file or postgresql://…); null: no log")
     flush_ms: float = Field(200.0, gt=0, description="how often queued rows are written")
+    max_memory_rows: int = Field(10_000, ge=1, description="rows held in memory while the "
+                                 "database is away; beyond, they go to the spill file")
+    spill_file: str | None = Field(None, description="where rows wait beyond max_memory_rows "
+                                   "(default: beside a SQLite file, or "
+                                   "vitkit-request-log-<hash>.spill.jsonl here)")
+
+
+class Cors(_Strict):
+    allow_origins: list[str] = Field(default_factory=list, description="origins allowed to "
+                                     "call the API from a browser; empty: CORS off")
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[str] = Field(default_factory=lambda: ["Content-Type", "X-User-Id",
+                                                              "X-Request-Id"])
 
 
 class ServeConfig(_Strict):
@@ -87,6 +106,14 @@ class ServeConfig(_Strict):
     log: LogConfig = LogConfig()
     rollout: RolloutConfig = RolloutConfig()
     drift: DriftConfig = DriftConfig()
+    cors: Cors = Cors()
+    access_log: bool = Field(True, description="one line per request on the vitkit.access "
+                             "logger (client, method, path, status, ms, request id)")
+    state_file: str | None = Field("serve-state.json", description="JSON file keeping each "
+                                   "model's live version, rollback target and rollout history "
+                                   "across restarts; null: kept in memory only")
+    bundle_roots: list[str] = Field(default_factory=list, description="folders that admin "
+                                    "candidate bundles must lie in; empty: candidates refused")
     admin_token_env: str = Field("VITKIT_ADMIN_TOKEN", description="environment variable "
                                  "holding the admin token; admin endpoints are off without one")
     admin_token_file: str | None = Field(None, description="file holding the admin token "
@@ -124,7 +151,33 @@ class ServeConfig(_Strict):
             if name not in names:
                 raise ValueError(f"fallback names model '{name}', which is not among the "
                                  f"models: {', '.join(names)}")
+        if self.limits.max_images > self.batching.max_queue:
+            raise ValueError(f"limits.max_images ({self.limits.max_images}) is above "
+                             f"batching.max_queue ({self.batching.max_queue}): such a request "
+                             "could never be queued; lower max_images or raise max_queue")
         return self
+
+    def relative_to(self, folder: Path) -> ServeConfig:
+        """A copy whose relative paths (bundles, state file, bundle roots, a SQLite log, the
+        admin token file) are read from ``folder``."""
+
+        def resolve(path: str) -> str:
+            return path if Path(path).is_absolute() else str(folder / path)
+
+        log = self.log
+        if log.url and log.url.startswith("sqlite:///") and log.url != "sqlite:///:memory:" \
+                and not Path(log.url[len("sqlite:///"):]).is_absolute():
+            log = log.model_copy(update={"url": "sqlite:///" + resolve(
+                log.url[len("sqlite:///"):])})
+        if log.spill_file:
+            log = log.model_copy(update={"spill_file": resolve(log.spill_file)})
+        return self.model_copy(update={
+            "models": [m.model_copy(update={"bundle": resolve(m.bundle)}) for m in self.models],
+            "log": log,
+            "state_file": resolve(self.state_file) if self.state_file else None,
+            "bundle_roots": [resolve(r) for r in self.bundle_roots],
+            "admin_token_file": (resolve(self.admin_token_file) if self.admin_token_file
+                                 else None)})
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -152,7 +205,7 @@ def serve_config(target: str | Path, variant: str | None = None) -> ServeConfig:
         yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is neither a bundle folder nor valid YAML: {exc}") from exc
-    return load_config(ServeConfig, path, {})
+    return load_config(ServeConfig, path, {}).relative_to(path.resolve().parent)
 
 
 def _model_name(bundle: Path) -> str:

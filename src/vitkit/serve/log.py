@@ -2,17 +2,32 @@
 
 SQLAlchemy, so a SQLite file (the default, in WAL mode) and a PostgreSQL URL work the same.
 Rows are queued by the request path and written in batches by one background thread: a slow
-disk never slows an answer, and :meth:`RequestLog.close` writes what is still queued.
+disk never slows an answer.
+
+Nothing answered is lost when the database goes away. The writer retries for as long as it
+takes (with back-off, never giving up and never exiting); meanwhile rows wait in memory up to
+``max_memory_rows`` and beyond that are appended to a local spill file (JSON lines), which is
+written back once the database answers again — also by the next server when this one stops
+before the database returns. Inserts ignore rows already present, so a batch retried after a
+lost acknowledgement is written once. :attr:`RequestLog.backlog` and
+:attr:`RequestLog.healthy` tell the service what is pending (``vitkit_log_backlog``,
+``/readyz`` "degraded").
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import hashlib
+import json
+import logging
 import math
-import queue
+import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +44,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+
+logger = logging.getLogger("vitkit.serve")
 
 metadata = MetaData()
 predictions = Table(
@@ -48,6 +65,14 @@ predictions = Table(
     Column("feedback", String(256)),
     Column("feedback_time", Float),
 )
+FEEDBACK_MAX_CHARS = 256  # the width of the feedback column (PostgreSQL refuses longer)
+
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 2.0  # back-off cap: a returning database is used within 2 s
+
+
+class LogUnavailable(Exception):
+    """The request-log database does not answer (feedback and reports need it)."""
 
 
 def make_engine(url: str) -> Engine:
@@ -59,82 +84,321 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
-    metadata.create_all(engine)
     return engine
 
 
+def default_spill_path(url: str) -> Path:
+    """Beside a SQLite file (``log.db`` → ``log.db.spill.jsonl``); for a server database, in
+    the current folder, named after the database so two logs never share a file."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):]).with_name(
+            Path(url[len("sqlite:///"):]).name + ".spill.jsonl")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return Path(f"vitkit-request-log-{digest}.spill.jsonl")
+
+
 class RequestLog:
-    def __init__(self, url: str, flush_ms: float = 200.0, batch: int = 512) -> None:
+    """Rows in, written in the background; see the module docstring for the guarantees.
+
+    Args:
+        url: SQLAlchemy URL.
+        flush_ms: How long the writer waits to fill a batch.
+        batch: Rows per insert at most.
+        max_memory_rows: Rows held in memory while the database is away; beyond, the spill
+            file takes them (one JSON line, ~300 bytes, each).
+        spill_path: The spill file (default: :func:`default_spill_path`).
+    """
+
+    def __init__(self, url: str, flush_ms: float = 200.0, batch: int = 512,
+                 max_memory_rows: int = 10_000, spill_path: str | Path | None = None) -> None:
+        self.url = url
         self.engine = make_engine(url)
         self.flush_s = flush_ms / 1000
         self.batch = batch
-        self._rows: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.max_memory_rows = max_memory_rows
+        self.spill_path = Path(spill_path) if spill_path else default_spill_path(url)
+        self._memory: collections.deque[dict[str, Any]] = collections.deque()
+        self._in_flight = 0
+        self._spilled = self._count_spilled()
+        self._lock = threading.Condition()
+        self._spill_lock = threading.Lock()
+        self._closing = False
+        self._close_deadline = math.inf
+        self._schema_ready = False
         self.written = 0
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        with contextlib.suppress(Exception):  # a database down at start: the writer retries
+            self._ensure_schema()
         self._writer = threading.Thread(target=self._write_loop, name="vitkit-request-log",
                                         daemon=True)
         self._writer.start()
 
+    # ------------------------------------------------------------------ state
+    @property
+    def backlog(self) -> int:
+        """Rows answered but not yet in the database (memory, in flight, spill file)."""
+        with self._lock:
+            return len(self._memory) + self._in_flight + self._spilled
+
+    @property
+    def healthy(self) -> bool:
+        return self.failing_since is None
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "backlog": self.backlog, "written": self.written,
+                "spilled": self._spilled, "last_error": self.last_error,
+                "failing_for_s": (None if self.failing_since is None
+                                  else round(time.monotonic() - self.failing_since, 1))}
+
+    # ------------------------------------------------------------------ request path
     def add(self, row: dict[str, Any]) -> None:
-        """Queues one row (never blocks the caller)."""
-        self._rows.put(row)
+        """Queues one row; never blocks on the database (past ``max_memory_rows`` the row is
+        appended to the spill file)."""
+        with self._lock:
+            if len(self._memory) < self.max_memory_rows:
+                self._memory.append(row)
+                self._lock.notify()
+                return
+        self._spill([row])
 
-    def feedback(self, request_id: str, label: str) -> bool:
-        """Records the true label of an answered image; False when the id is unknown. Waits for
-        queued rows first, so feedback right after the answer finds its row."""
-        self.flush()
-        with self.engine.begin() as connection:
-            result = connection.execute(
-                update(predictions).where(predictions.c.request_id == request_id)
-                .values(feedback=label, feedback_time=time.time()))
-        return result.rowcount > 0
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Waits until every row queued so far is in the database; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._lock.notify()
+            while self._memory or self._in_flight or self._spilled:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(min(remaining, 0.05))
+        return True
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Returns when every row queued so far is written."""
-        done = threading.Event()
-        self._rows.put({"__flush__": done})
-        done.wait(timeout)
+    def lookup(self, request_id: str) -> dict[str, Any] | None:
+        """The logged row of an answer (after a flush), or None.
 
-    def close(self) -> None:
-        self._rows.put(None)
-        self._writer.join(timeout=30)
-        self.engine.dispose()
+        Raises:
+            LogUnavailable: The database does not answer.
+        """
+        self.flush(timeout=2.0)
+        try:
+            with self.engine.connect() as connection:
+                row = connection.execute(select(predictions).where(
+                    predictions.c.request_id == request_id)).first()
+        except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
+            raise LogUnavailable(_short(exc)) from None
+        return dict(row._mapping) if row is not None else None
+
+    def feedback(self, request_id: str, label: str, replace: bool = False) -> str:
+        """Records the true label of an answered image. Returns ``"recorded"``,
+        ``"unknown"`` (no such request id) or ``"conflict"`` (another label was recorded
+        before and ``replace`` is False; nothing is changed).
+
+        Raises:
+            LogUnavailable: The database does not answer.
+        """
+        self.flush(timeout=2.0)
+        condition = predictions.c.request_id == request_id
+        if not replace:
+            condition = condition & ((predictions.c.feedback.is_(None))
+                                     | (predictions.c.feedback == label))
+        try:
+            with self.engine.begin() as connection:
+                result = connection.execute(update(predictions).where(condition)
+                                            .values(feedback=label, feedback_time=time.time()))
+                if result.rowcount > 0:
+                    return "recorded"
+                exists = connection.execute(select(predictions.c.request_id).where(
+                    predictions.c.request_id == request_id)).first()
+        except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
+            raise LogUnavailable(_short(exc)) from None
+        return "conflict" if exists is not None else "unknown"
 
     def rows(self) -> list[dict[str, Any]]:
-        self.flush()
-        with self.engine.connect() as connection:
-            return [dict(r._mapping) for r in connection.execute(select(predictions))]
+        """Every logged row (after a flush).
 
+        Raises:
+            LogUnavailable: The database does not answer.
+        """
+        self.flush()
+        try:
+            with self.engine.connect() as connection:
+                return [dict(r._mapping) for r in connection.execute(select(predictions))]
+        except Exception as exc:  # noqa: BLE001 - any driver error: the database is away
+            raise LogUnavailable(_short(exc)) from None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Writes what is queued within ``timeout``; what the database does not take by then
+        goes to the spill file (written back by the next server)."""
+        with self._lock:
+            self._closing = True
+            self._close_deadline = time.monotonic() + timeout
+            self._lock.notify()
+        self._writer.join(timeout=timeout + 30)
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ writer thread
     def _write_loop(self) -> None:
+        delay = RETRY_FIRST_S
         while True:
-            first = self._rows.get()
-            pending = [first]
-            deadline = time.monotonic() + self.flush_s
-            while len(pending) < self.batch and first is not None:
-                try:
-                    pending.append(self._rows.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-                if pending[-1] is None or "__flush__" in (pending[-1] or {}):
-                    break
-            rows = [r for r in pending if r is not None and "__flush__" not in r]
-            if rows:
-                self._insert(rows)
-            for marker in pending:
-                if marker is not None and "__flush__" in marker:
-                    marker["__flush__"].set()
-            if any(r is None for r in pending):
-                return
+            with self._lock:
+                if not self._memory and not self._closing:
+                    self._lock.wait(timeout=max(self.flush_s, 0.05) if self._spilled else None)
+                if self._memory and len(self._memory) < self.batch and not self._closing:
+                    self._lock.wait(timeout=self.flush_s)  # let a batch gather
+                rows = [self._memory.popleft()
+                        for _ in range(min(self.batch, len(self._memory)))]
+                self._in_flight = len(rows)
+                closing, deadline = self._closing, self._close_deadline
+            try:
+                if rows:
+                    self._insert(rows)
+                if self._spilled and not closing:
+                    self._replay_spill()
+            except Exception as exc:  # noqa: BLE001 - the database is away: keep the rows
+                self._note_failure(exc)
+                if closing and time.monotonic() >= deadline:
+                    self._spill(rows)
+                    with self._lock:
+                        self._in_flight = 0
+                        rest = list(self._memory)
+                        self._memory.clear()
+                    self._spill(rest)
+                    logger.error("request log: the database did not come back before the "
+                                 "stop; %d rows are kept in %s for the next start",
+                                 self._spilled, self.spill_path)
+                    return
+                with self._lock:
+                    # Back to the front, so they go first once the database answers.
+                    self._memory.extendleft(reversed(rows))
+                    self._in_flight = 0
+                    overflow = len(self._memory) - self.max_memory_rows
+                    moved = [self._memory.pop() for _ in range(max(0, overflow))]
+                self._spill(list(reversed(moved)))
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            if self.failing_since is not None:
+                logger.warning("request log: the database answers again after %.1f s",
+                               time.monotonic() - self.failing_since)
+            self.failing_since = None
+            with self._lock:
+                self._in_flight = 0
+                self._lock.notify_all()
+                if self._closing and not self._memory:
+                    return
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        for attempt in range(5):
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(insert(predictions), rows)
-                self.written += len(rows)
+        self._ensure_schema()
+        with self.engine.begin() as connection:
+            _insert_ignoring_duplicates(connection, rows)
+        self.written += len(rows)
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            metadata.create_all(self.engine)
+            self._schema_ready = True
+
+    def _note_failure(self, exc: BaseException) -> None:
+        self.last_error = _short(exc)
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            logger.error("request log: cannot write to the database (%s); rows are kept and "
+                         "written when it answers again", self.last_error)
+
+    # ------------------------------------------------------------------ spill file
+    def _spill(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        lines = "".join(json.dumps(_finite(row), default=_json_default) + "\n"
+                        for row in rows)
+        with self._spill_lock:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.spill_path, "a", encoding="utf-8") as spill:
+                spill.write(lines)
+            with self._lock:
+                self._spilled += len(rows)
+
+    def _replay_spill(self) -> None:
+        """Writes the spill file back into the database, then removes it. A row in both (a
+        crash after the insert, before the removal) is written once: inserts skip present
+        ids."""
+        with self._spill_lock:
+            if not self.spill_path.is_file():
+                with self._lock:
+                    self._spilled = 0
                 return
-            except Exception:  # noqa: BLE001 - a locked or restarting database: retry
-                time.sleep(0.2 * (attempt + 1))
-        raise RuntimeError(f"could not write {len(rows)} request-log rows")
+            written = 0
+            for chunk in _read_spill(self.spill_path, self.batch):
+                self._insert(chunk)
+                written += len(chunk)
+            os.unlink(self.spill_path)
+            with self._lock:
+                self._spilled = 0
+                self._lock.notify_all()
+        logger.warning("request log: %d spilled rows written back from %s", written,
+                       self.spill_path)
+
+    def _count_spilled(self) -> int:
+        if not self.spill_path.is_file():
+            return 0
+        return sum(len(chunk) for chunk in _read_spill(self.spill_path, 4096))
+
+
+def read_rows(url: str) -> list[dict[str, Any]]:
+    """Every row of a request log, read without starting a writer (reports, the CLI)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(select(predictions))]
+    finally:
+        engine.dispose()
+
+
+def _read_spill(path: Path, chunk: int) -> Iterator[list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as spill:
+        for line in spill:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash mid-write: the rest is good
+                continue
+            if len(rows) >= chunk:
+                yield rows
+                rows = []
+    if rows:
+        yield rows
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in row.items()}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _insert_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        connection.execute(insert(predictions), rows)
+        return
+    statement = dialect_insert(predictions).on_conflict_do_nothing(
+        index_elements=["request_id"])
+    connection.execute(statement, rows)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 # ----------------------------------------------------------------------------- A/B report
@@ -154,17 +418,26 @@ class ArmFigures:
 
 def ab_report(rows: Iterable[dict[str, Any]], route: str | None = None) -> dict[str, Any]:
     """Per-arm figures from the request log and, from feedback, a two-proportion z-test of
-    each arm's accuracy against the first arm's (the one with the most requests)."""
-    by_arm: dict[str, list[dict[str, Any]]] = {}
+    each arm's accuracy against the first arm's (the one with the most requests).
+
+    An arm that answered with several model versions (a promotion during the test) is split
+    into ``arm@version`` rows, so figures never mix versions; canary answers are logged under
+    ``<arm>:canary``."""
+    by_version: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for row in rows:
         if route is not None and row.get("route") != route:
             continue
-        by_arm.setdefault(str(row.get("arm") or row.get("model")), []).append(row)
-    figures = [_arm_figures(arm, members) for arm, members in by_arm.items()]
+        arm = str(row.get("arm") or row.get("model"))
+        by_version.setdefault((arm, row.get("version")), []).append(row)
+    versions_per_arm: dict[str, int] = {}
+    for arm, _ in by_version:
+        versions_per_arm[arm] = versions_per_arm.get(arm, 0) + 1
+    figures = [_arm_figures(arm if versions_per_arm[arm] == 1 else f"{arm}@{version}", members)
+               for (arm, version), members in by_version.items()]
     figures.sort(key=lambda f: -f.requests)
     comparisons = []
-    if figures and figures[0].accuracy is not None:
-        base = figures[0]
+    base = figures[0] if figures else None
+    if base is not None and base.accuracy is not None:
         for other in figures[1:]:
             if other.accuracy is None:
                 continue

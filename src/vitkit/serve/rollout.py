@@ -76,7 +76,7 @@ class Observed:
 @dataclass
 class Rollout:
     name: str
-    candidate: ServedModel
+    candidate: ServedModel | None  # None while it loads
     previous: ServedModel
     config: RolloutConfig
     state: str = VALIDATING
@@ -132,10 +132,18 @@ class Rollout:
                       f"{(agreement if agreement is not None else 1.0):.1%}")
 
     def describe(self) -> dict[str, Any]:
-        return {"state": self.state, "candidate_version": self.candidate.version,
+        return {"state": self.state,
+                "candidate_version": self.candidate.version if self.candidate else None,
                 "previous_version": self.previous.version, "validation": self.validation,
                 "shadowed": self.shadowed, "canary_answers": self.trial.answers,
                 "agreement": self.agreement(), "history": self.history}
+
+    def record(self) -> dict[str, Any]:
+        """What the state file keeps of this rollout (no live objects)."""
+        return {"started": self.started, "state": self.state,
+                "candidate_version": self.candidate.version if self.candidate else None,
+                "candidate_bundle": str(self.candidate.bundle) if self.candidate else None,
+                "previous_version": self.previous.version, "history": self.history}
 
 
 def p95(values: list[float]) -> float | None:

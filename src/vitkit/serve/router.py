@@ -34,7 +34,17 @@ def choose_arm(arms: Sequence[Arm], user_id: str | None, route: str = "",
 
 class CircuitBreaker:
     """Closed → open after ``failures`` consecutive failures; after ``cooldown_s`` one trial
-    request goes through (half-open): success closes it, failure opens it again."""
+    request goes through (half-open): success closes it, failure opens it again.
+
+    Every :meth:`allow` that returned True must end in exactly one of :meth:`success`,
+    :meth:`failure` or :meth:`release` (the request ended without judging the model: its
+    queue was full, or the client went away); otherwise a half-open trial would stay claimed
+    and lock the model out for good. :meth:`attempt` pairs them for ``async with``.
+
+    Hand-written rather than ``aiobreaker``: that one lets every call through once the timeout
+    passes (no single trial) and keys state on exceptions alone, while here a full queue must
+    neither count as a failure nor keep the trial.
+    """
 
     def __init__(self, failures: int = 5, cooldown_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -70,4 +80,9 @@ class CircuitBreaker:
         self.consecutive += 1
         if self._trial_running or self.consecutive >= self.threshold:
             self.opened_at = self.clock()
+        self._trial_running = False
+
+    def release(self) -> None:
+        """The request that :meth:`allow` let through ended without a verdict on the model
+        (queue full, cancelled): a claimed half-open trial becomes free for the next one."""
         self._trial_running = False

@@ -7,24 +7,40 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import math
 import random
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from vitkit.predictor.predict import UNKNOWN
 from vitkit.serve.batcher import MicroBatcher, Overloaded
 from vitkit.serve.config import DEFAULT_ROUTE, ServeConfig
 from vitkit.serve.log import RequestLog
-from vitkit.serve.rollout import ACTIVE, CANARY, PROMOTED, REJECTED, ROLLED_BACK, SHADOW, Rollout
+from vitkit.serve.rollout import (
+    ACTIVE,
+    CANARY,
+    PROMOTED,
+    REJECTED,
+    ROLLED_BACK,
+    SHADOW,
+    VALIDATING,
+    Rollout,
+)
 from vitkit.serve.rollout import validate as validate_candidate
 from vitkit.serve.router import CircuitBreaker, choose_arm
 from vitkit.serve.served import ServedModel
+from vitkit.serve.state import BundleRef, StateStore
+
+logger = logging.getLogger("vitkit.serve")
 
 RETIRE_AFTER_S = 30.0
 """A replaced model's batcher keeps running this long, so requests already queued on it
@@ -45,6 +61,14 @@ class NoModelAvailable(Exception):
 
 class UnknownRoute(Exception):
     pass
+
+
+class RequestTooLarge(Exception):
+    """More images in one request than a model's queue can ever hold."""
+
+
+class ModelFailure(Exception):
+    """The model answered something unusable (a NaN or infinite score)."""
 
 
 class RolloutError(Exception):
@@ -71,8 +95,19 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("vitkit_requests", "Images answered or refused, by model, arm "
-                                "and outcome", ["model", "arm", "outcome"], registry=r)
+        self.images = Counter("vitkit_images", "Images answered or refused, by model, version, "
+                              "arm and outcome (ok, error, overloaded)",
+                              ["model", "version", "arm", "outcome"], registry=r)
+        self.http_requests = Counter("vitkit_http_requests", "HTTP requests by method, route "
+                                     "and status (4xx and 5xx included)",
+                                     ["method", "route", "status"], registry=r)
+        self.http_latency = Histogram("vitkit_http_request_seconds", "Time from request to "
+                                      "response, by route", ["route"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.log_backlog = Gauge("vitkit_log_backlog", "Answered images not yet written to the "
+                                 "request-log database (memory and spill file)", registry=r)
+        self.log_healthy = Gauge("vitkit_log_healthy", "1 while the request-log database "
+                                 "takes writes", registry=r)
         self.latency = Histogram("vitkit_request_latency_seconds", "Time from decoded image "
                                  "to answer", ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("vitkit_batch_size", "Images per model call", ["model"],
@@ -83,8 +118,8 @@ class Metrics:
                                "distribution)", ["model"], registry=r)
         self.fallbacks = Counter("vitkit_fallbacks", "Answers given by a fallback model",
                                  ["failed", "answered"], registry=r)
-        self.ready = Gauge("vitkit_model_ready", "1 when the model is loaded and warmed",
-                           ["model"], registry=r)
+        self.ready = Gauge("vitkit_model_ready", "1 when the model is loaded and warmed; 0 while "
+                           "loading or after a failed load", ["model"], registry=r)
         self.drift = Gauge("vitkit_drift", "1 when the last drift check of the live model's "
                            "recent inputs rejected 'like the training data'", ["model"],
                            registry=r)
@@ -107,25 +142,59 @@ class Service:
                          for m in config.models}
         self.load_errors: dict[str, str] = {}
         self.metrics = Metrics()
-        self.log = RequestLog(config.log.url, config.log.flush_ms) if config.log.url else None
+        for spec in config.models:
+            self.metrics.ready.labels(spec.name).set(0)
+        self.log = (RequestLog(config.log.url, config.log.flush_ms,
+                               max_memory_rows=config.log.max_memory_rows,
+                               spill_path=config.log.spill_file)
+                    if config.log.url else None)
+        self.state = StateStore(config.state_file)
+        self.restore: dict[str, BundleRef] = {}  # rollback targets known only from the file
         self.decoders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vitkit-decode")
         self.draining = False
         self.loaded = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
     async def load_all(self) -> None:
-        """Loads and warms every model (in a thread: the server answers /livez meanwhile)."""
-        loop = asyncio.get_running_loop()
+        """Loads and warms every model (in a thread: the server answers /livez meanwhile):
+        the live version the state file kept, else the config's bundle. A model that cannot
+        be loaded is logged, reported by /readyz and has ``vitkit_model_ready`` 0."""
         for spec in self.config.models:
-            try:
-                model = await loop.run_in_executor(
-                    None, ServedModel.load, spec.name, spec.bundle, spec.variant)
-                await loop.run_in_executor(None, model.warm)
-            except Exception as exc:  # noqa: BLE001 - one bad bundle must not stop the others
-                self.load_errors[spec.name] = f"{type(exc).__name__}: {exc}"
-                continue
+            configured = BundleRef(spec.bundle, spec.variant)
+            saved = self.state.restorable(spec.name, configured)
+            model = None
+            if saved is not None and \
+                    Path(saved.live.bundle).resolve() != Path(spec.bundle).resolve():
+                try:
+                    model = await self._load(spec.name, saved.live.bundle, saved.live.variant)
+                    logger.info("%s: restored the promoted version %s from %s", spec.name,
+                                model.version, saved.live.bundle)
+                except Exception as exc:  # noqa: BLE001 - fall back to the configured bundle
+                    logger.error("%s: cannot load the promoted version kept in %s (%s: %s); "
+                                 "starting from the config's bundle", spec.name,
+                                 self.config.state_file, type(exc).__name__, exc)
+            if model is None:
+                try:
+                    model = await self._load(spec.name, spec.bundle, spec.variant)
+                except Exception as exc:  # noqa: BLE001 - one bad bundle must not stop others
+                    self.load_errors[spec.name] = f"{type(exc).__name__}: {exc}"
+                    logger.error("model %s could not be loaded from %s: %s", spec.name,
+                                 spec.bundle, self.load_errors[spec.name])
+                    continue
+            if saved is not None and saved.previous is not None:
+                self.restore[spec.name] = saved.previous
             self.add_model(model)
         self.loaded.set()
+        if self.load_errors:
+            logger.error("not ready: %d of %d models failed to load (%s); see /readyz",
+                         len(self.load_errors), len(self.config.models),
+                         ", ".join(self.load_errors))
+
+    async def _load(self, name: str, bundle: str, variant: str | None) -> ServedModel:
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, ServedModel.load, name, bundle, variant)
+        await loop.run_in_executor(None, model.warm)
+        return model
 
     def add_model(self, model: ServedModel) -> None:
         self.slots[model.name] = self._slot(model)
@@ -158,9 +227,41 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        """Loaded and warmed: every model, or at least those that could be loaded once all
-        were tried (a broken one is reported by /v1/models, the others serve)."""
-        return self.loaded.is_set() and bool(self.models)
+        """Every configured model is loaded and warmed."""
+        return self.loaded.is_set() and not self.load_errors and bool(self.models)
+
+    def readiness(self) -> dict[str, Any]:
+        """``status``: loading, not ready (a model failed to load), degraded (serving, but
+        the request log is not writing or a circuit is open) or ready; with the reasons."""
+        if self.draining:
+            return {"status": "shutting down"}
+        if not self.loaded.is_set():
+            return {"status": "loading", "models": sorted(self.models)}
+        state: dict[str, Any] = {"models": sorted(self.models)}
+        if self.load_errors or not self.models:
+            # Which models failed, not why: error text may name paths (admin: /v1/models).
+            state.update(status="not ready", failed=sorted(self.load_errors))
+            return state
+        problems = []
+        if self.log is not None and not self.log.healthy:
+            problems.append(f"request log not writing for "
+                            f"{self.log.status()['failing_for_s']} s "
+                            f"({self.log.backlog} rows waiting)")
+        open_circuits = sorted(n for n, b in self.breakers.items() if b.state != "closed")
+        if open_circuits:
+            problems.append(f"circuit open: {', '.join(open_circuits)}")
+        state["status"] = "degraded" if problems else "ready"
+        if problems:
+            state["problems"] = problems
+        return state
+
+    def refresh_gauges(self) -> None:
+        """Gauges read at scrape time."""
+        for name, batcher in self.batchers.items():
+            self.metrics.queue_depth.labels(name).set(batcher.depth)
+        if self.log is not None:
+            self.metrics.log_backlog.set(self.log.backlog)
+            self.metrics.log_healthy.set(1.0 if self.log.healthy else 0.0)
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -181,6 +282,7 @@ class Service:
 
         Raises:
             UnknownRoute: No such route.
+            RequestTooLarge: More images than a model's queue holds.
             NoModelAvailable: Every model of the chain failed or was unavailable.
         """
         route = route or DEFAULT_ROUTE
@@ -196,27 +298,38 @@ class Service:
             slot = self.slots.get(name)
             breaker = self.breakers[name]
             if slot is None:
-                reasons[name] = self.load_errors.get(name, "not ready")
+                reasons[name] = "not loaded" if name in self.load_errors else "not ready"
                 continue
+            if len(images) > slot.batcher.max_queue:
+                raise RequestTooLarge(f"{len(images)} images in one request; model {name} "
+                                      f"queues at most {slot.batcher.max_queue} "
+                                      "(batching.max_queue)")
             if not breaker.allow():
                 reasons[name] = "circuit open"
                 continue
+            version = slot.model.version
             try:
-                slot, results = await self._answer_with(name, slot, images)
+                slot, results, arm_name = await self._answer_with(name, slot, images,
+                                                                  arm.model)
             except Overloaded:
+                breaker.release()  # no verdict on the model: a half-open trial stays free
                 overloaded = True
                 reasons[name] = "queue full"
-                self.metrics.requests.labels(name, arm.model, "overloaded").inc(len(images))
+                self.metrics.images.labels(name, version, arm.model, "overloaded"
+                                           ).inc(len(images))
                 continue
+            except asyncio.CancelledError:
+                breaker.release()
+                raise
             except Exception as exc:  # noqa: BLE001 - any model failure: the next one answers
                 breaker.failure()
                 reasons[name] = ("timed out" if isinstance(exc, TimeoutError)
                                  else f"{type(exc).__name__}: {exc}")
-                self.metrics.requests.labels(name, arm.model, "error").inc(len(images))
+                self.metrics.images.labels(name, version, arm.model, "error").inc(len(images))
                 continue
             breaker.success()
             latency = time.perf_counter() - started
-            answers = self._finish(slot.model, arm.model, route, results, latency,
+            answers = self._finish(slot.model, arm_name, route, results, latency,
                                    next(iter(reasons), None))
             if with_maps and slot.model.kind == "anomaly":
                 loop = asyncio.get_running_loop()
@@ -229,10 +342,11 @@ class Service:
             return answers
         raise NoModelAvailable(reasons, overloaded)
 
-    async def _answer_with(self, name: str, slot: Slot, images: Sequence[Image.Image]
-                           ) -> tuple[Slot, list[dict[str, Any]]]:
+    async def _answer_with(self, name: str, slot: Slot, images: Sequence[Image.Image],
+                           arm: str) -> tuple[Slot, list[dict[str, Any]], str]:
         """The live model's answers, or, during a canary, the candidate's for its share of
-        requests (a failing candidate is counted against it and live answers instead)."""
+        requests (a failing candidate is counted against it and live answers instead); with
+        the arm to log (``<arm>:canary`` for the candidate, so reports keep versions apart)."""
         rollout = self.rollouts.get(name)
         candidate = self.candidates.get(name)
         if rollout is not None and candidate is not None and rollout.state == CANARY \
@@ -247,7 +361,7 @@ class Service:
                 rollout.trial.record(time.perf_counter() - started, results)
                 self._in_background(self._compare(rollout, slot, images, results))
                 self._maybe_decide(name)
-                return candidate, results
+                return candidate, results, f"{arm}:canary"
         started = time.perf_counter()
         results = await self._run(slot, images)
         if rollout is not None and rollout.state in ACTIVE:
@@ -255,7 +369,7 @@ class Service:
             if rollout.state == SHADOW and candidate is not None \
                     and self.rng.random() < rollout.config.shadow_share:
                 self._in_background(self._shadow(name, rollout, candidate, images, results))
-        return slot, results
+        return slot, results, arm
 
     async def _run(self, slot: Slot, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -270,12 +384,18 @@ class Service:
         """Every tensor through the batcher within ``timeout_ms`` (cancelled together)."""
         calls = [asyncio.ensure_future(batcher.submit(t)) for t in tensors]
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*calls),
-                                               self.config.batching.timeout_ms / 1000))
+            results = list(await asyncio.wait_for(asyncio.gather(*calls),
+                                                  self.config.batching.timeout_ms / 1000))
         except BaseException:
             for call in calls:
                 call.cancel()
             raise
+        for result in results:
+            score = result.get("score")
+            if score is None or not math.isfinite(float(score)):
+                raise ModelFailure(f"the model returned a non-finite score ({score}); its "
+                                   "weights or input are broken")
+        return results
 
     async def infer_prepared(self, name: str, tensors: Sequence[Any]) -> list[dict[str, Any]]:
         """Answers for already preprocessed tensors from one named model (the v2 protocol
@@ -283,11 +403,25 @@ class Service:
 
         Raises:
             KeyError: No loaded model of that name.
+            RequestTooLarge: More images than its queue holds.
             Overloaded: Its queue is full.
+            ModelFailure, TimeoutError: The model failed or was too slow.
         """
         slot = self.slots[name]
+        if len(tensors) > slot.batcher.max_queue:
+            raise RequestTooLarge(f"{len(tensors)} images in one request; model {name} queues "
+                                  f"at most {slot.batcher.max_queue} (batching.max_queue)")
         started = time.perf_counter()
-        results = await self._submit_all(slot.batcher, tensors)
+        try:
+            results = await self._submit_all(slot.batcher, tensors)
+        except Overloaded:
+            self.metrics.images.labels(name, slot.model.version, name, "overloaded"
+                                       ).inc(len(tensors))
+            raise
+        except Exception:
+            self.metrics.images.labels(name, slot.model.version, name, "error"
+                                       ).inc(len(tensors))
+            raise
         return self._finish(slot.model, name, "v2", results, time.perf_counter() - started,
                             None)
 
@@ -297,32 +431,43 @@ class Service:
         """Loads a candidate for model ``name``, validates it, and starts shadow → canary.
 
         Raises:
-            RolloutError: Unknown or unloaded model, a rollout already running, a bundle that
-                cannot be loaded (422), or a candidate that failed validation (409).
+            RolloutError: Unknown or unloaded model, a bundle outside ``bundle_roots`` (403),
+                a rollout already running, a bundle that cannot be loaded (422), a candidate
+                that failed validation (409) or was cancelled while validating (409).
         """
         live = self.slots.get(name)
         if live is None:
             raise RolloutError(f"no loaded model '{name}'; models: {', '.join(self.slots)}",
                                404)
+        folder = self._inside_bundle_roots(bundle)
         running = self.rollouts.get(name)
-        if running is not None and running.state in ACTIVE + ("validating",):
+        if running is not None and running.state in (*ACTIVE, VALIDATING):
             raise RolloutError(f"'{name}' already has a candidate in {running.state}; roll it "
-                               "back first")
+                               "back first (vitkit serve rollback URL NAME)")
+        config = self.config.rollout
+        rollout = Rollout(name, None, live.model, config)
+        self.rollouts[name] = rollout
         loop = asyncio.get_running_loop()
         try:
-            candidate = await loop.run_in_executor(None, ServedModel.load, name, bundle,
-                                                   variant)
-            await loop.run_in_executor(None, candidate.warm)
-        except Exception as exc:  # noqa: BLE001 - a bad path or bundle is the caller's error
+            candidate = await self._load(name, str(folder), variant)
+        except Exception as exc:  # noqa: BLE001 - a bad bundle is the caller's error
+            rollout.move(REJECTED, f"could not load: {type(exc).__name__}: {exc}")
+            self._save_state(name, rollout)
             raise RolloutError(f"could not load the candidate: {exc}", 422) from None
-        config = self.config.rollout
-        rollout = Rollout(name, candidate, live.model, config)
-        self.rollouts[name] = rollout
+        rollout.candidate = candidate
+        if rollout.state != VALIDATING:
+            raise RolloutError(f"cancelled while loading: {rollout.history[-1]['reason']}", 409,
+                               rollout.describe())
         passed, figures = await loop.run_in_executor(None, validate_candidate, candidate,
                                                      live.model, config)
         rollout.validation = figures
+        if rollout.state != VALIDATING:  # rolled back by hand while validating
+            self._save_state(name, rollout)
+            raise RolloutError(f"cancelled while validating: {rollout.history[-1]['reason']}",
+                               409, rollout.describe())
         if not passed:
             rollout.move(REJECTED, "; ".join(figures["problems"]))
+            self._save_state(name, rollout)
             raise RolloutError(f"candidate rejected: {'; '.join(figures['problems'])}", 409,
                                rollout.describe())
         self.candidates[name] = self._slot(candidate)
@@ -330,31 +475,73 @@ class Service:
             rollout.move(SHADOW, "validated: " + _validation_summary(figures))
         else:
             rollout.move(CANARY, "validated (no shadow phase): " + _validation_summary(figures))
+        self._save_state(name, rollout)
         return rollout.describe()
 
-    def rollback(self, name: str, reason: str = "by hand") -> dict[str, Any]:
-        """Ends a running candidate, or restores the model a promotion replaced.
+    def _inside_bundle_roots(self, bundle: str) -> Path:
+        """The candidate folder, resolved, if it lies in a configured bundle root.
 
         Raises:
-            RolloutError: Nothing to roll back.
+            RolloutError: No roots configured, or the folder is outside them (403).
+        """
+        roots = [Path(r).resolve() for r in self.config.bundle_roots]
+        if not roots:
+            raise RolloutError("candidate bundles are off: list the folders they may come "
+                               "from in the serve config (bundle_roots: [...]) or with "
+                               "--bundle-root", 403)
+        folder = Path(bundle).resolve()
+        if not any(folder.is_relative_to(root) for root in roots):
+            raise RolloutError(f"the candidate must lie inside a bundle root "
+                               f"({', '.join(map(str, roots))})", 403)
+        return folder
+
+    async def rollback(self, name: str, reason: str = "by hand") -> dict[str, Any]:
+        """Ends a running or validating candidate, or restores the model a promotion
+        replaced (also after a restart: the rollback target is kept in the state file).
+
+        Raises:
+            RolloutError: Nothing to roll back, or the kept target cannot be loaded.
         """
         rollout = self.rollouts.get(name)
-        if rollout is not None and rollout.state in ACTIVE:
+        if rollout is not None and rollout.state in (*ACTIVE, VALIDATING):
             self._discard_candidate(name)
             rollout.move(ROLLED_BACK, reason)
+            self._save_state(name, rollout)
             return rollout.describe()
         previous = self.previous.pop(name, None)
+        if previous is None and name in self.restore and name in self.slots:
+            target = self.restore[name]
+            try:
+                model = await self._load(name, target.bundle, target.variant)
+            except Exception as exc:  # noqa: BLE001 - a moved or broken bundle: say so
+                raise RolloutError(f"cannot load the version to restore from {target.bundle}: "
+                                   f"{type(exc).__name__}: {exc}", 409) from None
+            previous = self._slot(model)
         if previous is None:
             raise RolloutError(f"'{name}' has no candidate and no earlier version to restore",
                                404)
+        self.restore.pop(name, None)
         replaced = self.slots[name]
         self.slots[name] = previous
         self._watch_drift(previous.model)
         self._retire(replaced)
         if rollout is not None:
             rollout.move(ROLLED_BACK, f"{reason}: version {previous.model.version} restored")
+        self._save_state(name, rollout)
+        if rollout is not None:
             return rollout.describe()
         return {"state": ROLLED_BACK, "version": previous.model.version}
+
+    def _save_state(self, name: str, rollout: Rollout | None) -> None:
+        spec = self.config.model(name)
+        live = self.slots.get(name)
+        if live is None:
+            return
+        previous_slot = self.previous.get(name)
+        previous = (_ref(previous_slot.model) if previous_slot is not None
+                    else self.restore.get(name))
+        self.state.record(name, BundleRef(spec.bundle, spec.variant), _ref(live.model),
+                          previous, rollout.record() if rollout is not None else None)
 
     def _maybe_decide(self, name: str) -> None:
         rollout = self.rollouts[name]
@@ -369,6 +556,7 @@ class Service:
         else:
             self._discard_candidate(name)
             rollout.move(ROLLED_BACK, f"automatic: {reason}")
+        self._save_state(name, rollout)
 
     def _promote(self, name: str) -> None:
         candidate = self.candidates.pop(name)
@@ -376,6 +564,7 @@ class Service:
         self.slots[name] = candidate  # new requests take the new slot; queued ones finish
         stale = self.previous.get(name)
         self.previous[name] = old
+        self.restore.pop(name, None)
         self._watch_drift(candidate.model)
         if stale is not None:
             self._retire(stale)
@@ -410,6 +599,7 @@ class Service:
             else:
                 rollout.move(CANARY, f"shadow: {rollout.shadowed} images, agreement "
                              f"{agreement:.1%}")
+            self._save_state(name, rollout)
 
     async def _compare(self, rollout: Rollout, live: Slot, images: Sequence[Image.Image],
                        trial: list[dict[str, Any]]) -> None:
@@ -437,7 +627,7 @@ class Service:
             if fallback_from is not None:
                 answer["fallback_from"] = fallback_from
             answers.append(answer)
-            m.requests.labels(model.name, arm, "ok").inc()
+            m.images.labels(model.name, model.version, arm, "ok").inc()
             m.latency.labels(model.name).observe(latency)
             if result.get("unknown"):
                 m.unknown.labels(model.name).inc()
@@ -473,24 +663,64 @@ class Service:
         if feature.get("p_value") is not None:
             self.metrics.drift_p_value.labels(name).set(feature["p_value"])
 
-    def describe(self) -> dict[str, Any]:
+    def record_feedback(self, request_id: str, label: str, replace: bool) -> str:
+        """Feedback into the request log, after checking ``label`` is one the answering
+        model knows. Returns the log's outcome (recorded, unknown, conflict).
+
+        Raises:
+            ValueError: A label the model does not have.
+            LogUnavailable: The database does not answer.
+        """
+        assert self.log is not None
+        row = self.log.lookup(request_id)
+        if row is None:
+            return "unknown"
+        known = self._labels_of(str(row["model"]))
+        if known is not None and label not in known:
+            shown = ", ".join(known[:20]) + (", …" if len(known) > 20 else "")
+            raise ValueError(f"{label!r} is not a label of model {row['model']}: {shown}")
+        return self.log.feedback(request_id, label, replace)
+
+    def _labels_of(self, model: str) -> list[str] | None:
+        slot = self.slots.get(model) or self.previous.get(model)
+        if slot is None:
+            return None
+        labels = list(slot.model.labels)
+        if slot.model.kind == "classify":
+            labels.append(UNKNOWN)  # "none of my classes" is a true answer too
+        candidate = self.candidates.get(model)
+        if candidate is not None:
+            labels += [x for x in candidate.model.labels if x not in labels]
+        return labels
+
+    def describe(self, admin: bool = False) -> dict[str, Any]:
+        """Models, routes and fallback; bundle paths and load-error text only for ``admin``
+        (they tell an attacker where files live and what failed)."""
         models = []
         for spec in self.config.models:
             slot = self.slots.get(spec.name)
             model = slot.model if slot is not None else None
             entry: dict[str, Any] = (model.describe() if model is not None else
                                      {"name": spec.name, "bundle": spec.bundle})
+            if not admin:
+                entry.pop("bundle", None)
             entry["ready"] = model is not None
             entry["circuit"] = self.breakers[spec.name].state
             entry["queue_depth"] = slot.batcher.depth if slot is not None else 0
             if spec.name in self.rollouts:
-                entry["rollout"] = self.rollouts[spec.name].describe()
+                rollout = self.rollouts[spec.name].describe()
+                entry["rollout"] = rollout if admin else {
+                    k: v for k, v in rollout.items() if k != "history"}
             if spec.name in self.load_errors:
-                entry["error"] = self.load_errors[spec.name]
+                entry["error"] = self.load_errors[spec.name] if admin else "failed to load"
             models.append(entry)
         routes = {name: [arm.model_dump() for arm in arms]
                   for name, arms in self.config.routes.items()}
         return {"models": models, "routes": routes, "fallback": self.config.fallback}
+
+
+def _ref(model: ServedModel) -> BundleRef:
+    return BundleRef(str(model.bundle), model.variant, model.version)
 
 
 def _validation_summary(figures: dict[str, Any]) -> str:

@@ -1,0 +1,12 @@
+"""The one exception the HTTP layer turns into a ``{"error", "detail"}`` answer."""
+
+from __future__ import annotations
+
+
+class HttpProblem(Exception):
+    """A request the service refuses: its status, a short name and what to do about it."""
+
+    def __init__(self, status: int, error: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
