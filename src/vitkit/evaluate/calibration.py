@@ -125,7 +125,6 @@ def _bins(p: np.ndarray, y: np.ndarray, n_bins: int) -> ReliabilityBins:
 # Temperature search range: beyond it the data carries no usable information (see
 # TemperatureFit.at_bound).
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -150,15 +149,17 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray,
                     tolerance: float = 1e-7) -> float:
     """The temperature ``T`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
 
-    The NLL is convex in ``1/T``, hence unimodal in ``log T``: a golden-section search over
-    ``log T`` within ``bounds`` finds the minimum to a relative ``tolerance``. ``T > 1`` softens
-    an over-confident model, ``T < 1`` sharpens an under-confident one; the arg-max never moves.
+    The NLL is convex in ``1/T``, hence unimodal in ``log T``: scipy's bounded Brent search
+    (``scipy.optimize.minimize_scalar``) over ``log T`` within ``bounds`` finds the minimum to
+    a relative ``tolerance``; the bounds themselves are compared too, where a minimum at the
+    edge of the range lies. ``T > 1`` softens an over-confident model, ``T < 1`` sharpens an
+    under-confident one; the arg-max never moves.
 
     Args:
         logits: ``(N, C)`` raw logits.
         y_true: ``(N,)`` integer true class indices.
         bounds: Smallest and largest temperature searched.
-        tolerance: Stop when the bracket on ``log T`` is narrower than this.
+        tolerance: The absolute tolerance on ``log T`` (scipy's ``xatol``).
 
     Raises:
         ValueError: If the inputs have inconsistent shapes or invalid values.
@@ -169,19 +170,11 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray,
     def loss(log_t: float) -> float:
         return negative_log_likelihood(z, y, math.exp(log_t))
 
-    a, b = lo, hi
-    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-    fc, fd = loss(c), loss(d)
-    while b - a > tolerance:
-        if fc <= fd:
-            b, d, fd = d, c, fc
-            c = b - _GOLDEN * (b - a)
-            fc = loss(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + _GOLDEN * (b - a)
-            fd = loss(d)
-    best = min((loss(lo), lo), (loss((a + b) / 2), (a + b) / 2), (loss(hi), hi))[1]
+    from scipy import optimize
+
+    found = optimize.minimize_scalar(loss, bounds=(lo, hi), method="bounded",
+                                     options={"xatol": tolerance})
+    best = min((loss(lo), lo), (float(found.fun), float(found.x)), (loss(hi), hi))[1]
     return float(math.exp(best))
 
 
