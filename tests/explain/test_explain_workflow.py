@@ -76,8 +76,23 @@ def test_vit_rollout_and_class_agnostic_note(trained_bundles: dict[str, Path],
     result = explain_paths(trained_bundles["vit"], [tiny_image_folder / "blue" / "blue_001.png"],
                            target_class="red", out_dir=tmp_path, progress=False)
     assert result.method == "rollout" and result.layer is None
-    assert np.load(result.explanations[0].map).shape == (10, 10)  # 160 px / 16 px patches
+    amap = np.load(result.explanations[0].map)
+    assert amap.shape == (10, 10)  # 160 px / 16 px patches
     assert any("does not depend on the class" in note for note in result.notes)
+    # The PNG is the saved map drawn over the picture the model saw (after resize and crop):
+    # every pixel, not just the size.
+    from vitkit.data import load_rgb
+    from vitkit.explain.overlay import model_view, overlay_map
+    from vitkit.predictor.predict import load
+
+    predictor = load(trained_bundles["vit"])
+    picture, _ = load_rgb(tiny_image_folder / "blue" / "blue_001.png")
+    pre = predictor.preprocessing
+    seen = model_view(predictor.transform(picture), pre.mean, pre.std)
+    with Image.open(result.explanations[0].overlay) as written:
+        drawn = np.asarray(written.convert("RGB"))
+    np.testing.assert_array_equal(drawn, np.asarray(overlay_map(seen, amap)))
+    assert np.abs(drawn.astype(int) - np.asarray(seen)).max() > 50  # a map was drawn
 
 
 def test_other_runtime_variant_is_explained_with_the_torch_model(
