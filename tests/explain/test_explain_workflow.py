@@ -22,9 +22,11 @@ RECORD_KEYS = {"path", "label", "score", "class", "class_score", "method", "over
 
 @pytest.fixture
 def mixed_folder(tiny_image_folder: Path, tmp_path: Path, imagegen: type) -> Path:
-    """Two readable images with the same file name in different folders, plus broken files."""
+    """Two readable images with the same file name in different folders, plus broken files.
+    Blue and green: the 2-epoch CNN classifies them with evidence at layer4 (it calls red
+    images blue, from its bias alone, so their Grad-CAM maps are empty)."""
     folder = tmp_path / "inputs"
-    for label in ("red", "blue"):
+    for label in ("green", "blue"):
         (folder / label).mkdir(parents=True)
         shutil.copy(tiny_image_folder / label / f"{label}_000.png", folder / label / "x.png")
     imagegen.broken(folder / "broken")
@@ -44,10 +46,9 @@ def test_cnn_writes_overlays_maps_json_and_index(trained_bundles: dict[str, Path
     for e in result.explanations:
         amap = np.load(e.map)
         assert amap.dtype == np.float32 and amap.shape == (5, 5)  # 160 px / 32
-        # scaled to [0, 1]; empty where nothing raises the class score (2-epoch model)
-        assert amap.min() >= 0.0 and amap.max() in (pytest.approx(1.0), 0.0)
-        if not amap.any():
-            assert any("maps are empty" in note for note in result.notes)
+        # scaled to [0, 1] with a peak: an all-zero map explains nothing and must fail here
+        assert amap.min() >= 0.0 and amap.max() == pytest.approx(1.0)
+        assert 0 < int((amap > 0.5).sum()) < amap.size, "a peak, not a flat map"
         with Image.open(e.overlay) as overlay:
             assert overlay.format == "PNG" and overlay.size == (160, 160)
         assert e.target == e.label  # the predicted class by default
@@ -56,6 +57,24 @@ def test_cnn_writes_overlays_maps_json_and_index(trained_bundles: dict[str, Path
     assert {r["overlay"] for r in records} == {"x.png", "x-2.png"}  # beside the JSON file
     page = (out / "index.html").read_text()
     assert page.count("<figure") == 2 and 'src="x-2.png"' in page and "truncated.jpg" in page
+    assert not any("maps are empty" in note for note in result.notes)
+
+
+def test_a_model_without_evidence_gives_empty_maps_and_says_so(
+        trained_bundles: dict[str, Path], tiny_image_folder: Path, tmp_path: Path) -> None:
+    """Empty maps are allowed only where they are right, and then named: with the head's
+    weights zeroed, no region raises any class score, so Grad-CAM is exactly zero."""
+    from vitkit.predictor.predict import load
+    from vitkit.workflows.explain import explain_images
+
+    predictor = load(trained_bundles["cnn"], device="cpu")
+    with torch.no_grad():
+        predictor.torch_model().head.weight.zero_()
+    files = sorted((tiny_image_folder / "blue").glob("*.png"))[:2]
+    result = explain_images(predictor, [(f, None) for f in files], method="gradcam",
+                            out_dir=tmp_path, progress=False)
+    assert all(not np.load(e.map).any() for e in result.explanations)
+    assert any("2 of 2 maps are empty" in note for note in result.notes)
 
 
 def test_explains_the_requested_class(trained_bundles: dict[str, Path],

@@ -5,7 +5,10 @@ Pure math: tensors in, tensors out. The caller captures ``activations`` of a lay
 :mod:`vitkit.explain.explainer`). Conv maps are ``(B, C, H, W)``; a transformer's token maps
 ``(B, N, C)`` are first laid on their patch grid with :func:`tokens_to_grid`.
 
-Both follow pytorch-grad-cam's definitions, so maps agree with the tool users compare against:
+Both follow pytorch-grad-cam's definitions, so maps agree with the tool users compare against
+(``tests/explain/test_gradcam_reference.py``: efficientnet_lite0 with ImageNet weights on
+real photos, grid maps within 4.2e-7 of grad-cam 1.5.7's after the same normalisation; it
+also upsamples to the input size, which vitkit leaves to the overlay):
 
 - Grad-CAM (Selvaraju et al., 2017): channel weights are the spatial mean of the gradients;
   the map is ``relu(sum_c w_c * A_c)``.
