@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -115,7 +114,7 @@ def _renameat2() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the loaded C library (no ldconfig run)
     except OSError:
         return None
     function = getattr(libc, "renameat2", None)
