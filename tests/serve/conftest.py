@@ -35,6 +35,11 @@ class Postgres:
                                      f"-k {self.socket_dir} -c listen_addresses=''", "start"]),
                        check=True, capture_output=True, timeout=120)
 
+    def running(self) -> bool:
+        status = subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.data), "status"]),
+                                capture_output=True, timeout=60, check=False)
+        return status.returncode == 0
+
     def stop(self, mode: str = "immediate") -> None:
         subprocess.run(_as_postgres([self.pg_ctl, "-D", str(self.data), "-m", mode, "stop"]),
                        capture_output=True, timeout=120, check=False)
