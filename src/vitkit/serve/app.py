@@ -23,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -63,6 +64,18 @@ from vitkit.serve.v2 import v2_router
 RETRY_AFTER_S = 1
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 RAW_IMAGE_TYPES = ("image/",)
+# /v1/predict reads its inputs itself; declared here so that clients, /docs and the schema
+# fuzzer see them (a raw body may also be sent as image/jpeg, image/png, …).
+PREDICT_INPUTS = {
+    **request_body(PredictImages, "multipart/form-data", "application/octet-stream"),
+    "parameters": [
+        {"name": "route", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "the A/B route (default: default); an unknown one is a 404"},
+        {"name": "maps", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
+         "description": "1: anomaly heat maps in the answer"},
+        {"name": "X-User-Id", "in": "header", "required": False,
+         "schema": {"type": "string"}, "description": "sticky A/B arm for this user"}]}
 access_log = logging.getLogger("vitkit.access")
 
 __all__ = ["HttpProblem", "create_app"]
@@ -192,8 +205,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         callers (``Authorization: Bearer <token>``)."""
         return service.describe(admin=guard.is_admin(request.headers.get("authorization")))
 
-    @app.post("/v1/predict", tags=["v1"], openapi_extra=request_body(
-                  PredictImages, "multipart/form-data"),
+    @app.post("/v1/predict", tags=["v1"], openapi_extra=PREDICT_INPUTS,
               responses={200: {"model": Predictions},
                          **problem_responses(404, 413, 415, 422, 503)})
     async def predict(request: Request) -> dict[str, Any]:
@@ -322,14 +334,25 @@ def _offline_docs(app: FastAPI) -> None:
 
 def _with_extra_schemas(app: FastAPI) -> None:
     """Adds the bodies declared with :func:`~vitkit.serve.schemas.request_body` to the
-    OpenAPI components."""
+    OpenAPI components, and gives each method of a ``GET|HEAD`` route its own operationId
+    (FastAPI gives both the route's one id; OpenAPI wants them unique, and generated clients
+    and schemathesis key operations by it)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                                 description="vitkit serve: see /docs")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Duplicate Operation ID")  # made unique below
+                schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                                     description="vitkit serve: see /docs")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 EXTRA_SCHEMAS)
+            seen: set[str] = set()
+            for operations in schema.get("paths", {}).values():
+                for method, operation in operations.items():
+                    if operation.get("operationId") in seen:  # livez_livez_get -> …_head
+                        operation["operationId"] = re.sub(
+                            r"(_get)?$", f"_{method}", operation["operationId"], count=1)
+                    seen.add(operation.get("operationId"))
             app.openapi_schema = schema
         return app.openapi_schema
 

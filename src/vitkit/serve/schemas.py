@@ -164,6 +164,8 @@ def request_body(model: type[BaseModel], *content_types: str) -> dict[str, Any]:
 _OTHER_BODIES: dict[str, Any] = {
     "multipart/form-data": {"type": "object", "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
+    # A raw image, or the v2 binary tensor extension (JSON header + tensors).
+    "application/octet-stream": {"type": "string", "format": "binary"},
 }
 
 

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import struct
 from typing import Any
 
@@ -49,7 +50,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, text in ((400, "bad request"), (404, "unknown model or version"),
                          (413, "too large"), (415, "unsupported content"),
                          (422, "invalid tensor"), (503, "not ready or overloaded"))}
-_INFER_BODY = request_body(V2Request)
+# The binary extension, declared so that clients and the schema fuzzer know it: an
+# octet-stream body whose first Inference-Header-Content-Length bytes are the JSON request,
+# and an octet-stream answer laid out the same way.
+_INFER_BODY = {**request_body(V2Request, "application/octet-stream"), "parameters": [
+    {"name": HEADER_LENGTH, "in": "header", "required": False,
+     "schema": {"type": "string", "pattern": "^[0-9]+$"},
+     "description": "binary extension: byte length of the JSON part of the body"}]}
+_INFER_ANSWERS: dict[int | str, dict[str, Any]] = {200: {
+    "model": V2Response, "description": "the outputs (JSON, or JSON header + binary tensors)",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {HEADER_LENGTH: {"schema": {"type": "string"}, "description":
+                                "byte length of the JSON part (binary answers only)"}}}}
 
 
 def v2_router(service: Service, max_bytes: int, read_body: Any, decode: Any) -> APIRouter:
@@ -122,12 +134,13 @@ def v2_router(service: Service, max_bytes: int, read_body: Any, decode: Any) -> 
         outputs = _outputs(answers, model.kind)
         return _respond(infer_request, outputs, name, model.version)
 
-    @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_model=V2Response)
+    @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_model=V2Response,
+                 responses=_INFER_ANSWERS)
     async def infer_latest(name: str, request: Request) -> Response:
         return await infer(name, None, request)
 
     @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY,
-                 response_model=V2Response)
+                 response_model=V2Response, responses=_INFER_ANSWERS)
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await infer(name, version, request)
 
@@ -163,7 +176,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        # ASCII digits only: "²".isdigit() is True, and int("²") raises (a 500 before).
+        if (not re.fullmatch(r"\s*[0-9]{1,12}\s*", header_length)
+                or int(header_length) > len(body)):
             raise HttpProblem(400, "bad header", f"{HEADER_LENGTH} must be the byte length of "
                               f"the JSON part (at most {len(body)}), got {header_length!r}")
         json_part, binary = body[:int(header_length)], body[int(header_length):]
