@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 DEMO_STAMP  := $(VENV)/.demo-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: install install-dev demo test test-fast lint typecheck bench fuzz clean
+.PHONY: install install-dev demo test test-fast lint typecheck bench fuzz fuzz-api clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(DEV_STAMP)
 # 100,000 mutated image files through the decoder (the CI tests run a bounded sample).
 fuzz: $(DEV_STAMP)
 	$(BIN)/python bench/fuzz_decode.py --cases 100000
+
+# 10,000 schemathesis cases against a real server's own /openapi.json (CI runs 400).
+fuzz-api: $(DEV_STAMP)
+	$(BIN)/python bench/fuzz_api.py --cases 10000
 
 clean:
 	rm -rf $(VENV) demo-output runs .pytest_cache
