@@ -134,6 +134,7 @@ def test_drift_of_the_live_inputs_is_watched(trained_bundles: dict[str, Path],
             assert predict(url, same[start:start + 4]).status_code == 200
         calm = _wait_for_check(url, 1)
         assert calm["window"] == 12
+        assert not calm["drifted"], calm["reasons"]
         for start in range(0, 24, 4):
             assert predict(url, shifted[start:start + 4]).status_code == 200
         drifted = _wait_for_check(url, 3)

@@ -168,7 +168,14 @@ def test_the_state_file_survives_and_yields_to_an_edited_config(tmp_path: Path,
 
 
 # ------------------------------------------------------------------ admin guard
-def test_admin_tokens_must_be_long_and_failures_are_rate_limited() -> None:
+def test_admin_tokens_must_be_long_and_failures_are_rate_limited(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitkit.serve.app import create_app
+
+    monkeypatch.setenv("VITKIT_ADMIN_TOKEN", "short")
+    with pytest.raises(ConfigError, match="at least 16"):  # at start-up, not at first use
+        create_app(ServeConfig.model_validate({"models": [{"name": "m", "bundle": "x"}],
+                                               "log": {"url": None}}))
     with pytest.raises(ConfigError, match="at least 16"):
         check_token("short", "VITKIT_ADMIN_TOKEN")
     check_token(None, "VITKIT_ADMIN_TOKEN")  # admin off is fine

@@ -58,11 +58,22 @@ def serve_run(
     replicas: Annotated[int, typer.Option(min=1, help="Ray replicas. (default: 1)")] = 1,
     max_replicas: Annotated[int | None, typer.Option(
         min=1, help="Autoscale Ray replicas from --replicas up to this.")] = None,
+    bundle_root: Annotated[list[str] | None, typer.Option(
+        "--bundle-root", help="A folder admin candidate bundles may come from (repeat for "
+                              "several); added to the config's bundle_roots. (default: none: "
+                              "`vitkit serve deploy` is refused)")] = None,
+    state_file: Annotated[str | None, typer.Option(
+        help="JSON file keeping promotions and rollout history across restarts, or 'none'. "
+             "(default: serve-state.json)")] = None,
 ) -> None:
     """Serve a bundle (classifier or anomaly detector) or several from a config: POST
     /v1/predict, /v1/feedback; GET /v1/models, /v1/ab, /livez, /readyz, /metrics.
     Micro-batching, sticky A/B routes, fallback with circuit breakers, a request log. Stops
-    gracefully on SIGTERM (in-flight requests finish)."""
+    gracefully on SIGTERM (in-flight requests finish).
+
+    One process serves (no --workers): batching, breakers, rollouts and the log writer are
+    per-process state. Scale out with --ray --replicas N, or several instances behind a load
+    balancer."""
     _require_serve()
     from vitkit.serve.config import serve_config
     from vitkit.serve.server import serve_forever
@@ -71,6 +82,12 @@ def serve_run(
     if log_db is not None:
         url = None if log_db == "none" else log_db
         config = config.model_copy(update={"log": config.log.model_copy(update={"url": url})})
+    if bundle_root:
+        roots = [*config.bundle_roots, *(str(Path(r).resolve()) for r in bundle_root)]
+        config = config.model_copy(update={"bundle_roots": roots})
+    if state_file is not None:
+        config = config.model_copy(update={"state_file": None if state_file == "none"
+                                           else state_file})
     names = ", ".join(m.name for m in config.models)
     stderr_console.print(f"serving {names} on http://{host}:{port} (ready at /readyz once the "
                          "models are loaded and warmed)", highlight=False)
