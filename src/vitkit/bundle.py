@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
@@ -45,6 +45,14 @@ class BundleMeta(BaseModel):
     preprocessing: dict[str, Any]
     train: dict[str, Any] = Field(default_factory=dict)
     variants: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, labels: list[str]) -> list[str]:
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels must be distinct; repeated: {', '.join(repeated)}")
+        return labels
 
 
 def save_bundle(path: Path, model: nn.Module | None, meta: BundleMeta,
@@ -100,44 +108,119 @@ def read_meta(path: Path | str) -> BundleMeta:
             f"{path} {what}: it is not a vitkit bundle. Give the folder that `vitkit train` "
             "wrote (it holds vitkit.json and model.safetensors)."
         )
+    restore = (f"Restore {META_FILE} from a copy of the bundle, or write the bundle again "
+               "(`vitkit train`, `vitkit anomaly fit`).")
     try:
-        raw = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path} is not valid JSON ({exc}); the bundle is damaged.") from exc
+        raw = json.loads(meta_path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, EACCES
+        raise BundleError(f"{meta_path} is not valid JSON ({_first_line(exc)}); the bundle "
+                          f"is damaged. {restore}") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{meta_path} holds a JSON {type(raw).__name__}, not an object; the "
+                          f"bundle is damaged. {restore}")
     version = raw.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    # bool is an int to Python; true is no schema version.
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise BundleError(
             f"{path} has bundle schema version {version!r}; this vitkit reads version "
             f"{SCHEMA_VERSION} and older. Upgrade vitkit (pip install -U vitkit)."
         )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(
+            f"{meta_path} has bundle schema version {version!r}, which no vitkit writes "
+            f"(versions are whole numbers from 1; this vitkit reads up to {SCHEMA_VERSION}); "
+            f"the file was edited or is not vitkit's. {restore}"
+        )
     try:
         return BundleMeta.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{meta_path} is incomplete or damaged: {exc}") from exc
+        raise BundleError(f"{meta_path} is incomplete or damaged: "
+                          f"{describe_validation_error(exc)}. {restore}") from exc
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 4) -> str:
+    """pydantic's errors as one line: ``labels: Input should be a valid list; ...``."""
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        parts.append(f"{where}: {error['msg']}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def bundle_file(bundle: Path | str, relative: object, what: str = "file") -> Path:
+    """A file named in ``vitkit.json`` (a variant's ``file``, an extra safetensors file),
+    resolved inside the bundle folder.
+
+    A bundle is data that may come from elsewhere: an entry such as ``../x``, an absolute
+    path or a symlink leading out of the folder would make vitkit open (for TorchScript:
+    execute) a file the bundle does not contain, so each is refused.
+
+    Raises:
+        BundleError: The entry is not a relative path inside the bundle folder.
+    """
+    bundle = Path(bundle)
+    text = relative if isinstance(relative, str) else None
+    problem = ""
+    if not text or "\x00" in text:
+        problem = "is not a file name"
+    elif Path(text).is_absolute() or Path(text).drive:
+        problem = "is an absolute path"
+    else:
+        root = bundle.resolve()
+        target = (bundle / text).resolve()
+        if target == root or root not in target.parents:
+            problem = "leads outside the bundle folder"
+    if problem:
+        raise BundleError(
+            f"{bundle / META_FILE}: the {what} {relative!r} {problem}. A bundle's files must "
+            f"lie inside its folder ({bundle}); vitkit never opens a file outside it. Restore "
+            f"{META_FILE} or write the {what} again (`vitkit export`, `vitkit quantize`)."
+        )
+    return bundle / str(relative)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_weights(path: Path | str, model: nn.Module) -> None:
     """Loads a bundle's weights (safetensors only) into a rebuilt model."""
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
-        raise BundleError(f"{path} has no {WEIGHTS_FILE}; the bundle is incomplete.")
+        raise BundleError(f"{path} has no {WEIGHTS_FILE}; the bundle is incomplete. Copy the "
+                          "whole bundle folder again, or train again.")
     try:
         load_model(model, str(weights))
-    except Exception as exc:  # noqa: BLE001 - any mismatch means a damaged or foreign bundle
+    except (SafetensorError, OSError) as exc:
         raise BundleError(
-            f"weights in {weights} do not match the recorded architecture: {exc}"
+            f"{weights} is damaged or truncated ({_first_line(exc)}). Copy the bundle again "
+            "from where it was written, or train again."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any mismatch means a damaged or foreign bundle
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4]) or str(exc)
+        raise BundleError(
+            f"the weights in {weights} do not match the recorded architecture in {META_FILE} "
+            f"({detail[:400]}). {META_FILE} was edited or belongs to other weights: restore "
+            "it from the same bundle, or train again."
         ) from exc
 
 
 def load_tensors(path: Path | str, filename: str) -> dict[str, torch.Tensor]:
     """Reads one of a bundle's extra safetensors files (see :func:`save_bundle`)."""
-    file = Path(path) / filename
+    file = bundle_file(path, filename, "tensor file")
     if not file.is_file():
         raise BundleError(f"{path} has no {filename}; the bundle is incomplete. Fit it again.")
     try:
         return load_file(str(file))
     except (SafetensorError, OSError) as exc:
-        raise BundleError(f"{file} is damaged ({exc}); fit the bundle again.") from exc
+        raise BundleError(f"{file} is damaged or truncated ({_first_line(exc)}); fit the "
+                          "bundle again.") from exc
 
 
 def save_tensors(path: Path | str, filename: str, tensors: Mapping[str, torch.Tensor]) -> Path:

@@ -22,8 +22,9 @@ from vitkit.anomaly.methods import AnomalyMethod, PatchMeanMethod, restore_deep
 from vitkit.anomaly.threshold import ScoreScale, label_for
 from vitkit.backbones import BackboneSpec
 from vitkit.bundle import BundleMeta, load_tensors, load_weights, read_meta, save_bundle
-from vitkit.data import ImageProblem, Preprocessing, load_rgb
-from vitkit.errors import BundleError
+from vitkit.data import ImageProblem, load_rgb
+from vitkit.data.transforms import bundle_preprocessing
+from vitkit.errors import BundleError, VitkitError
 
 ANOMALY_FILE = "anomaly.safetensors"
 REFERENCE = "torch-fp32"  # the variant that runs the extractor in PyTorch
@@ -180,7 +181,11 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
     if meta.task != "anomaly":
         raise BundleError(f"{path} is a '{meta.task}' bundle; `vitkit anomaly` needs a bundle "
                           "written by `vitkit anomaly fit`.")
-    record: dict[str, Any] = dict(getattr(meta, "anomaly", None) or {})
+    raw_record = getattr(meta, "anomaly", None) or {}
+    if not isinstance(raw_record, dict):
+        raise BundleError(f"{path}/vitkit.json: 'anomaly' is a {type(raw_record).__name__}, not "
+                          "the record `vitkit anomaly fit` writes; fit the bundle again.")
+    record: dict[str, Any] = dict(raw_record)
     try:
         name = record["method"]
         options = dict(record["options"])
@@ -189,12 +194,30 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}/vitkit.json has an incomplete 'anomaly' record ({exc}); "
                           "fit the bundle again.") from exc
+    try:
+        return _restore(path, meta, record, name, options, threshold, scale, device, variant,
+                        threads)
+    except VitkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an edited record fails deep inside a method
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BundleError(
+            f"{path}: the {name!r} anomaly model cannot be restored from vitkit.json and "
+            f"{ANOMALY_FILE} ({type(exc).__name__}: {first}); they were edited or do not "
+            "belong together. Fit the bundle again with `vitkit anomaly fit`."
+        ) from exc
+
+
+def _restore(path: Path, meta: BundleMeta, record: dict[str, Any], name: str,
+             options: dict[str, Any], threshold: float, scale: ScoreScale, device: str,
+             variant: str | None, threads: int | None) -> AnomalyDetector:
+    """The detector from a bundle's checked ``anomaly`` record (see :func:`load_detector`)."""
     tensors = load_tensors(path, ANOMALY_FILE)
     method: AnomalyMethod
     if name == PatchMeanMethod.name:
         method = PatchMeanMethod.restore(options, tensors)
     else:
-        pre = Preprocessing.model_validate(meta.preprocessing)
+        pre = bundle_preprocessing(meta.preprocessing, path)
         extractor = rebuild_feature_backbone(BackboneSpec.from_dict(meta.backbone),
                                              record["layers"], tuple(pre.input_size))  # type: ignore[arg-type]
         load_weights(path, extractor)
@@ -208,7 +231,13 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
     if variant not in (None, REFERENCE) and isinstance(method, PatchMeanMethod):
         raise BundleError(f"{path} is a patchmean bundle: it has no network to export, so it "
                           "has no variants.")
-    return AnomalyDetector(method, threshold, scale, record)
+    detector = AnomalyDetector(method, threshold, scale, record)
+    # One grey image through the whole method: tensors of the wrong shape in anomaly.safetensors
+    # fail here, with the bundle named, rather than at the first image scored.
+    height, width = detector.input_size
+    with torch.inference_mode():
+        detector.raw_scores([Image.new("RGB", (width, height), (128, 128, 128))])
+    return detector
 
 
 def _default_variant(path: Path, record: dict[str, Any]) -> str:

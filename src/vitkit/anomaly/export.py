@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitkit.bundle import bundle_file
 from vitkit.errors import BundleError, VitkitError
 from vitkit.predictor.runtimes import require
 
@@ -112,7 +113,8 @@ def open_variant(bundle: Path, record: dict[str, Any], name: str,
         raise BundleError(f"{bundle} has no anomaly variant {name!r} (available: {available}). "
                           f"Make it with `vitkit anomaly export {bundle} --variant {name}`.")
     entry = made[name]
-    path = bundle / entry["file"]
+    # Inside the bundle folder only: an edited entry must not open a model from elsewhere.
+    path = bundle_file(bundle, entry.get("file"), f"file of anomaly variant {name}")
     if not path.exists():
         raise BundleError(f"{bundle}: the file {entry['file']} of variant {name} is missing; "
                           "export it again.")

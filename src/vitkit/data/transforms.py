@@ -11,11 +11,17 @@ from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
+from timm.data.transforms import str_to_interp_mode
 
-from vitkit.errors import ConfigError
+from vitkit.bundle import META_FILE, describe_validation_error
+from vitkit.errors import BundleError, ConfigError
+
+MAX_INPUT_SIDE = 4096
+"""Largest accepted model input side in pixels. timm's largest pretrained inputs are 1024 px;
+a bundle edited to ask for 100000 px would make every image a multi-gigabyte tensor."""
 
 
 class Preprocessing(BaseModel):
@@ -30,12 +36,38 @@ class Preprocessing(BaseModel):
         crop_mode: timm evaluation crop mode: "center", "squash" or "border".
     """
 
+    # NaN and infinity are refused: no transform can normalise with them.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     input_size: tuple[int, int]
     interpolation: str = "bicubic"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_pct: float = 0.875
     crop_mode: str = "center"
+
+    @field_validator("input_size")
+    @classmethod
+    def _sides_in_range(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if not all(1 <= side <= MAX_INPUT_SIDE for side in size):
+            raise ValueError(f"each side must be 1 to {MAX_INPUT_SIDE} px, got {size}")
+        return size
+
+    @field_validator("std")
+    @classmethod
+    def _std_not_zero(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(value == 0 for value in std):
+            raise ValueError(f"a standard deviation of 0 divides by zero, got {std}")
+        return std
+
+    @field_validator("interpolation")
+    @classmethod
+    def _known_interpolation(cls, name: str) -> str:
+        try:
+            str_to_interp_mode(name)
+        except KeyError:
+            raise ValueError(f"unknown interpolation {name!r} (e.g. bicubic, bilinear)") from None
+        return name
 
     @classmethod
     def from_timm_config(cls, cfg: Mapping[str, Any]) -> Preprocessing:
@@ -80,6 +112,19 @@ class Augmentation(BaseModel):
     re_prob: float = 0.0
 
     model_config = ConfigDict(extra="forbid")
+
+
+def bundle_preprocessing(raw: Mapping[str, Any], bundle: Any = "") -> Preprocessing:
+    """A bundle's ``preprocessing`` record, validated; an edited record is a BundleError
+    naming the file and the fix, never a raw validation error at the first prediction."""
+    try:
+        return Preprocessing.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{bundle}/{META_FILE}" if bundle else META_FILE
+        raise BundleError(
+            f"{where}: preprocessing is not usable: {describe_validation_error(exc)}. Restore "
+            f"{META_FILE} from a copy of the bundle, or train again."
+        ) from exc
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

@@ -149,6 +149,9 @@ def save_detector(bundle: Path | str, detector: OodDetector, record: Mapping[str
 def ood_record(bundle: Path | str) -> dict[str, Any] | None:
     """The ``ood`` key of a bundle's ``vitkit.json``, or None when OOD was never fitted."""
     record = (read_meta(bundle).model_extra or {}).get("ood")
+    if record and not isinstance(record, dict):
+        raise BundleError(f"{bundle}/vitkit.json: 'ood' is a {type(record).__name__}, not the "
+                          "record `vitkit ood fit` writes; fit again with `vitkit ood fit`.")
     return dict(record) if record else None
 
 
@@ -164,10 +167,15 @@ def load_detector(bundle: Path | str) -> OodDetector | None:
     if method not in METHODS or (not statistics and method not in ("msp",)):
         raise BundleError(f"{bundle} records OOD method {method!r} but {OOD_FILE} does not "
                           "hold its statistics; fit again with `vitkit ood fit`.")
-    return OodDetector(method, statistics, float(record["threshold"]),
-                       float(record.get("accept", DEFAULT_ACCEPT)),
-                       float(record.get("accept_rate", DEFAULT_ACCEPT)),
-                       int(record.get("n_val", 0)))
+    try:
+        return OodDetector(method, statistics, float(record["threshold"]),
+                           float(record.get("accept", DEFAULT_ACCEPT)),
+                           float(record.get("accept_rate", DEFAULT_ACCEPT)),
+                           int(record.get("n_val", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{bundle}/vitkit.json has an incomplete 'ood' record "
+                          f"({type(exc).__name__}: {exc}); fit again with `vitkit ood fit`."
+                          ) from exc
 
 
 def load_drift_reference(bundle: Path | str) -> DriftReference | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -12,11 +13,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
-from vitkit.bundle import BundleMeta, load_weights, read_meta
+from vitkit.bundle import META_FILE, BundleMeta, load_weights, read_meta
 from vitkit.console import make_progress
-from vitkit.data import ImageProblem, Preprocessing, eval_transform, load_rgb
+from vitkit.data import ImageProblem, eval_transform, load_rgb
 from vitkit.data.files import find_images, why_unmatched
-from vitkit.errors import VitkitError
+from vitkit.data.transforms import bundle_preprocessing
+from vitkit.errors import BundleError, VitkitError
 from vitkit.predictor.runtimes import (
     RUNTIME_MODULES,
     Runtime,
@@ -89,11 +91,10 @@ class Predictor:
         self.runtime = runtime
         self.variant = variant or find_variant(meta, REFERENCE_VARIANT)
         self.labels: list[str] = list(meta.labels)
-        self.preprocessing = Preprocessing.model_validate(meta.preprocessing)
+        self.preprocessing = bundle_preprocessing(meta.preprocessing, source or "")
         self.transform = eval_transform(self.preprocessing)
         # Temperature scaling fitted into the bundle (`vitkit calibrate`); 1.0 when none.
-        self.temperature = float(((meta.model_extra or {}).get("calibration") or {})
-                                 .get("temperature", 1.0))
+        self.temperature = _temperature(meta, source)
         self.tta = "none"  # test-time augmentation of predict_proba: none, flip, flip-scale
         # The bundle's OOD detector, read on first use (`load(..., ood=True)`): consumers
         # that never ask (eval, bench, robustness, explain) never read ood.safetensors.
@@ -263,6 +264,13 @@ def _load(path: str | Path, device: str, variant: str | None, threads: int | Non
     meta = read_meta(path)
     if meta.task != "classify":
         raise VitkitError(f"{path} is a '{meta.task}' bundle, not a classifier.")
+    # vitkit.json's records first: an edited one fails here, naming the key, before any
+    # model is built or file opened.
+    bundle_preprocessing(meta.preprocessing, path)
+    _temperature(meta, Path(path))
+    if not meta.labels:
+        raise BundleError(f"{path}/{META_FILE} lists no labels; a classifier needs its class "
+                          "names. Restore vitkit.json from a copy of the bundle, or train again.")
     chosen = find_variant(meta, variant, path)
     if variant is None and chosen.runtime in RUNTIME_MODULES \
             and not available(RUNTIME_MODULES[chosen.runtime]):
@@ -275,7 +283,7 @@ def _load(path: str | Path, device: str, variant: str | None, threads: int | Non
         chosen = find_variant(meta, REFERENCE_VARIANT, path)
     model = None
     if chosen.runtime == "torch":
-        model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
+        model = _rebuild(meta, Path(path))
         load_weights(path, model.model)
         if chosen.name == "torch-fp32":
             return Predictor(model, meta, device=device, variant=chosen, source=Path(path))
@@ -283,6 +291,33 @@ def _load(path: str | Path, device: str, variant: str | None, threads: int | Non
     runtime = open_runtime(path, chosen, model, device=device, threads=threads)
     return Predictor(model if chosen.precision != "int8" else None, meta, device=device,
                      runtime=runtime, variant=chosen, source=Path(path))
+
+
+def _rebuild(meta: BundleMeta, path: Path) -> ImageClassifier:
+    """The bundle's architecture from ``backbone`` and ``labels`` in ``vitkit.json``."""
+    try:
+        return rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
+    except VitkitError:
+        raise  # e.g. weights that need a download while offline: already says what to do
+    except Exception as exc:  # noqa: BLE001 - KeyError, timm's "Unknown model", bad kwargs …
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BundleError(
+            f"{path}/{META_FILE}: the backbone {meta.backbone!r} cannot be built "
+            f"({type(exc).__name__}: {first}). Restore vitkit.json from a copy of the bundle, "
+            "or train again."
+        ) from exc
+
+
+def _temperature(meta: BundleMeta, path: Path | None) -> float:
+    """The temperature `vitkit calibrate` fitted (1.0 when none); a positive finite number."""
+    record = (meta.model_extra or {}).get("calibration") or {}
+    value = record.get("temperature", 1.0) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0:
+        raise BundleError(f"{path or 'the bundle'}/{META_FILE}: calibration.temperature must "
+                          f"be a positive number, got {value!r}. Calibrate again with "
+                          "`vitkit calibrate BUNDLE DATA`.")
+    return float(value)
 
 
 def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionError]]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitkit.errors import VitkitError
+from vitkit.errors import BundleError, VitkitError
 from vitkit.predictor.variants import Variant, variant_path
 
 # Runtime -> (module to import, pip extra that installs it).
@@ -201,12 +201,22 @@ def open_runtime(bundle: Path | str, variant: Variant, model: nn.Module | None,
         if model is None:
             raise VitkitError(f"variant {variant.name} needs the torch model")
         return TorchRuntime(model, variant.precision, device, variant.name)
-    path = variant_path(bundle, variant)
-    if variant.runtime == "torchscript":
-        return TorchScriptRuntime(path, variant.precision, variant.name)
-    if variant.runtime == "onnxruntime":
-        return OnnxRuntime(path, variant.precision, variant.name, threads)
-    if variant.runtime == "openvino":
-        return OpenVinoRuntime(path, variant.precision, variant.name, threads)
+    path = variant_path(bundle, variant)  # inside the bundle folder, or a BundleError
+    try:
+        if variant.runtime == "torchscript":
+            return TorchScriptRuntime(path, variant.precision, variant.name)
+        if variant.runtime == "onnxruntime":
+            return OnnxRuntime(path, variant.precision, variant.name, threads)
+        if variant.runtime == "openvino":
+            return OpenVinoRuntime(path, variant.precision, variant.name, threads)
+    except VitkitError:
+        raise  # e.g. the runtime is not installed: its own message names the pip extra
+    except Exception as exc:  # noqa: BLE001 - each runtime has its own errors for a bad file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BundleError(
+            f"{path}: {variant.runtime} cannot load the file of variant {variant.name} "
+            f"({type(exc).__name__}: {first}); it is damaged or not a {variant.runtime} "
+            "model. Export the variant again (`vitkit export`, `vitkit quantize`)."
+        ) from exc
     raise VitkitError(f"unknown runtime {variant.runtime!r} in variant {variant.name}")
 

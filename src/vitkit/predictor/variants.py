@@ -14,9 +14,16 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from vitkit.bundle import BundleMeta, read_meta, update_meta
+from vitkit.bundle import (
+    META_FILE,
+    BundleMeta,
+    bundle_file,
+    describe_validation_error,
+    read_meta,
+    update_meta,
+)
 from vitkit.errors import BundleError
 
 RuntimeName = Literal["torch", "torchscript", "onnxruntime", "openvino"]
@@ -56,10 +63,24 @@ BUILTIN_VARIANTS: tuple[Variant, ...] = (
 )
 
 
-def list_variants(meta: BundleMeta) -> list[Variant]:
+def list_variants(meta: BundleMeta, bundle: Path | str = "") -> list[Variant]:
     """Built-in torch variants first, then the recorded ones (a recorded entry with a
-    built-in name replaces it, e.g. to carry a measured accuracy)."""
-    recorded = [Variant.model_validate(entry) for entry in meta.variants]
+    built-in name replaces it, e.g. to carry a measured accuracy).
+
+    Raises:
+        BundleError: A recorded entry is not a valid variant (an edited ``vitkit.json``).
+    """
+    recorded = []
+    for index, entry in enumerate(meta.variants):
+        try:
+            recorded.append(Variant.model_validate(entry))
+        except ValidationError as exc:
+            where = Path(bundle) / META_FILE if bundle else META_FILE
+            raise BundleError(
+                f"{where}: variants[{index}] ({entry.get('name', 'no name')!r}) is not a valid "
+                f"variant: {describe_validation_error(exc)}. Restore {META_FILE}, or remove the "
+                "entry and make the variant again (`vitkit export`, `vitkit quantize`)."
+            ) from exc
     names = {v.name for v in recorded}
     return [v for v in BUILTIN_VARIANTS if v.name not in names] + recorded
 
@@ -74,7 +95,7 @@ def find_variant(meta: BundleMeta, name: str | None, bundle: Path | str = "") ->
     """The variant called ``name`` (``None``: the bundle's default, see
     :func:`default_variant_name`); a clear error listing the available ones otherwise."""
     wanted = name or default_variant_name(meta)
-    variants = list_variants(meta)
+    variants = list_variants(meta, bundle)
     for variant in variants:
         if variant.name == wanted:
             return variant
@@ -84,11 +105,13 @@ def find_variant(meta: BundleMeta, name: str | None, bundle: Path | str = "") ->
 
 
 def variant_path(bundle: Path | str, variant: Variant) -> Path:
-    """The variant's main file inside the bundle; a clear error when it is missing."""
+    """The variant's main file, resolved inside the bundle folder (see
+    :func:`~vitkit.bundle.bundle_file`: ``../x``, absolute paths and symlinks leading out are
+    refused); a clear error when it is missing."""
     if variant.file is None:
         raise BundleError(f"variant {variant.name} has no file")
-    path = Path(bundle) / variant.file
-    if not path.exists():
+    path = bundle_file(bundle, variant.file, f"file of variant {variant.name}")
+    if not path.is_file():
         raise BundleError(f"{bundle}: the file {variant.file} of variant {variant.name} is "
                           "missing; export it again (`vitkit export`).")
     return path
