@@ -33,12 +33,15 @@ from vitkit.data.images import (
     ImageProblem,
     decode_rgb,
     load_rgb,
+    reason_kind,
 )
 from vitkit.data.layouts import Sample
+from vitkit.data.transforms import Preprocessing, eval_transform
+from vitkit.data.validate import validate_samples
 from vitkit.errors import DataError
 
-DECODE_EXAMPLES = 600  # ~5 s here; bench/fuzz_decode.py runs 100,000
-FILE_EXAMPLES = 200
+DECODE_EXAMPLES = 1000  # 2-8 s here (2 shared cores); bench/fuzz_decode.py runs 100,000
+FILE_EXAMPLES = 300
 SERVICE_MAX_PIXELS = 1_000_000
 
 
@@ -170,6 +173,37 @@ def test_load_rgb_fuzz_through_files(request: pytest.FixtureRequest,
         run()
     _report(request, capsys, "load_rgb fuzz", counts, time.perf_counter() - started)
     assert sum(counts.values()) >= FILE_EXAMPLES * 0.9
+
+
+def test_validation_and_the_dataset_over_a_folder_of_mutated_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The training path end to end: validation (two decoding threads) sorts 160 mutated files
+    into usable and skipped with known reasons, and the dataset turns every usable one into
+    a tensor of the model's input size."""
+    import random
+
+    rng = random.Random(0)
+    blobs = [CORPUS[name] for name in NAMES]
+    samples = []
+    for i in range(160):
+        name = NAMES[i % len(NAMES)]
+        path = tmp_path / "things" / f"{i:03d}{rng.choice(fuzz.EXTENSIONS)}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(fuzz.mutate(CORPUS[name], rng, blobs, rounds=rng.choice((0, 1, 2))))
+        samples.append(Sample(path, "things", None))
+    report = validate_samples(samples, max_pixels=SERVICE_MAX_PIXELS, progress=False, workers=2)
+    assert len(report.usable) + len(report.skipped) == len(samples)
+    assert {reason_kind(s.reason) for s in report.skipped} <= fuzz.KNOWN_KINDS
+    assert report.usable and report.skipped
+    pre = Preprocessing(input_size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
+    dataset = ImageDataset(report.usable, {"things": 0}, eval_transform(pre),
+                           max_pixels=SERVICE_MAX_PIXELS)
+    for i in range(len(dataset)):
+        tensor, label = dataset[i]
+        assert tensor.shape == (3, 32, 32) and label == 0
+    with capsys.disabled():
+        print(f"\nvalidation fuzz: {len(samples)} files, {len(report.usable)} usable, "
+              f"{report.summary()}")
 
 
 @pytest.mark.parametrize("name", ["huge.png", "huge.gif", "huge.bmp", "huge.jpg"])
