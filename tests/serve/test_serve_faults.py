@@ -219,6 +219,8 @@ def test_the_log_database_stopped_under_load_loses_no_answer(
 
     logged = {r["request_id"] for r in read_rows(postgres.url)}
     missing = set(answered) - logged
+    print(f"outage {OUTAGE_S:g} s: {len(answered)} images answered ({during} by the end of "
+          f"the outage), peak backlog {backlog:.0f}, {len(missing)} missing from the log")
     assert not missing, f"{len(missing)} of {len(answered)} answered images not in the log"
     assert not (tmp_path / "spill.jsonl").exists(), "the spill file was written back"
 

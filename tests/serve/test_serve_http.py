@@ -36,9 +36,10 @@ def png_bytes(image: Image.Image) -> bytes:
 @pytest.fixture(scope="module")
 def two_bundles(trained_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                 ) -> dict[str, Path]:
+    """Two different models of the same classes: a CNN (a) and a ViT (b)."""
     root = tmp_path_factory.mktemp("serve-bundles")
-    return {name: Path(shutil.copytree(trained_bundles["cnn"], root / name))
-            for name in ("a", "b")}
+    return {name: Path(shutil.copytree(trained_bundles[family], root / name))
+            for name, family in (("a", "cnn"), ("b", "vit"))}
 
 
 def config(bundles: dict[str, Path], tmp_path: Path, **sections: Any) -> ServeConfig:
