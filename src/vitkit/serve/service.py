@@ -270,7 +270,8 @@ class Service:
         for batcher in {id(s.batcher): s.batcher for s in slots}.values():
             await batcher.stop()
         if self.log is not None:
-            self.log.close()
+            # Off the event loop: closing waits (bounded) for the database to take the rest.
+            await asyncio.get_running_loop().run_in_executor(None, self.log.close)
         self.decoders.shutdown(wait=False)
 
     # ------------------------------------------------------------------ answering
