@@ -166,7 +166,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                                  "retry on another instance"}, 503,
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
+        if length is not None and length.isascii() and length.isdigit() \
+                and int(length) > max_bytes:
             return JSONResponse({"error": "too large", "detail": f"the request body is "
                                  f"{int(length):,} bytes; the limit is {max_bytes:,} "
                                  "(limits.max_upload_mb)"}, 413)
