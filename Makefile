@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 DEMO_STAMP  := $(VENV)/.demo-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: install install-dev demo test test-fast lint typecheck bench fuzz fuzz-api clean
+.PHONY: install install-dev demo test test-fast lint typecheck docs docs-serve bench fuzz fuzz-api clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,18 +32,26 @@ install-dev: $(DEV_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/vitkit demo
 
-# What CI runs: lint and type check first (seconds to a minute or two), then the whole suite.
-test: lint typecheck
+# What CI runs: lint, type check and the strict docs build first (seconds to a minute or two),
+# then the whole suite.
+test: lint typecheck docs
 	$(BIN)/python -m pytest
 
 test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs/hooks
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src
+
+# The docs site into site/ (offline, a few seconds); --strict fails on a broken link or page.
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/train_throughput.py
@@ -57,4 +65,4 @@ fuzz-api: $(DEV_STAMP)
 	$(BIN)/python bench/fuzz_api.py --cases 10000
 
 clean:
-	rm -rf $(VENV) demo-output runs .pytest_cache
+	rm -rf $(VENV) demo-output runs .pytest_cache site
