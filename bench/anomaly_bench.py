@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector
 from vitkit.data import load_rgb
-from vitkit.workflows.anomaly import mvtec_test_images, run_eval, run_fit
+from vitkit.data.mvtec import mvtec_test_images
+from vitkit.workflows.anomaly import run_eval, run_fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_DATA = [SHARED / "deeppcb", SHARED / "piped_paper" / "PA_BDP01_TL",
@@ -36,7 +37,7 @@ DEFAULT_RUNS = ["patchmean", "padim:efficientnet_lite0", "patchcore:efficientnet
 
 def score_latency_ms(bundle: Path, paths: list[Path], repeats: int = 3) -> float:
     """Mean batch-1 latency per image (decode excluded, preprocessing and model included)."""
-    detector = load_detector(bundle, "cpu")
+    detector = load_anomaly_detector(bundle, "cpu")
     images = [load_rgb(p)[0] for p in paths]
     detector.raw_scores(images[:1])  # warm-up
     started = time.perf_counter()

@@ -23,9 +23,10 @@ import torch
 from anomaly_threshold import SETS, emit  # type: ignore[import-not-found]
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector
 from vitkit.data.files import find_images
-from vitkit.workflows.anomaly import mvtec_test_images, run_eval, run_fit
+from vitkit.data.mvtec import mvtec_test_images
+from vitkit.workflows.anomaly import run_eval, run_fit
 
 
 def one(data: Path, name: str, shots: int | None, augment: str, seed: int,
@@ -41,7 +42,7 @@ def one(data: Path, name: str, shots: int | None, augment: str, seed: int,
     fit = run_fit(AnomalyFitConfig(data=str(folder), out=str(bundle), augment=augment,
                                    seed=seed), progress=False)  # type: ignore[arg-type]
     evaluation = run_eval(bundle, data, report=False, progress=False)
-    detector = load_detector(bundle, "cpu")
+    detector = load_anomaly_detector(bundle, "cpu")
     good = [t.path for t in mvtec_test_images(data) if t.defect == "good"]
     scores = np.array([r.raw_score for r, _ in detector.score_paths(good)])
     return {"set": name, "shots": shots or len(normal), "augment": augment, "seed": seed,

@@ -21,9 +21,10 @@ from anomaly_threshold import SETS, textile_as_mvtec  # type: ignore[import-not-
 from sklearn.metrics import roc_auc_score
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector
 from vitkit.data import load_rgb
-from vitkit.workflows.anomaly import mvtec_test_images, run_fit
+from vitkit.data.mvtec import mvtec_test_images
+from vitkit.workflows.anomaly import run_fit
 
 TOP_SHARES = (0.01, 0.03, 0.1)
 
@@ -54,7 +55,7 @@ def main() -> None:
                                      image_size=args.image_size,
                                      coreset_ratio=args.coreset_ratio,
                                      image_score="reweighted"), progress=False)
-            detector = load_detector(bundle, "cpu")
+            detector = load_anomaly_detector(bundle, "cpu")
             tests = mvtec_test_images(data)
             reweighted, maps = [], []
             for start in range(0, len(tests), 16):

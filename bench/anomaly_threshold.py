@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector
 from vitkit.bundle import read_meta
-from vitkit.workflows.anomaly import mvtec_test_images, run_eval, run_fit
+from vitkit.data.mvtec import mvtec_test_images
+from vitkit.workflows.anomaly import run_eval, run_fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SETS = {"deeppcb": SHARED / "deeppcb", "BDP": SHARED / "piped_paper" / "PA_BDP01_TL",
@@ -66,7 +67,7 @@ def one(data: Path, name: str, method: str, mode: str, work: Path) -> dict[str, 
     fit = run_fit(AnomalyFitConfig(data=str(data), method=method,  # type: ignore[arg-type]
                                    out=str(bundle), **split), progress=False)
     evaluation = run_eval(bundle, data, report=False, progress=False)
-    detector = load_detector(bundle, "cpu")
+    detector = load_anomaly_detector(bundle, "cpu")
     good = [t.path for t in mvtec_test_images(data) if t.defect == "good"]
     scores = np.array([r.raw_score for r, _ in detector.score_paths(good)])
     normal_scores = np.array(read_meta(bundle).model_extra["anomaly"]["fit"]["threshold_scores"])

@@ -38,8 +38,9 @@ import torch
 from anomaly_threshold import SETS, emit, textile_as_mvtec  # type: ignore[import-not-found]
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
-from vitkit.workflows.anomaly import mvtec_test_images, run_eval, run_fit
+from vitkit.anomaly.detector import load_anomaly_detector
+from vitkit.data.mvtec import mvtec_test_images
+from vitkit.workflows.anomaly import run_eval, run_fit
 
 REFERENCE = Path(__file__).resolve().parent / "anomalib_reference.py"
 
@@ -48,7 +49,7 @@ def vitkit_row(data: Path, out: Path, auto: bool) -> dict[str, Any]:
     start = time.perf_counter()
     fit = run_fit(AnomalyFitConfig(data=str(data), out=str(out), auto=auto), progress=False)
     fitted = time.perf_counter()
-    detector = load_detector(out, "cpu")
+    detector = load_anomaly_detector(out, "cpu")
     for _ in detector.score_paths([t.path for t in mvtec_test_images(data)], batch_size=8,
                                   with_maps=True):
         pass

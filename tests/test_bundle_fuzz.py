@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 import vitkit
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector as load_anomaly
+from vitkit.anomaly.detector import load_anomaly_detector as load_anomaly
 from vitkit.bundle import META_FILE, WEIGHTS_FILE, read_meta
 from vitkit.errors import BundleError, VitkitError
-from vitkit.ood.detector import load_detector as load_ood
+from vitkit.ood.detector import load_ood_detector as load_ood
 from vitkit.predictor.variants import Variant, record_variant
 from vitkit.workflows.anomaly import run_fit
 

@@ -12,7 +12,8 @@ from PIL import Image
 from tests.anomaly.woven import SIZE, to_image, with_stain, woven_texture
 
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import AnomalyScore, load_detector
+from vitkit.anomaly.detector import AnomalyScore
+from vitkit.anomaly.detector import load_anomaly_detector as load_detector
 from vitkit.workflows.anomaly import run_fit
 
 

@@ -12,7 +12,7 @@ from tests.anomaly.test_detector import BOXES, fit
 from tests.anomaly.woven import to_image, with_stain, woven_texture
 from tests.e2e.cli import run_cli
 
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector as load_detector
 from vitkit.bundle import read_meta, update_meta
 from vitkit.errors import BundleError, VitkitError
 from vitkit.workflows.anomaly_export import run_anomaly_export

@@ -14,7 +14,7 @@ from tests.anomaly.woven import to_image, woven_texture
 
 from vitkit.anomaly import folds
 from vitkit.anomaly.config import AnomalyFitConfig
-from vitkit.anomaly.detector import load_detector
+from vitkit.anomaly.detector import load_anomaly_detector as load_detector
 from vitkit.anomaly.folds import affordable_folds, assign_folds, fit_out_of_fold, indexed
 from vitkit.anomaly.methods import Embedding, PatchMeanMethod
 from vitkit.anomaly.threshold import percentile_threshold
@@ -262,7 +262,7 @@ def test_a_fit_with_image_statistics_also_scores_the_candidate_without_them(
         tmp_path: Path) -> None:
     """--auto fits PatchCore once per size: the candidate without image statistics is that
     fit's patch part, the same as a fit of its own (scores, synthetic AUROC, bank)."""
-    from vitkit.workflows.anomaly import _build_method, _fit_out_of_fold, _out_of_fold, _view
+    from vitkit.workflows.anomaly.fit import _build_method, _fit_out_of_fold, _out_of_fold, _view
 
     paths = []
     for seed in range(8):
@@ -287,7 +287,7 @@ def test_a_fit_with_image_statistics_also_scores_the_candidate_without_them(
 
 
 def test_a_costlier_candidate_must_win_by_more_than_one_standard_error() -> None:
-    from vitkit.workflows.anomaly import _one_standard_error_choice
+    from vitkit.anomaly.auto import one_standard_error_choice as _one_standard_error_choice
 
     trials = [{"score": 0.90, "standard_error": 0.02}, {"score": 0.95, "standard_error": 0.02},
               {"score": 0.96, "standard_error": 0.02}]
@@ -307,7 +307,7 @@ def test_auto_standard_error_counts_images_not_their_augmented_copies(
 
     from vitkit.anomaly.folds import OutOfFold
     from vitkit.anomaly.metrics import auroc_standard_error
-    from vitkit.workflows import anomaly as workflow
+    from vitkit.workflows.anomaly import fit as workflow
 
     n_images, copies = 16, 8
     generator = torch.Generator().manual_seed(0)

@@ -17,7 +17,8 @@ from PIL import Image
 from tests.conftest import class_image
 
 from vitkit.compress.reference import reference_images
-from vitkit.ood import METHODS, load_detector
+from vitkit.ood import METHODS
+from vitkit.ood import load_ood_detector as load_detector
 from vitkit.predictor.embed import embed_paths
 from vitkit.predictor.predict import Prediction, load
 from vitkit.workflows.drift import run_drift

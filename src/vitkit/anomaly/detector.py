@@ -166,8 +166,8 @@ def _capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def load_detector(path: str | Path, device: str = "auto", variant: str | None = None,
-                  threads: int | None = None) -> AnomalyDetector:
+def load_anomaly_detector(path: str | Path, device: str = "auto", variant: str | None = None,
+                          threads: int | None = None) -> AnomalyDetector:
     """Loads an anomaly bundle (safetensors and JSON only; nothing is unpickled).
 
     ``variant`` runs the feature extractor exported by `vitkit anomaly export` (e.g.
@@ -211,7 +211,8 @@ def load_detector(path: str | Path, device: str = "auto", variant: str | None = 
 def _restore(path: Path, meta: BundleMeta, record: dict[str, Any], name: str,
              options: dict[str, Any], threshold: float, scale: ScoreScale, device: str,
              variant: str | None, threads: int | None) -> AnomalyDetector:
-    """The detector from a bundle's checked ``anomaly`` record (see :func:`load_detector`)."""
+    """The detector from a bundle's checked ``anomaly`` record (see
+    :func:`load_anomaly_detector`)."""
     tensors = load_tensors(path, ANOMALY_FILE)
     method: AnomalyMethod
     if name == PatchMeanMethod.name:

@@ -13,12 +13,12 @@ from vitkit.ood.detector import (
     default_method,
     fit_all,
     fit_detector,
-    load_detector,
     load_drift_reference,
+    load_ood_detector,
     save_detector,
 )
 from vitkit.ood.scores import METHODS, TrainingSet
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "DriftReference", "OodDetector", "TrainingSet",
-           "default_method", "fit_all", "fit_detector", "load_detector",
+           "default_method", "fit_all", "fit_detector", "load_ood_detector",
            "load_drift_reference", "save_detector"]

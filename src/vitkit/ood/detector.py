@@ -155,7 +155,7 @@ def ood_record(bundle: Path | str) -> dict[str, Any] | None:
     return dict(record) if record else None
 
 
-def load_detector(bundle: Path | str) -> OodDetector | None:
+def load_ood_detector(bundle: Path | str) -> OodDetector | None:
     """The bundle's detector, or None when the bundle has no OOD fit."""
     record = ood_record(bundle)
     if record is None:

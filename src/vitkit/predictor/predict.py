@@ -105,9 +105,9 @@ class Predictor:
     def ood(self) -> OodDetector | None:
         """The OOD detector that turns unfamiliar images into "unknown"; None: always a class."""
         if self._ood_bundle is not None:
-            from vitkit.ood import load_detector  # ood sits beside classify: loaded on demand
+            from vitkit.ood import load_ood_detector  # ood sits beside classify: loaded on demand
 
-            self._ood, self._ood_bundle = load_detector(self._ood_bundle), None
+            self._ood, self._ood_bundle = load_ood_detector(self._ood_bundle), None
         return self._ood
 
     @ood.setter

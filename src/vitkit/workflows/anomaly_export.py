@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from vitkit.anomaly.detector import AnomalyDetector, load_detector
+from vitkit.anomaly.detector import AnomalyDetector, load_anomaly_detector
 from vitkit.anomaly.export import REFERENCE, VARIANTS, ExportedExtractor, export_features
 from vitkit.anomaly.methods import PatchMeanMethod
 from vitkit.bundle import update_meta
 from vitkit.data import load_rgb
 from vitkit.data.files import find_images
+from vitkit.data.mvtec import normal_images
 from vitkit.errors import DataError, VitkitError
-from vitkit.workflows.anomaly import normal_images
 
 PARITY_IMAGES = 16
 
@@ -42,7 +42,7 @@ def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-
     if unknown:
         raise VitkitError(f"unknown anomaly variant(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(VARIANTS)}")
-    reference = load_detector(bundle, "cpu", variant=REFERENCE)
+    reference = load_anomaly_detector(bundle, "cpu", variant=REFERENCE)
     if isinstance(reference.method, PatchMeanMethod):
         raise VitkitError(f"{bundle} is a patchmean bundle: there is no network to export "
                           "(it already scores in milliseconds).")

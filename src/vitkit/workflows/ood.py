@@ -32,7 +32,7 @@ from vitkit.ood.detector import (
     OodDetector,
     default_method,
     fit_all,
-    load_detector,
+    load_ood_detector,
     save_detector,
 )
 from vitkit.ood.metrics import accept_rate, auroc, fpr_at_tpr
@@ -260,7 +260,7 @@ def run_ood_eval(bundle: Path, in_data: str, out_dir: str, batch_size: int = 32,
     model = predictor.torch_model()
     detectors = fit_all(training_set(model, train), val.features, val.logits)
     methods = {name: _measure(d, inside, outside) for name, d in detectors.items()}
-    stored = load_detector(bundle)
+    stored = load_ood_detector(bundle)
     family = backbone_family(model)
     return {
         "methods": methods,
