@@ -54,9 +54,9 @@ class ServedModel:
             if variant not in (None, "torch-fp32"):
                 raise BundleError(f"{bundle} is an anomaly detector: it runs as torch-fp32 "
                                   f"only, not {variant}.")
-            from vitkit.anomaly.detector import load_detector
+            from vitkit.anomaly.detector import load_anomaly_detector
 
-            detector = load_detector(bundle, "cpu")
+            detector = load_anomaly_detector(bundle, "cpu")
             return cls(name, bundle, "torch-fp32", ANOMALY, version, ["normal", "anomaly"],
                        _detector=detector)
         raise BundleError(f"{bundle} is a '{meta.task}' bundle; the service serves classifiers "
