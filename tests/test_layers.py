@@ -15,7 +15,7 @@ import vitkit
 ROOT = Path(vitkit.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"errors", "atomic", "console", "config"},  # no vitkit imports but these
+    {"errors", "atomic", "console", "config", "version"},  # no vitkit imports but these
     {"data", "bundle"},
     {"backbones", "ood"},
     {"predictor"},  # one bundle, any runtime: below everything that predicts

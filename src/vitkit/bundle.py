@@ -26,6 +26,7 @@ from torch import nn
 
 from vitkit.atomic import atomic_path, file_mode, staged_dir, write_text_atomic
 from vitkit.errors import BundleError
+from vitkit.version import __version__
 
 SCHEMA_VERSION = 1
 META_FILE = "vitkit.json"
@@ -66,8 +67,6 @@ def save_bundle(path: Path, model: nn.Module | None, meta: BundleMeta,
         meta: The contents of ``vitkit.json``.
         tensors: Extra safetensors files, file name -> tensors (e.g. ``anomaly.safetensors``).
     """
-    from vitkit import __version__
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = meta.model_copy(update={"vitkit_version": __version__})

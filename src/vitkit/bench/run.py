@@ -23,6 +23,7 @@ from vitkit.bench.timing import Budget, Latency, PeakRss, measure_latency, measu
 from vitkit.bundle import WEIGHTS_FILE, BundleMeta, read_meta
 from vitkit.errors import BundleError, DataError, VitkitError
 from vitkit.predictor import runtimes
+from vitkit.predictor.predict import load
 from vitkit.predictor.variants import (
     REFERENCE_VARIANT,
     Variant,
@@ -181,11 +182,9 @@ def select_variants(meta: BundleMeta, names: Sequence[str] | None, bundle: Path 
 
 def _bench(bundle: Path, meta: BundleMeta, variants: list[Variant], config: BenchConfig,
            budget: Budget, on_variant: Callable[[str], None] | None) -> BenchResult:
-    import vitkit
-
     threads = config.threads or torch.get_num_threads()
-    reference = vitkit.load(bundle, device=config.device, threads=config.threads,
-                            variant=REFERENCE_VARIANT)
+    reference = load(bundle, device=config.device, threads=config.threads,
+                     variant=REFERENCE_VARIANT)
     assert reference.model is not None  # torch-fp32 always carries its model
     parameters = sum(p.numel() for p in reference.model.parameters())
     eval_batches, source, note = _eval_batches(meta, config)
@@ -305,13 +304,10 @@ def _random_inputs(size: tuple[int, int], batches: Sequence[int]) -> dict[int, t
 
 
 def _candidate(bundle: Path, variant: Variant, config: BenchConfig) -> Candidate:
-    import vitkit
+    def load_variant() -> Model:
+        return load(bundle, device=config.device, variant=variant.name, threads=config.threads)
 
-    def load() -> Model:
-        return vitkit.load(bundle, device=config.device, variant=variant.name,
-                           threads=config.threads)
-
-    return Candidate(variant.name, variant.runtime, variant.precision, load,
+    return Candidate(variant.name, variant.runtime, variant.precision, load_variant,
                      variant_files(bundle, variant))
 
 
@@ -323,11 +319,11 @@ def _tome_candidate(bundle: Path, model: torch.nn.Module, r: int, config: BenchC
 
     find_vit(model)  # a clear error for CNNs before anything is measured
 
-    def load() -> Model:
+    def merged() -> Model:
         return TorchRuntime(apply_tome(model, r), "fp32", config.device,
                             name=f"torch-fp32-tome{r}")
 
-    return Candidate(f"torch-fp32-tome{r}", "torch", "fp32", load, [bundle / WEIGHTS_FILE],
+    return Candidate(f"torch-fp32-tome{r}", "torch", "fp32", merged, [bundle / WEIGHTS_FILE],
                      tome_r=r)
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from vitkit import __version__
 from vitkit.atomic import write_text_atomic
 from vitkit.report import _format as fmt
 from vitkit.report._images import data_uri, reencoded_thumbnail
 from vitkit.report._style import CSS
+from vitkit.version import __version__
 
 REPORT_FILE = "report.html"
 CARDS_PER_GROUP = 12

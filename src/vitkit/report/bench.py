@@ -13,11 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vitkit import __version__
 from vitkit.atomic import write_text_atomic
 from vitkit.report import _format as fmt
 from vitkit.report._images import data_uri
 from vitkit.report._style import CSS
+from vitkit.version import __version__
 
 REPORT_FILE = "bench.html"
 

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from vitkit import __version__
 from vitkit.atomic import write_text_atomic
 from vitkit.errors import VitkitError
 from vitkit.evaluate.words import describe_accuracy
@@ -31,6 +30,7 @@ from vitkit.report._inputs import (
 from vitkit.report._style import CSS
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
 from vitkit.report.trust import render_trust
+from vitkit.version import __version__
 
 DEFAULT_MAX_PREDICTIONS = 120
 _MAX_SKIPPED_ROWS = 500
