@@ -2,7 +2,7 @@
 with and without dihedral copies, beside the full set; three seeded draws of the images.
 
     .venv/bin/python bench/anomaly_few_shot.py [--sets deeppcb,BDP,FLR] [--shots 1,2,4,8]
-        [--seeds 0,1,2] [--jsonl FILE]
+        [--seeds 0,1,2] [--jsonl FILE] [--plot FILE.png]
 
 Per fit: image and pixel AUROC on the whole test set, F1 and the false-alarm rate on its
 normal images at the stored threshold (nominal 1%). One normal image needs ``--augment``: its copies
@@ -58,9 +58,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jsonl", default=None)
+    parser.add_argument("--plot", default=None, help="AUROC and false alarms vs images, PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="vitkit-few-shot-"))
+    rows: list[dict[str, Any]] = []
     try:
         for name in args.sets.split(","):
             runs: list[tuple[int | None, str, int]] = [(None, "none", 0)]
@@ -69,9 +71,14 @@ def main() -> None:
                     modes = ["dihedral"] if shots == 1 else ["none", "dihedral"]
                     runs += [(shots, mode, seed) for mode in modes]
             for shots, augment, seed in runs:
-                emit(one(SETS[name], name, shots, augment, seed, work), args.jsonl)
+                rows.append(one(SETS[name], name, shots, augment, seed, work))
+                emit(rows[-1], args.jsonl)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.plot:
+        from plots import few_shot  # type: ignore[import-not-found]
+
+        print(few_shot(rows, args.plot))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def main() -> None:
                         default=[8, 16], help="token-merging rates timed beside the default")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="accuracy drop vs batch-32 throughput, PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = args.bundle or train(args.model, args.out, args.epochs)
@@ -202,6 +203,14 @@ def main() -> None:
                                 "bf16": round(matmul_peak(torch.bfloat16), 2)},
               "profile_eager_fp32": eager_profile(eager),
               "profile_default": openvino_profile(bundle, optimized.default_variant)}
+    if args.plot:
+        from plots import speed_vs_accuracy  # type: ignore[import-not-found]
+
+        speed_vs_accuracy([{"variant": c["name"], "throughput": c["throughput"],
+                            "accuracy_drop": c["accuracy_drop"],
+                            "default": c["name"] == optimized.default_variant}
+                           for c in report["candidates"] if c.get("throughput")],
+                          args.plot, str(bundle))
     if args.json:
         print(json.dumps(report, indent=2))
         return
