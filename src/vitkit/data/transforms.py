@@ -140,14 +140,31 @@ def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
     )
 
 
-def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
-    return _timm_posterize(img, max(1, bits_to_keep))
+def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any
+                                ) -> Image.Image:
+    return timm_auto_augment.posterize(img, max(1, bits_to_keep), **kwargs)
 
 
-# timm's RandAugment levels can ask Posterize to keep 0 bits, which Pillow >= 11 rejects with a
-# ValueError in the middle of training; keeping 1 bit gives the same near-black image.
-_timm_posterize = timm_auto_augment.posterize  # what NAME_TO_OP["Posterize"] holds
-timm_auto_augment.NAME_TO_OP["Posterize"] = _posterize_at_least_one_bit
+def keep_one_posterize_bit(transform: Callable[[Image.Image], torch.Tensor]) -> int:
+    """Makes the Posterize steps of a timm training transform keep at least one bit; returns
+    how many steps it changed.
+
+    timm's RandAugment levels can ask Posterize to keep 0 bits (``Posterize`` and
+    ``PosterizeIncreasing`` at high magnitudes), which Pillow >= 11 rejects with a ValueError
+    in the middle of training; keeping 1 bit gives the same near-black image. The change is
+    made on the ops of this transform only: timm's own table (``NAME_TO_OP``) is left as it
+    is, so importing vitkit never changes what timm does elsewhere.
+    """
+    changed = 0
+    for step in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(step, "ops", []))  # RandAugment, AugMix
+        for sub_policy in getattr(step, "policy", []):  # AutoAugment: lists of ops
+            ops.extend(sub_policy)
+        for op in ops:
+            if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+                op.aug_fn = _posterize_at_least_one_bit
+                changed += 1
+    return changed
 
 
 def train_transform(pre: Preprocessing, aug: Augmentation) -> Callable[[Image.Image], torch.Tensor]:
@@ -157,7 +174,7 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> Callable[[Image.Im
         ConfigError: timm rejects the augmentation settings (e.g. a bad auto-augment string).
     """
     try:
-        return create_transform(
+        transform = create_transform(
             input_size=pre.input_size,
             is_training=True,
             interpolation=pre.interpolation,
@@ -177,3 +194,5 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> Callable[[Image.Im
             f"invalid augmentation settings ({exc!r}); check auto_augment "
             f"{aug.auto_augment!r} (e.g. 'rand-m9-mstd0.5-inc1', 'augmix-m5', 'v0' or none)."
         ) from exc
+    keep_one_posterize_bit(transform)
+    return transform
