@@ -31,7 +31,7 @@ from tests.serve.test_serve_rollout import (  # noqa: E402
     wait_state,
 )
 
-from vitkit.serve import rollout as rollout_module  # noqa: E402
+from vitkit.serve import update as update_module  # noqa: E402
 from vitkit.serve.served import ServedModel  # noqa: E402
 from vitkit.serve.server import BackgroundServer  # noqa: E402
 
@@ -205,6 +205,13 @@ def test_the_log_database_stopped_under_load_loses_no_answer(
             during = len(answered)
             postgres.start()
             time.sleep(1.0)
+            stop.set()
+            for worker in workers:
+                worker.join()
+            deadline = time.monotonic() + 30  # "once it is back": the backlog drains
+            while _gauge(httpx.get(f"{url}/metrics").text, "vitkit_log_backlog") > 0:
+                assert time.monotonic() < deadline, "the backlog never drained"
+                time.sleep(0.1)
         finally:
             stop.set()
             for worker in workers:
@@ -282,8 +289,8 @@ def test_a_validating_candidate_can_be_cancelled(admin_running: tuple[str, Any, 
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     url, service, _ = admin_running
     release = threading.Event()
-    validate = rollout_module.validate
-    monkeypatch.setattr("vitkit.serve.service.validate_candidate",
+    validate = update_module.validate
+    monkeypatch.setattr("vitkit.serve.updates.validate",
                         lambda *a: (release.wait(30), validate(*a))[1])
     candidate = new_version(two_models["a"], tmp_path / "slow-validation")
     with ThreadPoolExecutor(1) as pool:

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 
-from vitkit.serve.log import RequestLog, ab_report  # noqa: E402
+from vitkit.serve.ab import ab_report  # noqa: E402
+from vitkit.serve.log import RequestLog  # noqa: E402
 
 
 def test_request_log_on_postgresql(postgres_url: str, tmp_path: Path) -> None:

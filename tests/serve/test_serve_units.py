@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("fastapi")
 
 from vitkit.errors import ConfigError  # noqa: E402
+from vitkit.serve.ab import ab_report, two_proportion_test  # noqa: E402
 from vitkit.serve.batcher import MicroBatcher, Overloaded  # noqa: E402
 from vitkit.serve.config import Arm, serve_config  # noqa: E402
-from vitkit.serve.log import ab_report, two_proportion_test  # noqa: E402
 from vitkit.serve.router import CircuitBreaker, choose_arm  # noqa: E402
 
 

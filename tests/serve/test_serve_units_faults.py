@@ -16,11 +16,12 @@ import pytest
 pytest.importorskip("fastapi")
 
 from vitkit.errors import ConfigError  # noqa: E402
+from vitkit.serve.ab import ab_report  # noqa: E402
 from vitkit.serve.auth import AdminGuard, check_token  # noqa: E402
 from vitkit.serve.batcher import MicroBatcher  # noqa: E402
 from vitkit.serve.config import ServeConfig, serve_config  # noqa: E402
 from vitkit.serve.errors import HttpProblem  # noqa: E402
-from vitkit.serve.log import RequestLog, ab_report  # noqa: E402
+from vitkit.serve.log import RequestLog  # noqa: E402
 from vitkit.serve.router import CircuitBreaker  # noqa: E402
 from vitkit.serve.state import BundleRef, StateStore  # noqa: E402
 

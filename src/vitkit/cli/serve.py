@@ -111,7 +111,8 @@ def serve_ab_report(
     _require_serve()
     from rich.table import Table
 
-    from vitkit.serve.log import ab_report, read_rows
+    from vitkit.serve.ab import ab_report
+    from vitkit.serve.log import read_rows
 
     url = log if "://" in log else f"sqlite:///{Path(log)}"
     if "://" not in log and not Path(log).is_file():

@@ -1,4 +1,7 @@
-"""HTTP around :class:`~vitkit.serve.service.Service` (FastAPI; run by uvicorn).
+"""HTTP around :class:`~vitkit.serve.service.Service` (FastAPI; run by uvicorn): the edge
+(request ids, size limit, draining, metrics by status, access log, JSON errors), offline
+``/docs``, CORS, and one router per surface — :mod:`~vitkit.serve.v1` (health, v1 API, page),
+:mod:`~vitkit.serve.admin` (token-protected updates), :mod:`~vitkit.serve.v2` (KServe/Triton).
 
 Endpoints: ``POST /v1/predict`` (multipart files, JSON with base64 images, or one raw
 ``image/*`` body; ``X-User-Id`` for sticky A/B arms; ``?route=``, ``?maps=1`` for anomaly heat
@@ -15,8 +18,6 @@ errors are JSON ``{"error", "detail"}`` with a 4xx status, never a 500 or a trac
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -31,51 +32,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
+from vitkit.serve.admin import admin_router
 from vitkit.serve.auth import AdminGuard, check_token
+from vitkit.serve.bodies import bounded_body, decode_image
 from vitkit.serve.config import ServeConfig
-from vitkit.serve.errors import HttpProblem
-from vitkit.serve.log import LogUnavailable, ab_report
-from vitkit.serve.page import PAGE
-from vitkit.serve.schemas import (
-    EXTRA_SCHEMAS,
-    Candidate,
-    Feedback,
-    FeedbackRecorded,
-    PredictImages,
-    Predictions,
-    parse,
-    problem_responses,
-    request_body,
-)
-from vitkit.serve.service import (
-    NoModelAvailable,
-    RequestTooLarge,
-    RolloutError,
-    Service,
-    UnknownRoute,
-)
+from vitkit.serve.errors import RETRY_AFTER_S, HttpProblem
+from vitkit.serve.schemas import EXTRA_SCHEMAS, problem_responses
+from vitkit.serve.service import Service
+from vitkit.serve.v1 import v1_router
 from vitkit.serve.v2 import v2_router
 
-RETRY_AFTER_S = 1
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-RAW_IMAGE_TYPES = ("image/",)
-# /v1/predict reads its inputs itself; declared here so that clients, /docs and the schema
-# fuzzer see them (a raw body may also be sent as image/jpeg, image/png, …).
-PREDICT_INPUTS = {
-    **request_body(PredictImages, "multipart/form-data", "application/octet-stream"),
-    "parameters": [
-        {"name": "route", "in": "query", "required": False, "schema": {"type": "string"},
-         "description": "the A/B route (default: default); an unknown one is a 404"},
-        {"name": "maps", "in": "query", "required": False,
-         "schema": {"type": "string", "enum": ["0", "1", "true", "false"]},
-         "description": "1: anomaly heat maps in the answer"},
-        {"name": "X-User-Id", "in": "header", "required": False,
-         "schema": {"type": "string"}, "description": "sticky A/B arm for this user"}]}
 access_log = logging.getLogger("vitkit.access")
 
 __all__ = ["HttpProblem", "create_app"]
@@ -91,9 +60,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     limits = config.limits
     guard = AdminGuard(token, f"{config.admin_token_env} (or admin_token_file)")
     max_bytes = int(limits.max_upload_mb * 1024 * 1024)
-
-    def require_admin(request: Request) -> None:
-        guard.check(request.headers.get("authorization"), _client(request))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -181,129 +147,10 @@ def create_app(config: ServeConfig) -> FastAPI:
                                  f"{request.state.request_id})"}, 500)
 
     # ------------------------------------------------------------------ health, metrics
-    @app.api_route("/livez", methods=["GET", "HEAD"], tags=["health"])
-    async def livez() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"],
-                   responses=problem_responses(503))
-    async def readyz() -> JSONResponse:
-        state = service.readiness()
-        return JSONResponse(state, 200 if state["status"] in ("ready", "degraded") else 503,
-                            headers=None if state["status"] != "loading"
-                            else {"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    async def metrics() -> Response:
-        service.refresh_gauges()
-        return Response(generate_latest(service.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
-
-    # ------------------------------------------------------------------ v1
-    @app.get("/v1/models", tags=["v1"])
-    async def models(request: Request) -> dict[str, Any]:
-        """The models, routes and fallback; bundle paths and load errors only for admin
-        callers (``Authorization: Bearer <token>``)."""
-        return service.describe(admin=guard.is_admin(request.headers.get("authorization")))
-
-    @app.post("/v1/predict", tags=["v1"], openapi_extra=PREDICT_INPUTS,
-              responses={200: {"model": Predictions},
-                         **problem_responses(404, 413, 415, 422, 503)})
-    async def predict(request: Request) -> dict[str, Any]:
-        payloads = await _read_images(request, limits.max_images, max_bytes)
-        loop = asyncio.get_running_loop()
-        images = await asyncio.gather(*[
-            loop.run_in_executor(service.decoders, _decode, data, name, limits.max_pixels)
-            for name, data in payloads])
-        route = request.query_params.get("route")
-        try:
-            answers = await service.answer(
-                images, request.headers.get("x-user-id"), route,
-                with_maps=request.query_params.get("maps", "").lower() in ("1", "true"))
-        except UnknownRoute as exc:
-            raise HttpProblem(404, "unknown route", f"no route '{exc}'; routes: "
-                              f"{', '.join(config.routes)}") from None
-        except RequestTooLarge as exc:
-            raise HttpProblem(413, "too many images", str(exc)) from None
-        except NoModelAvailable as exc:
-            raise HttpProblem(503, "overloaded" if exc.overloaded else "no model available",
-                              str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
-        for (name, _), answer in zip(payloads, answers, strict=True):
-            answer["image"] = name
-        return {"predictions": answers}
-
-    @app.post("/v1/feedback", tags=["v1"], openapi_extra=request_body(Feedback),
-              responses={200: {"model": FeedbackRecorded},
-                         **problem_responses(404, 409, 422, 503)})
-    async def feedback(request: Request) -> dict[str, Any]:
-        body = parse(Feedback, await _json_body(request), "feedback")
-        if service.log is None:
-            raise HttpProblem(409, "no request log", "this server keeps no request log "
-                              "(log.url is null), so feedback cannot be recorded")
-        try:
-            outcome = await asyncio.get_running_loop().run_in_executor(
-                None, service.record_feedback, body.request_id, body.label, body.replace)
-        except LogUnavailable as exc:
-            raise HttpProblem(503, "request log unavailable", f"the request-log database "
-                              f"does not answer ({exc}); retry later",
-                              {"Retry-After": "5"}) from None
-        except ValueError as exc:
-            raise HttpProblem(422, "unknown label", str(exc)) from None
-        if outcome == "unknown":
-            raise HttpProblem(404, "unknown request id", f"no answered image has request_id "
-                              f"{body.request_id!r}")
-        if outcome == "conflict":
-            raise HttpProblem(409, "feedback already recorded", f"{body.request_id!r} already "
-                              'has another label; send "replace": true to overwrite it')
-        return {"request_id": body.request_id, "label": body.label, "recorded": True}
-
-    @app.get("/v1/drift", tags=["v1"])
-    async def drift() -> dict[str, Any]:
-        return {name: {"version": service.slots[name].model.version if name in service.slots
-                       else None, "window": monitor.config.window,
-                       "every": monitor.config.every, "checks": monitor.checks,
-                       "last": monitor.report}
-                for name, monitor in service.drift.items()}
-
-    @app.get("/v1/ab", tags=["v1"], responses=problem_responses(409, 503))
-    async def ab(route: str | None = None) -> dict[str, Any]:
-        if service.log is None:
-            raise HttpProblem(409, "no request log", "A/B figures come from the request log, "
-                              "which is off (log.url is null)")
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(None, service.log.rows)
-        except LogUnavailable as exc:
-            raise HttpProblem(503, "request log unavailable", str(exc),
-                              {"Retry-After": "5"}) from None
-        return ab_report(rows, route)
-
-    # ------------------------------------------------------------------ admin
-    admin_errors = problem_responses(401, 403, 404, 409, 422, 429)
-
-    @app.post("/admin/models/{name}/candidate", status_code=202, tags=["admin"],
-              openapi_extra=request_body(Candidate), responses=admin_errors)
-    async def candidate(name: str, request: Request) -> dict[str, Any]:
-        require_admin(request)
-        body = parse(Candidate, await _json_body(request), "candidate")
-        try:
-            return await service.start_candidate(name, body.bundle, body.variant)
-        except RolloutError as exc:
-            raise HttpProblem(exc.status, "candidate refused", str(exc)) from None
-
-    @app.post("/admin/models/{name}/rollback", tags=["admin"], responses=admin_errors)
-    async def rollback(name: str, request: Request) -> dict[str, Any]:
-        require_admin(request)
-        try:
-            return await service.rollback(name)
-        except RolloutError as exc:
-            raise HttpProblem(exc.status, "nothing to roll back", str(exc)) from None
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return PAGE
-
-    app.include_router(v2_router(service, max_bytes, _bounded_body,
-                                 lambda data, name: _decode(data, name, limits.max_pixels)))
+    app.include_router(v1_router(service, guard, max_bytes))
+    app.include_router(admin_router(service, guard))
+    app.include_router(v2_router(service, max_bytes, bounded_body,
+                                 lambda data, name: decode_image(data, name, limits.max_pixels)))
     _with_extra_schemas(app)
     return app
 
@@ -347,107 +194,15 @@ def _with_extra_schemas(app: FastAPI) -> None:
                                      description="vitkit serve: see /docs")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 EXTRA_SCHEMAS)
-            seen: set[str] = set()
             for operations in schema.get("paths", {}).values():
+                ids = [operation.get("operationId") for operation in operations.values()]
                 for method, operation in operations.items():
-                    if operation.get("operationId") in seen:  # livez_livez_get -> …_head
-                        operation["operationId"] = re.sub(
-                            r"(_get)?$", f"_{method}", operation["operationId"], count=1)
-                    seen.add(operation.get("operationId"))
+                    # FastAPI names the id after one method of the route's set, whichever
+                    # the hash order gives: livez_livez_head for both, on some runs.
+                    if ids.count(operation.get("operationId")) > 1:
+                        base = re.sub(r"_(get|head)$", "", operation["operationId"])
+                        operation["operationId"] = f"{base}_{method}"
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-async def _read_images(request: Request, max_images: int, max_bytes: int
-                       ) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` of every image in a multipart, JSON or raw image request."""
-    content_type = request.headers.get("content-type", "").lower()
-    body = await _bounded_body(request, max_bytes)
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_images, max_fields=max_images + 8)
-        except HTTPException as exc:  # starlette refuses too many parts or a broken body
-            if "too many" in str(exc.detail).lower():
-                raise HttpProblem(413, "too many images", f"at most {max_images} images per "
-                                  f"request (limits.max_images): {exc.detail}") from None
-            raise HttpProblem(422, "bad multipart body", str(exc.detail)) from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HttpProblem(422, "bad multipart body", str(exc)[:200]) from None
-        files = [(getattr(v, "filename", None) or k, v) for k, v in form.multi_items()
-                 if hasattr(v, "read")]
-        if len(files) > max_images:
-            raise HttpProblem(413, "too many images", f"at most {max_images} images per "
-                              "request (limits.max_images)")
-        payloads = [(str(name)[:256], await upload.read()) for name, upload in files]
-    elif content_type.startswith("application/json"):
-        payloads = _base64_images(parse(PredictImages, _parse_json(body), "request"),
-                                  max_images)
-    elif content_type.startswith(RAW_IMAGE_TYPES) or content_type == "application/octet-stream":
-        payloads = [("body", body)] if body else []
-    else:
-        raise HttpProblem(415, "unsupported request", "send multipart/form-data with image "
-                          'files, application/json {"images": ["<base64>", ...]}, or one '
-                          "image as the body (Content-Type: image/jpeg, image/png, …)")
-    if not payloads:
-        raise HttpProblem(422, "no image", "the request holds no image")
-    return payloads
-
-
-async def _bounded_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused past ``max_bytes`` even without a Content-Length (chunked)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HttpProblem(413, "too large", f"the request body is over {max_bytes:,} bytes "
-                              "(limits.max_upload_mb)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # noqa: SLF001 - lets request.form()/json() parse what was read
-    return body
-
-
-async def _json_body(request: Request) -> Any:
-    return _parse_json(await _bounded_body(request, 1024 * 1024))
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        value = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpProblem(422, "bad json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise HttpProblem(422, "bad json", "the body must be a JSON object")
-    return value
-
-
-def _base64_images(body: PredictImages, max_images: int) -> list[tuple[str, bytes]]:
-    if body.images is not None and body.image is not None:
-        raise HttpProblem(422, "bad json", 'send either "images" or "image", not both')
-    items = body.images if body.images is not None else (
-        [body.image] if body.image is not None else None)
-    if items is None:
-        raise HttpProblem(422, "bad json", 'send {"images": ["<base64>", ...]} or '
-                          '{"image": "<base64>"}')
-    if len(items) > max_images:
-        raise HttpProblem(413, "too many images", f"at most {max_images} images per request "
-                          "(limits.max_images)")
-    decoded = []
-    for i, item in enumerate(items):
-        try:
-            decoded.append((f"images[{i}]", base64.b64decode(item.split(",")[-1],
-                                                             validate=True)))
-        except (binascii.Error, ValueError):
-            raise HttpProblem(422, "bad base64", f"images[{i}] is not valid base64") from None
-    return decoded
-
-
-def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    try:
-        image, _ = decode_rgb(data, max_pixels)
-    except ImageProblem as problem:
-        status = {BOMB: 413, NOT_AN_IMAGE: 415}.get(problem.kind, 422)
-        raise HttpProblem(status, problem.kind, f"{name}: {problem.reason}") from None
-    return image

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from vitkit.config import load_config
 from vitkit.errors import ConfigError
 from vitkit.serve.drift import DriftConfig
-from vitkit.serve.rollout import RolloutConfig
+from vitkit.serve.update import UpdateConfig
 
 DEFAULT_ROUTE = "default"
 
@@ -104,7 +104,8 @@ class ServeConfig(_Strict):
     breaker: Breaker = Breaker()
     limits: Limits = Limits()
     log: LogConfig = LogConfig()
-    rollout: RolloutConfig = RolloutConfig()
+    rollout: UpdateConfig = Field(default_factory=UpdateConfig, description="how a candidate "
+                                  "is checked, shadowed, canaried and promoted")
     drift: DriftConfig = DriftConfig()
     cors: Cors = Cors()
     access_log: bool = Field(True, description="one line per request on the vitkit.access "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+RETRY_AFTER_S = 1  # what 503 answers ask clients to wait
+
 
 class HttpProblem(Exception):
     """A request the service refuses: its status, a short name and what to do about it."""

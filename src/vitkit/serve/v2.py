@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from vitkit.serve.batcher import Overloaded
-from vitkit.serve.errors import HttpProblem
+from vitkit.serve.errors import RETRY_AFTER_S, HttpProblem
 from vitkit.serve.schemas import (
     MAX_V2_ELEMENTS,
     V2Error,
@@ -43,7 +43,6 @@ from vitkit.serve.schemas import (
 from vitkit.serve.service import ModelFailure, RequestTooLarge, Service
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-RETRY_AFTER_S = 1
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}

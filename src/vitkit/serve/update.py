@@ -1,4 +1,5 @@
-"""Validated model updates: candidate → validated → shadow → canary → promoted (or rolled back).
+"""One model update: candidate → validated → shadow → canary → promoted (or rolled back) —
+its states, what each side did, the verdict, and the checks before any traffic.
 
 A candidate bundle is loaded beside the live model and checked before it sees any traffic:
 compatible task and labels, recorded accuracy and a re-measure on the live bundle's reference
@@ -27,7 +28,7 @@ PROMOTED, ROLLED_BACK, REJECTED = "promoted", "rolled back", "rejected"
 ACTIVE = (SHADOW, CANARY)
 
 
-class RolloutConfig(BaseModel):
+class UpdateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_drop: float = Field(0.02, ge=0, le=1, description="accuracy the candidate may lose")
@@ -74,11 +75,11 @@ class Observed:
 
 
 @dataclass
-class Rollout:
+class ModelUpdate:
     name: str
     candidate: ServedModel | None  # None while it loads
     previous: ServedModel
-    config: RolloutConfig
+    config: UpdateConfig
     state: str = VALIDATING
     started: float = field(default_factory=time.time)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -139,7 +140,7 @@ class Rollout:
                 "agreement": self.agreement(), "history": self.history}
 
     def record(self) -> dict[str, Any]:
-        """What the state file keeps of this rollout (no live objects)."""
+        """What the state file keeps of this update (no live objects)."""
         return {"started": self.started, "state": self.state,
                 "candidate_version": self.candidate.version if self.candidate else None,
                 "candidate_bundle": str(self.candidate.bundle) if self.candidate else None,
@@ -151,7 +152,7 @@ def p95(values: list[float]) -> float | None:
 
 
 # ----------------------------------------------------------------------------- validation
-def validate(candidate: ServedModel, live: ServedModel, config: RolloutConfig
+def validate(candidate: ServedModel, live: ServedModel, config: UpdateConfig
              ) -> tuple[bool, dict[str, Any]]:
     """The checks before any traffic; returns (passed, figures with the reasons)."""
     figures: dict[str, Any] = {"checks": []}
