@@ -9,7 +9,7 @@ the reliability bins before and after) and ``reliability.png``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,9 +24,7 @@ from vitkit.predictor.predict import load
 from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.report.plots import plot_reliability
 from vitkit.workflows.run_folder import refresh_report, run_folder_of
-
-if TYPE_CHECKING:
-    from vitkit.workflows.trust import TrustContext
+from vitkit.workflows.trust_context import TrustContext
 
 CALIBRATION_JSON = "calibration.json"
 RELIABILITY_PNG = "reliability.png"

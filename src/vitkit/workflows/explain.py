@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +41,7 @@ from vitkit.predictor.predict import (
 )
 from vitkit.predictor.variants import REFERENCE_VARIANT, find_variant
 from vitkit.report._style import CSS
-
-if TYPE_CHECKING:
-    from vitkit.workflows.trust import TrustContext
+from vitkit.workflows.trust_context import TrustContext
 
 EXPLANATIONS_FILE = "explanations.json"
 INDEX_FILE = "index.html"

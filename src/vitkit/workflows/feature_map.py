@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vitkit.console import stderr_console
 from vitkit.errors import VitkitError
 from vitkit.report.feature_map import MIN_POINTS, compute_feature_map, write_feature_map
-
-if TYPE_CHECKING:  # trust.py imports this module to register the step
-    from vitkit.workflows.trust import TrustContext
+from vitkit.workflows.trust_context import TrustContext
 
 
 def feature_map_step(context: TrustContext) -> None:

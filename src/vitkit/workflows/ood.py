@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +40,7 @@ from vitkit.ood.scores import METHODS, TrainingSet
 from vitkit.predictor.embed import Embeddings, embed_paths
 from vitkit.predictor.predict import Predictor, expand_paths, load
 from vitkit.predictor.variants import REFERENCE_VARIANT
-
-if TYPE_CHECKING:
-    from vitkit.workflows.trust import TrustContext
+from vitkit.workflows.trust_context import TrustContext
 
 METHOD_CHOICES = ("auto", *METHODS)
 DRIFT_REFERENCE_ROWS = 500

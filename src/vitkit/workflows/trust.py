@@ -2,9 +2,10 @@
 
 ``finish_run`` calls :func:`after_training` with the saved bundle. Each step (OOD statistics,
 temperature scaling, explanation examples, the feature map) is a function of a
-:class:`TrustContext`; it writes its files into the run folder and, when it fits something
-the bundle needs at prediction time, into the bundle. A failing step is reported and skipped:
-it never costs the user the trained model.
+:class:`~vitkit.workflows.trust_context.TrustContext` (its own module, so that the steps
+import it without importing this one); it writes its files into the run folder and, when it
+fits something the bundle needs at prediction time, into the bundle. A failing step is
+reported and skipped: it never costs the user the trained model.
 
 Files each step leaves in the run folder (the report reads them when present):
     ood.json, calibration.json + reliability.png, explanations/explanations.json + PNGs,
@@ -13,56 +14,14 @@ Files each step leaves in the run folder (the report reads them when present):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from vitkit.classify.config import TrainConfig
 from vitkit.console import stderr_console
-from vitkit.data import Sample
 from vitkit.errors import VitkitError
-from vitkit.predictor.embed import Embeddings, embed_samples
-from vitkit.predictor.predict import Predictor, load
-from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.workflows.calibration import calibration_step
 from vitkit.workflows.explain import explain_examples_step
 from vitkit.workflows.feature_map import feature_map_step
 from vitkit.workflows.ood import fit_ood_step
-
-
-@dataclass
-class TrustContext:
-    """Everything a trust step may use; embeddings are computed once, on first use."""
-
-    bundle: Path
-    run_dir: Path
-    config: TrainConfig
-    samples: dict[str, list[Sample]]  # "train" / "val" / "test"
-    progress: bool = True
-    _predictor: Predictor | None = None
-    _embeddings: dict[str, Embeddings] = field(default_factory=dict)
-
-    @property
-    def predictor(self) -> Predictor:
-        """The saved bundle, loaded (again, after a step changed it: see :meth:`reload`)."""
-        if self._predictor is None:
-            self._predictor = load(self.bundle, variant=REFERENCE_VARIANT)
-        return self._predictor
-
-    def reload(self) -> None:
-        """Forget the loaded predictor: the next use reads the bundle as it is now."""
-        self._predictor = None
-
-    def embeddings(self, split: str) -> Embeddings:
-        """Features and logits of a split's images (computed once per run)."""
-        if split not in self._embeddings:
-            self._embeddings[split] = embed_samples(
-                self.predictor, self.samples[split], self.config.batch_size,
-                self.config.num_workers, self.progress, f"features ({split})")
-        return self._embeddings[split]
-
-
-TrustStep = Callable[[TrustContext], None]
+from vitkit.workflows.trust_context import TrustContext, TrustStep
 
 
 def trust_steps(config: TrainConfig) -> list[tuple[str, TrustStep]]:
@@ -90,3 +49,6 @@ def after_training(context: TrustContext) -> list[str]:
             stderr_console.print(f"[yellow]skipped {name}:[/] {problem}")
             failed.append(name)
     return failed
+
+
+__all__ = ["TrustContext", "TrustStep", "after_training", "trust_steps"]
