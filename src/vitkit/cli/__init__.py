@@ -3,8 +3,8 @@
 Conventions: `--json` prints one JSON document on stdout; people get tables and progress bars on
 stderr. Exit codes: 0 ok, 2 user error (a one-paragraph message, no traceback), 1 internal error.
 
-The verbs live in one module per area (classify, compress, trust, anomaly); importing them
-registers them on ``app`` in the order `vitkit --help` lists them.
+The verbs live in one module per area (classify, compress, trust, anomaly, serve, version);
+importing them registers them on ``app`` in the order `vitkit --help` lists them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vitkit.errors import VitkitError
 
 __all__ = ["app", "main"]
 
-for _verbs in ("classify", "compress", "trust", "anomaly", "serve"):  # --help's order
+for _verbs in ("classify", "compress", "trust", "anomaly", "serve", "version"):  # --help's order
     importlib.import_module(f"vitkit.cli.{_verbs}")
 
 
