@@ -24,7 +24,7 @@ from vitkit.backbones import BackboneSpec
 from vitkit.bundle import BundleMeta, load_tensors, load_weights, read_meta, save_bundle
 from vitkit.data import ImageProblem, load_rgb
 from vitkit.data.transforms import bundle_preprocessing
-from vitkit.errors import BundleError, VitkitError
+from vitkit.errors import BundleError, ImageFailure, VitkitError
 
 ANOMALY_FILE = "anomaly.safetensors"
 REFERENCE = "torch-fp32"  # the variant that runs the extractor in PyTorch
@@ -52,17 +52,6 @@ class AnomalyScore:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "score": self.score, "label": self.label,
                 "raw_score": self.raw_score}
-
-
-@dataclass
-class ScoreError:
-    """An input that could not be scored, and why."""
-
-    path: str
-    error: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "error": self.error}
 
 
 class AnomalyDetector:
@@ -115,8 +104,8 @@ class AnomalyDetector:
     def score_paths(self, paths: Sequence[Path], batch_size: int = 16, with_maps: bool = False,
                     keep_images: bool = False, max_map_side: int | None = None,
                     normalized_maps: bool = True
-                    ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
-        """Scores image files in batches; unreadable files yield a :class:`ScoreError`.
+                    ) -> Iterator[tuple[AnomalyScore | ImageFailure, Image.Image | None]]:
+        """Scores image files in batches; an unreadable file yields an ``ImageFailure``.
 
         Yields (result, image) pairs; the image is the decoded RGB file when ``keep_images``
         (for overlays), else None. Maps come at the image's size, or with the long side capped
@@ -140,7 +129,7 @@ class AnomalyDetector:
             try:
                 image, _ = load_rgb(path)
             except ImageProblem as problem:
-                yield ScoreError(str(path), problem.reason), None
+                yield ImageFailure(str(path), problem.reason), None
                 continue
             pending.append((path, image))
             if len(pending) == batch_size:

@@ -21,10 +21,10 @@ from vitkit.cli.common import (
     short_path,
 )
 from vitkit.console import make_progress, stderr_console
-from vitkit.errors import VitkitError
+from vitkit.errors import ImageFailure, VitkitError
 
 if TYPE_CHECKING:
-    from vitkit.predictor.predict import Prediction, PredictionError  # noqa: F401
+    from vitkit.predictor.predict import Prediction  # noqa: F401
 
 
 @app.command()
@@ -257,7 +257,7 @@ def predict(
     listed as rows with an error); 2 when none could be (missing paths, empty folders,
     unreadable files)."""
     from vitkit.data.files import require_images
-    from vitkit.predictor.predict import Prediction, PredictionError, expand_paths, load
+    from vitkit.predictor.predict import Prediction, expand_paths, load
     from vitkit.predictor.tta import TTA_VIEWS, TtaTiming
 
     files, missing = expand_paths(paths)
@@ -267,7 +267,7 @@ def predict(
         stderr_console.print(f"[dim]running {predictor.variant.name}, the bundle's default "
                              "variant (--variant to choose another)[/]", highlight=False)
     timing = TtaTiming(len(TTA_VIEWS[tta])) if tta != "none" else None
-    results: list[Prediction | PredictionError] = list(missing)
+    results: list[Prediction | ImageFailure] = list(missing)
     with make_progress(not quiet and len(files) > batch_size) as bar:
         task = bar.add_task("predicting", total=len(files), stats="") if bar else None
         for result in predictor.predict_paths(files, top_k=top_k, batch_size=batch_size,
@@ -287,11 +287,11 @@ def predict(
         print_json([r.to_dict() for r in results])
     else:
         stderr_console.print(prediction_table(results))
-    failures = [(r.path, r.error) for r in results if isinstance(r, PredictionError)]
+    failures = [(r.path, r.error) for r in results if isinstance(r, ImageFailure)]
     finish_items("classified", len(results) - len(failures), failures)
 
 
-def prediction_table(results: Sequence[Prediction | PredictionError]) -> Table:
+def prediction_table(results: Sequence[Prediction | ImageFailure]) -> Table:
     """One row per image; an "unknown" row says why instead of showing a class probability."""
     from vitkit.predictor.predict import Prediction
 

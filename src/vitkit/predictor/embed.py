@@ -17,7 +17,8 @@ import torch
 from vitkit.backbones import ImageClassifier
 from vitkit.console import make_progress
 from vitkit.data import ImageDataset, Sample, make_loader
-from vitkit.predictor.predict import PredictionError, Predictor, embed_batch, readable_batches
+from vitkit.errors import ImageFailure
+from vitkit.predictor.predict import Predictor, embed_batch, readable_batches
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Embeddings:
     logits: torch.Tensor
     paths: list[str]
     targets: torch.Tensor | None = None  # (N,) class indices, when the images were labelled
-    skipped: list[PredictionError] = field(default_factory=list)
+    skipped: list[ImageFailure] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,7 +43,7 @@ def embed_paths(predictor: Predictor, paths: Sequence[Path | str], batch_size: i
     features: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     kept: list[str] = []
-    skipped: list[PredictionError] = []
+    skipped: list[ImageFailure] = []
     for batch in readable_batches(list(paths), lambda p: p, predictor.transform, batch_size,
                                   skipped, progress, description):
         f, z = embed_batch(model, torch.stack([t for _, t in batch]))
@@ -77,7 +78,7 @@ def embed_samples(predictor: Predictor, samples: Sequence[Sample], batch_size: i
 
 
 def _stack(features: list[torch.Tensor], logits: list[torch.Tensor], paths: list[str],
-           targets: torch.Tensor | None, skipped: list[PredictionError],
+           targets: torch.Tensor | None, skipped: list[ImageFailure],
            model: ImageClassifier, classes: int) -> Embeddings:
     if not features:
         return Embeddings(torch.zeros(0, model.num_features), torch.zeros(0, classes), [],

@@ -18,7 +18,7 @@ from vitkit.console import make_progress
 from vitkit.data import ImageProblem, eval_transform, load_rgb
 from vitkit.data.files import find_images, why_unmatched
 from vitkit.data.transforms import bundle_preprocessing
-from vitkit.errors import BundleError, VitkitError
+from vitkit.errors import BundleError, ImageFailure, VitkitError
 from vitkit.predictor.runtimes import (
     RUNTIME_MODULES,
     Runtime,
@@ -57,13 +57,8 @@ class Prediction:
         return out
 
 
-@dataclass
-class PredictionError:
-    path: str
-    error: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "error": self.error}
+# The name this module gave the per-image failure before there was one type for it.
+PredictionError = ImageFailure
 
 
 class Predictor:
@@ -159,7 +154,7 @@ class Predictor:
     def predict_paths(
         self, paths: Sequence[Path], top_k: int = 5, batch_size: int = 32,
         timing: TtaTiming | None = None,
-    ) -> Iterator[Prediction | PredictionError]:
+    ) -> Iterator[Prediction | ImageFailure]:
         """Predicts images in batches; an unreadable file yields an error, not an exception.
         Scores are calibrated probabilities, averaged over the views of ``self.tta``."""
         k = max(1, min(top_k, len(self.labels)))
@@ -168,7 +163,7 @@ class Predictor:
             try:
                 image, _ = load_rgb(path)
             except ImageProblem as problem:
-                yield PredictionError(str(path), problem.reason)
+                yield ImageFailure(str(path), problem.reason)
                 continue
             pending.append((path, self.transform(image)))
             if len(pending) == batch_size:
@@ -320,20 +315,19 @@ def _temperature(meta: BundleMeta, path: Path | None) -> float:
     return float(value)
 
 
-def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[PredictionError]]:
+def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[ImageFailure]]:
     """Files as given, folders searched recursively for images, globs expanded.
 
     Returns the image paths (in a stable order, without duplicates) and an error per input that
     matched nothing.
     """
     found, unmatched = find_images(inputs)
-    return found, [PredictionError(item, why_unmatched(item))
-                   for item in unmatched]
+    return found, [ImageFailure(item, why_unmatched(item)) for item in unmatched]
 
 
 def readable_batches(items: Sequence[Item], path_of: Callable[[Item], Path | str],
                      transform: Callable[[Any], torch.Tensor], batch_size: int,
-                     skipped: list[PredictionError], progress: bool = False,
+                     skipped: list[ImageFailure], progress: bool = False,
                      description: str = "images") -> Iterator[list[tuple[Item, torch.Tensor]]]:
     """``items`` whose image file loads, transformed, in batches of ``(item, tensor)``; an
     unreadable or odd file is appended to ``skipped`` and the run goes on."""
@@ -346,7 +340,7 @@ def readable_batches(items: Sequence[Item], path_of: Callable[[Item], Path | str
                 image, _ = load_rgb(path)
                 pending.append((item, transform(image)))
             except ImageProblem as problem:
-                skipped.append(PredictionError(str(path), problem.reason))
+                skipped.append(ImageFailure(str(path), problem.reason))
             if len(pending) == batch_size:
                 yield pending
                 pending = []

@@ -28,17 +28,11 @@ from vitkit.atomic import write_bytes_atomic, write_text_atomic
 from vitkit.bundle import read_meta, write_json_atomic
 from vitkit.console import stderr_console
 from vitkit.data.files import require_images
-from vitkit.errors import ConfigError
+from vitkit.errors import ConfigError, ImageFailure
 from vitkit.explain.explainer import Explainer
 from vitkit.explain.overlay import model_view, overlay_map
 from vitkit.explain.rollout import DEFAULT_HEAD_FUSION, HeadFusion
-from vitkit.predictor.predict import (
-    PredictionError,
-    Predictor,
-    expand_paths,
-    load,
-    readable_batches,
-)
+from vitkit.predictor.predict import Predictor, expand_paths, load, readable_batches
 from vitkit.predictor.variants import REFERENCE_VARIANT, find_variant
 from vitkit.report._style import CSS
 from vitkit.workflows.trust_context import TrustContext
@@ -82,7 +76,7 @@ class ExplainResult:
     layer: str | None
     out_dir: Path
     explanations: list[Explanation] = field(default_factory=list)
-    skipped: list[PredictionError] = field(default_factory=list)
+    skipped: list[ImageFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

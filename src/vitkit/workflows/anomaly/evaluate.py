@@ -10,19 +10,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitkit.anomaly.detector import (
-    AnomalyDetector,
-    AnomalyScore,
-    ScoreError,
-    load_anomaly_detector,
-)
+from vitkit.anomaly.detector import AnomalyDetector, AnomalyScore, load_anomaly_detector
 from vitkit.anomaly.metrics import evaluate_anomaly
 from vitkit.anomaly.overlay import heatmap_overlay
 from vitkit.anomaly.threshold import ScoreScale, f1_optimal_threshold
 from vitkit.bundle import update_meta, write_json_atomic
 from vitkit.console import make_progress
 from vitkit.data.mvtec import GOOD, TestImage, mvtec_test_images, read_mask
-from vitkit.errors import DataError
+from vitkit.errors import DataError, ImageFailure
 
 
 def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: str = "stored",
@@ -45,12 +40,12 @@ def run_eval(bundle: Path, data_root: Path, out: Path | None = None, threshold: 
     tests = mvtec_test_images(data_root)
     by_path = {t.path: t for t in tests}
     scored: list[tuple[TestImage, AnomalyScore]] = []
-    skipped: list[ScoreError] = []
+    skipped: list[ImageFailure] = []
     with make_progress(progress) as bar:
         task = bar.add_task("Scoring test images", total=len(tests), stats="") if bar else None
         for result, image in _score_for_eval(detector, [t.path for t in tests], batch_size,
                                              max_map_side):
-            if isinstance(result, ScoreError):
+            if isinstance(result, ImageFailure):
                 skipped.append(result)
             else:
                 scored.append((by_path[Path(result.path)], result))
@@ -105,7 +100,7 @@ def _fitted_with(record: dict[str, Any]) -> dict[str, Any]:
 
 def _score_for_eval(detector: AnomalyDetector, paths: Sequence[Path], batch_size: int,
                     max_map_side: int
-                    ) -> Iterator[tuple[AnomalyScore | ScoreError, Image.Image | None]]:
+                    ) -> Iterator[tuple[AnomalyScore | ImageFailure, Image.Image | None]]:
     """``score_paths`` with maps capped at ``max_map_side`` to bound memory and in raw score
     units: the normalised maps saturate at 1, and ties there would understate pixel AUROC and
     PRO (and make them depend on the hold-out set that set the scale)."""

@@ -5,22 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from vitkit.anomaly.detector import AnomalyScore, ScoreError, load_anomaly_detector
+from vitkit.anomaly.detector import AnomalyScore, load_anomaly_detector
 from vitkit.anomaly.overlay import heatmap_overlay, save_png_atomic
 from vitkit.console import make_progress
 from vitkit.data.files import find_images, require_images, why_unmatched
+from vitkit.errors import ImageFailure
 
 
 def run_score(bundle: Path, inputs: Sequence[str], maps_dir: Path | None = None,
               batch_size: int = 16, device: str = "auto", progress: bool = True,
-              variant: str | None = None) -> list[AnomalyScore | ScoreError]:
+              variant: str | None = None) -> list[AnomalyScore | ImageFailure]:
     """Scores images; with ``maps_dir`` also writes one heat-map overlay PNG per image.
     ``variant`` runs an exported feature extractor (`vitkit anomaly export`)."""
     files, unmatched = find_images(inputs)
     require_images(files, unmatched)  # before the detector loads
     detector = load_anomaly_detector(bundle, device, variant=variant)
-    results: list[AnomalyScore | ScoreError] = [
-        ScoreError(item, why_unmatched(item)) for item in unmatched]
+    results: list[AnomalyScore | ImageFailure] = [
+        ImageFailure(item, why_unmatched(item)) for item in unmatched]
     names = _unique_names(files)
     with make_progress(progress and len(files) > batch_size) as bar:
         task = bar.add_task("Scoring", total=len(files), stats="") if bar else None
