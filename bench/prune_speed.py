@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from speed_goal import TimmEager  # type: ignore[import-not-found]
 
-from vitkit.bench.timing import Budget, measure_latency, measure_throughput
+from vitkit.benchmark.timing import Budget, measure_latency, measure_throughput
 from vitkit.bundle import read_meta
 from vitkit.compress.quantize import quantize_bundle
 from vitkit.compress.reference import compare, image_batches, reference_images

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from vitkit.bench.timing import Budget, measure_latency, measure_throughput
+from vitkit.benchmark.timing import Budget, measure_latency, measure_throughput
 from vitkit.bundle import read_meta
 from vitkit.classify.config import TrainConfig
 from vitkit.compress.quantize import quantize_bundle

@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from vitkit.bench.timing import Budget, measure_latency, measure_throughput  # noqa: E402
+from vitkit.benchmark.timing import Budget, measure_latency, measure_throughput  # noqa: E402
 from vitkit.compress.tome import apply_tome  # noqa: E402
 
 BUDGET = Budget(warmup_runs=3, min_runs=20, min_seconds=3.0, max_runs=300, max_seconds=8.0,

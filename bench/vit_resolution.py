@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vitkit.bench.timing import Budget, measure_throughput
+from vitkit.benchmark.timing import Budget, measure_throughput
 from vitkit.compress.reference import reference_images
 from vitkit.data import Preprocessing, eval_transform, load_rgb
 from vitkit.predictor.predict import load

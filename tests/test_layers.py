@@ -39,7 +39,7 @@ LAYERS: list[set[str]] = [  # lowest first; a package may import its own layer a
     {"predictor"},  # one bundle, any runtime: below everything that predicts
     {"evaluate", "anomaly", "explain", "compress"},  # metrics; anomaly methods; maps; variants
     {"report"},  # HTML pages and PNG plots
-    {"classify", "bench"},  # training engine and distillation; measuring variants
+    {"classify", "benchmark"},  # training engine, distillation; `vitkit bench` measuring variants
     {"workflows"},  # end-to-end jobs behind the verbs: the only layer that ties the others
     {"serve", "cli", "__init__", "__main__"},  # the doors: HTTP, the command line, the facade
 ]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from vitkit.bench import QUICK, BenchConfig, run_bench
-from vitkit.bench.output import bench_stacked, bench_table, write_csv
+from vitkit.benchmark import QUICK, BenchConfig, run_bench
+from vitkit.benchmark.output import bench_stacked, bench_table, write_csv
 from vitkit.bundle import read_meta, update_meta
 from vitkit.errors import VitkitError
 from vitkit.predictor import runtimes

@@ -14,7 +14,7 @@ import torch
 from tests.e2e.cli import run_cli
 
 import vitkit
-from vitkit.bench import QUICK, BenchConfig, run_bench
+from vitkit.benchmark import QUICK, BenchConfig, run_bench
 from vitkit.bundle import read_meta
 from vitkit.compress.reference import reference_images
 from vitkit.errors import VitkitError

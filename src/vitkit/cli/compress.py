@@ -130,7 +130,7 @@ def optimize(
     variant unless --variant names another. Re-run it on the machine that will serve: speed
     does not travel between CPUs.
     """
-    from vitkit.bench import QUICK, Budget
+    from vitkit.benchmark import QUICK, Budget
     from vitkit.workflows.optimize import Goal, run_optimize, set_default_variant
 
     if goal not in get_args(Goal):
@@ -212,8 +212,8 @@ def bench(
 ) -> None:
     """Size, parameters, accuracy and drop vs fp32, agreement, latency, throughput, peak memory
     and load time of every variant; variants that cannot run here are listed as skipped."""
-    from vitkit.bench import QUICK, BenchConfig, Budget, run_bench
-    from vitkit.bench.output import (
+    from vitkit.benchmark import QUICK, BenchConfig, Budget, run_bench
+    from vitkit.benchmark.output import (
         WIDE_TABLE_COLUMNS,
         bench_stacked,
         bench_table,

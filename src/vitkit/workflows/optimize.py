@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import torch
 
-from vitkit.bench import BenchConfig, Budget, run_bench
-from vitkit.bench.run import VariantResult
+from vitkit.benchmark import BenchConfig, Budget, run_bench
+from vitkit.benchmark.run import VariantResult
 from vitkit.bundle import read_meta, update_meta
 from vitkit.compress.quantize import QuantizationRefused, is_transformer, quantize_bundle
 from vitkit.compress.tome import tome_supported

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vitkit.atomic import write_text_atomic
-from vitkit.bench.run import BenchResult, VariantResult
+from vitkit.benchmark.run import BenchResult, VariantResult
 
 UNKNOWN = "n/a"
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vitkit.bench.timing import Budget, Latency, PeakRss, measure_latency, measure_throughput
+from vitkit.benchmark.timing import Budget, Latency, PeakRss, measure_latency, measure_throughput
 from vitkit.bundle import WEIGHTS_FILE, BundleMeta, read_meta
 from vitkit.errors import BundleError, DataError, VitkitError
 from vitkit.predictor import runtimes
