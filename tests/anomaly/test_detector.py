@@ -131,7 +131,7 @@ def test_vit_patch_tokens_work_as_features(method: str, normal_dir: Path,
 def test_eval_pixel_metrics_use_unclipped_maps(normal_dir: Path, tmp_path: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from vitkit.anomaly.metrics import _pixel_auroc_with_bound
+    from vitkit.anomaly.pixel_metrics import _pixel_auroc_with_bound
     from vitkit.workflows.anomaly import run_eval
 
     root = tmp_path / "mvtec"

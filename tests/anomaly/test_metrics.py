@@ -13,11 +13,13 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from vitkit.anomaly.maps import upsample_map
 from vitkit.anomaly.metrics import (
-    _pixel_auroc_with_bound,
-    _pro_with_bound,
     evaluate_anomaly,
     image_metrics,
     per_defect_metrics,
+)
+from vitkit.anomaly.pixel_metrics import (
+    _pixel_auroc_with_bound,
+    _pro_with_bound,
     pixel_auroc,
     pro_score,
 )
