@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vitkit.compress.export import export_onnx, to_openvino
-from vitkit.compress.quantize import (
+from vitkit.compress.quantizers import (
     pre_process_onnx,
     quantize_onnx_dynamic,
     quantize_onnx_static,

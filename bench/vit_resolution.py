@@ -46,7 +46,7 @@ def openvino_throughput(model: torch.nn.Module, size: int, int8_calib: torch.Ten
     import openvino as ov
 
     from vitkit.compress.export import to_openvino
-    from vitkit.compress.quantize import quantize_openvino
+    from vitkit.compress.quantizers import quantize_openvino
 
     example = torch.randn(32, 3, size, size)
     out: dict[str, float] = {}

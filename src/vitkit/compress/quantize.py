@@ -21,6 +21,11 @@ fp16              –                                     – / autocast [torch-
 Static int8 is calibrated on the bundle's training images (or ``calib``); ViTs get NNCF's
 transformer preset (mixed, SmoothQuant). The torch variants are built on load from the
 weights, so only their measurements are recorded.
+
+The runtimes' quantizers themselves are in :mod:`vitkit.compress.quantizers`. This module
+(~480 lines) is one workflow — plan, stage, build, measure, keep or refuse — whose steps share
+the :class:`Plan` and the staging folder; split further, each part would be read only beside
+the others.
 """
 
 from __future__ import annotations
@@ -30,9 +35,7 @@ import copy
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,13 @@ import torch
 from torch import nn
 
 from vitkit.bundle import BundleMeta, read_meta
-from vitkit.compress.export import INPUT_NAME, export_onnx, to_openvino
+from vitkit.compress.export import export_onnx, to_openvino
+from vitkit.compress.quantizers import (
+    pre_process_onnx,
+    quantize_onnx_dynamic,
+    quantize_onnx_static,
+    quantize_openvino,
+)
 from vitkit.compress.reference import (
     Comparison,
     ReferenceImages,
@@ -455,23 +464,6 @@ def _build_openvino(plan: Plan, model: nn.Module, example: torch.Tensor,
     return runtime, path.name, options | {"inference_precision_hint": "bf16"}
 
 
-def quantize_openvino(ov_model: Any, calib: Sequence[np.ndarray], transformer: bool) -> Any:
-    """NNCF post-training int8: the transformer preset (mixed, SmoothQuant) for ViTs, the
-    performance preset (symmetric) for CNNs."""
-    nncf = require("nncf")
-    if not calib:
-        raise DataError("static int8 needs calibration images")
-    kwargs: dict[str, Any] = {"subset_size": len(calib)}
-    if transformer:
-        kwargs |= {"model_type": nncf.ModelType.TRANSFORMER,
-                   "preset": nncf.QuantizationPreset.MIXED}
-    else:
-        kwargs["preset"] = nncf.QuantizationPreset.PERFORMANCE
-    # NNCF draws its progress bars on stdout, which belongs to --json: move them to stderr.
-    with _quiet(), contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(ov_model, nncf.Dataset(list(calib)), **kwargs)
-
-
 def _build_onnx(plan: Plan, model: nn.Module, example: torch.Tensor,
                 calib: Sequence[np.ndarray], built: Path, staging: Path
                 ) -> tuple[Runtime, str, dict[str, Any]]:
@@ -491,66 +483,3 @@ def _build_onnx(plan: Plan, model: nn.Module, example: torch.Tensor,
     shutil.rmtree(scratch)
     return OnnxRuntime(path, plan.precision, plan.variant), path.name, options | {
         "opset": exported["opset"]}
-
-
-def quantize_onnx_dynamic(source: Path, target: Path) -> None:
-    """ONNX Runtime dynamic int8: int8 weights, activations quantized on the fly."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet():
-        quantize_dynamic(str(source), str(target), per_channel=True,
-                         weight_type=QuantType.QInt8)
-
-
-def pre_process_onnx(source: Path, scratch: Path) -> Path:
-    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation); the
-    fp32 graph itself when it fails, as quantization works without it."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = scratch / "model.prep.onnx"
-    with _quiet():
-        try:
-            quant_pre_process(str(source), str(prepared))
-        except Exception:  # noqa: BLE001 - pre-processing only helps
-            return source
-    return prepared
-
-
-def quantize_onnx_static(source: Path, target: Path, calib: Sequence[np.ndarray],
-                         transformer: bool) -> list[str] | None:
-    """ONNX Runtime static int8 in QDQ format, per-channel weights, calibrated (MinMax) on
-    ``calib``. ViTs quantize only their matrix products (LayerNorm, Softmax and GELU stay
-    fp32, as ONNX Runtime's transformer recipes do). Returns the op types quantized (None:
-    every supported one)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    if not calib:
-        raise DataError("static int8 needs calibration images")
-    ops = ["Conv", "MatMul", "Gemm"] if transformer else None
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._items = iter([{INPUT_NAME: array} for array in calib])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._items, None)
-
-    reader = Reader()
-    with _quiet():
-        quantize_static(str(source), str(target), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=ops)
-    return ops
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silences the converters' warnings (tracer, deprecation) that users cannot act on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
