@@ -11,6 +11,11 @@ largest, so it runs the greedy loop on a small candidate set (the points at or a
 threshold ``tau``) for as long as the best candidate stays at or above ``tau`` - every other
 point is below ``tau`` and can only have moved down - and then brings all points up to date
 with the new centres in one compute-bound matrix product, picks a new threshold and repeats.
+
+Kept whole (~465 lines): the paper's three steps (locally aware patches, the coreset,
+nearest-neighbour scores) with the measured constants that tune them side by side; the coreset
+(``greedy_coreset`` and its helpers) is the seam should it grow. The method around this math
+is :mod:`vitkit.anomaly.methods.patchcore`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ Every epoch ends with a checkpoint, so a killed run resumes where it stopped and
 epoch reseeds from (seed, epoch), ends exactly where an uninterrupted run would.
 A :class:`LossHook` replaces the cross-entropy (distillation uses it); it gets each training
 image's position in the training set, so it can cache per-image values.
+
+Over ~450 lines on purpose: :class:`Trainer` is one loop (stages, AMP, accumulation, EMA,
+early stop, checkpoint/resume) whose steps share its state; its typed records, schedules
+(:mod:`vitkit.classify.schedule`), EMA and checkpoints already live in modules of their own.
 """
 
 from __future__ import annotations

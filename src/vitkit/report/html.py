@@ -3,6 +3,9 @@
 Every input file is optional; the page says what is missing. Images are embedded as
 ``data:`` URIs and styles are inline, so the file can be mailed, archived or opened offline.
 Plots missing from the run directory are drawn in memory; only the page itself is written.
+
+Over ~450 lines on purpose: one page, read top to bottom, one function per section; its
+inputs (:mod:`vitkit.report._inputs`), style, formatting and images are already apart.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Training plots rendered with matplotlib's object API (no pyplot, no global backend).
 
 ``render_*`` functions return PNG bytes; ``plot_*`` functions write them atomically.
+Kept whole (~460 lines): the run's four figures (learning curves, confusion matrix,
+reliability, robustness) share one look — colours, DPI, tick and label helpers — kept here.
 """
 
 from __future__ import annotations
