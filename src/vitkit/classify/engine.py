@@ -8,7 +8,7 @@ A :class:`LossHook` replaces the cross-entropy (distillation uses it); it gets e
 image's position in the training set, so it can cache per-image values.
 
 Over ~450 lines on purpose: :class:`Trainer` is one loop (stages, AMP, accumulation, EMA,
-early stop, checkpoint/resume) whose steps share its state; its typed records, schedules
+early stop, checkpoint/resume) whose steps share its state; schedules
 (:mod:`vitkit.classify.schedule`), EMA and checkpoints already live in modules of their own.
 """
 
