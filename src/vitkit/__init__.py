@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING
 from vitkit.version import __version__
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
+    from vitkit.bundle import BundleSource
     from vitkit.classify.config import TrainConfig
     from vitkit.predictor.predict import Predictor
     from vitkit.workflows.train import TrainResult
 
 
-def load(path: str | Path, device: str = "cpu", variant: str | None = None,
+def load(path: BundleSource, device: str = "cpu", variant: str | None = None,
          threads: int | None = None, ood: bool = True) -> Predictor:
     """Loads a bundle as a Predictor: ``predictor(batch) -> logits``, ``predict_paths(...)``.
 
@@ -22,7 +21,8 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
     exported or quantized; default: the bundle's default variant, which ``vitkit optimize``
     chooses by measurement, else ``torch-fp32``): the Predictor is the same either way.
     With ``ood`` (default) and an OOD fit in the bundle, images unlike the training data are
-    predicted as "unknown" (``ood=False``: always a class).
+    predicted as "unknown" (``ood=False``: always a class). ``path`` is the bundle folder
+    (or a :class:`~vitkit.bundle.Bundle` already opened).
     """
     from vitkit.predictor.predict import load as _load
 

@@ -12,6 +12,7 @@ Later stages (quantize, OOD, anomaly) add files and keys; readers keep keys they
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -97,9 +98,14 @@ def save_weights(model: nn.Module, path: Path) -> None:
             model.to(memory_format=torch.channels_last)
 
 
-def read_meta(path: Path | str) -> BundleMeta:
-    """Reads and validates ``vitkit.json``, checking the schema version."""
-    path = Path(path)
+def read_meta(path: BundleSource) -> BundleMeta:
+    """Reads and validates ``vitkit.json``, checking the schema version (from disk, every
+    time: code that reads a bundle once and passes it on uses :class:`Bundle`)."""
+    return _read_meta(Path(path))[0]
+
+
+def _read_meta(path: Path) -> tuple[BundleMeta, bytes]:
+    """The validated ``vitkit.json`` of ``path`` and the bytes it was read from."""
     meta_path = path / META_FILE
     if not meta_path.is_file():
         what = "does not exist" if not path.exists() else f"has no {META_FILE}"
@@ -110,7 +116,8 @@ def read_meta(path: Path | str) -> BundleMeta:
     restore = (f"Restore {META_FILE} from a copy of the bundle, or write the bundle again "
                "(`vitkit train`, `vitkit anomaly fit`).")
     try:
-        raw = json.loads(meta_path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+        data = meta_path.read_bytes()
+        raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, NaN, EACCES
         raise BundleError(f"{meta_path} is not valid JSON ({_first_line(exc)}); the bundle "
                           f"is damaged. {restore}") from exc
@@ -131,7 +138,7 @@ def read_meta(path: Path | str) -> BundleMeta:
             f"the file was edited or is not vitkit's. {restore}"
         )
     try:
-        return BundleMeta.model_validate(raw)
+        return BundleMeta.model_validate(raw), data
     except ValidationError as exc:
         raise BundleError(f"{meta_path} is incomplete or damaged: "
                           f"{describe_validation_error(exc)}. {restore}") from exc
@@ -147,7 +154,7 @@ def describe_validation_error(exc: ValidationError, limit: int = 4) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def bundle_file(bundle: Path | str, relative: object, what: str = "file") -> Path:
+def bundle_file(bundle: BundleSource, relative: object, what: str = "file") -> Path:
     """A file named in ``vitkit.json`` (a variant's ``file``, an extra safetensors file),
     resolved inside the bundle folder.
 
@@ -179,6 +186,62 @@ def bundle_file(bundle: Path | str, relative: object, what: str = "file") -> Pat
     return bundle / str(relative)
 
 
+class Bundle:
+    """A bundle read once: its folder, its validated ``vitkit.json``, and cached readers of
+    the files it names, passed down the layers instead of a path each layer reads again.
+
+    ``Bundle.open`` takes a path (the public entry points — CLI, :func:`vitkit.load`, the
+    serve config — still take one) or a Bundle (returned as is). A Bundle is ``os.PathLike``
+    and prints as its folder, so code that only opens files by path, or names the bundle in
+    a message, takes it unchanged. Its ``meta`` is what was read when it was opened: code
+    that changes the bundle (:func:`update_meta`, :func:`save_tensors`) writes through the
+    path and opens it again for a fresh view.
+    """
+
+    def __init__(self, path: Path, meta: BundleMeta, meta_bytes: bytes = b"") -> None:
+        self.path = path
+        self.meta = meta
+        self._meta_bytes = meta_bytes
+        self._tensors: dict[str, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def open(cls, source: BundleSource) -> Bundle:
+        """The bundle at ``source`` (read and validated now), or ``source`` if it is one."""
+        if isinstance(source, Bundle):
+            return source
+        path = Path(source)
+        return cls(path, *_read_meta(path))
+
+    def file(self, name: object, what: str = "file") -> Path:
+        """A file named in ``vitkit.json``, resolved inside the folder (see
+        :func:`bundle_file`: anything leading outside is refused)."""
+        return bundle_file(self.path, name, what)
+
+    def tensors(self, filename: str) -> dict[str, torch.Tensor]:
+        """One of the extra safetensors files (see :func:`load_tensors`), read once."""
+        if filename not in self._tensors:
+            self._tensors[filename] = load_tensors(self.path, filename)
+        return self._tensors[filename]
+
+    @property
+    def version(self) -> str:
+        """A short hash of ``vitkit.json`` as read: it changes with every rewritten bundle."""
+        return hashlib.sha256(self._meta_bytes).hexdigest()[:12]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, task={self.meta.task!r})"
+
+
+BundleSource = Bundle | Path | str
+"""Where a bundle is accepted: an opened :class:`Bundle` or the path of its folder."""
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -188,7 +251,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def load_weights(path: Path | str, model: nn.Module) -> None:
+def load_weights(path: BundleSource, model: nn.Module) -> None:
     """Loads a bundle's weights (safetensors only) into a rebuilt model."""
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
@@ -210,7 +273,7 @@ def load_weights(path: Path | str, model: nn.Module) -> None:
         ) from exc
 
 
-def load_tensors(path: Path | str, filename: str) -> dict[str, torch.Tensor]:
+def load_tensors(path: BundleSource, filename: str) -> dict[str, torch.Tensor]:
     """Reads one of a bundle's extra safetensors files (see :func:`save_bundle`)."""
     file = bundle_file(path, filename, "tensor file")
     if not file.is_file():

@@ -21,7 +21,14 @@ from vitkit.anomaly.maps import upsample_map
 from vitkit.anomaly.methods import AnomalyMethod, PatchMeanMethod, restore_deep
 from vitkit.anomaly.threshold import ScoreScale, label_for
 from vitkit.backbones import BackboneSpec
-from vitkit.bundle import BundleMeta, load_tensors, load_weights, read_meta, save_bundle
+from vitkit.bundle import (
+    Bundle,
+    BundleMeta,
+    BundleSource,
+    load_tensors,
+    load_weights,
+    save_bundle,
+)
 from vitkit.data import ImageProblem, load_rgb
 from vitkit.data.transforms import bundle_preprocessing
 from vitkit.errors import BundleError, ImageFailure, VitkitError
@@ -155,7 +162,7 @@ def _capped(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
-def load_anomaly_detector(path: str | Path, device: str = "auto", variant: str | None = None,
+def load_anomaly_detector(path: BundleSource, device: str = "auto", variant: str | None = None,
                           threads: int | None = None) -> AnomalyDetector:
     """Loads an anomaly bundle (safetensors and JSON only; nothing is unpickled).
 
@@ -163,10 +170,10 @@ def load_anomaly_detector(path: str | Path, device: str = "auto", variant: str |
     ``openvino-bf16``; see :mod:`vitkit.anomaly.export`) instead of PyTorch; every score is
     still computed by the bundle's own code. None: the bundle's default (the variant
     `anomaly export` made last; torch-fp32 when none was made or its runtime is missing here,
-    with a warning).
+    with a warning). ``path`` is a bundle folder or an opened :class:`~vitkit.bundle.Bundle`.
     """
-    path = Path(path)
-    meta = read_meta(path)
+    bundle = Bundle.open(path)
+    path, meta = bundle.path, bundle.meta
     if meta.task != "anomaly":
         raise BundleError(f"{path} is a '{meta.task}' bundle; `vitkit anomaly` needs a bundle "
                           "written by `vitkit anomaly fit`.")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitkit.bundle import load_tensors, read_meta, save_tensors, update_meta
+from vitkit.bundle import Bundle, BundleSource, save_tensors, update_meta
 from vitkit.errors import BundleError
 from vitkit.ood.metrics import accept_rate, accept_threshold
 from vitkit.ood.scores import METHODS, Stats, TrainingSet
@@ -146,22 +146,23 @@ def save_detector(bundle: Path | str, detector: OodDetector, record: Mapping[str
                              "file": OOD_FILE})
 
 
-def ood_record(bundle: Path | str) -> dict[str, Any] | None:
+def ood_record(bundle: BundleSource) -> dict[str, Any] | None:
     """The ``ood`` key of a bundle's ``vitkit.json``, or None when OOD was never fitted."""
-    record = (read_meta(bundle).model_extra or {}).get("ood")
+    record = (Bundle.open(bundle).meta.model_extra or {}).get("ood")
     if record and not isinstance(record, dict):
         raise BundleError(f"{bundle}/vitkit.json: 'ood' is a {type(record).__name__}, not the "
                           "record `vitkit ood fit` writes; fit again with `vitkit ood fit`.")
     return dict(record) if record else None
 
 
-def load_ood_detector(bundle: Path | str) -> OodDetector | None:
+def load_ood_detector(bundle: BundleSource) -> OodDetector | None:
     """The bundle's detector, or None when the bundle has no OOD fit."""
+    bundle = Bundle.open(bundle)
     record = ood_record(bundle)
     if record is None:
         return None
     method = str(record.get("method"))
-    tensors = load_tensors(bundle, str(record.get("file", OOD_FILE)))
+    tensors = bundle.tensors(str(record.get("file", OOD_FILE)))
     prefix = f"{method}."
     statistics = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if method not in METHODS or (not statistics and method not in ("msp",)):
@@ -178,12 +179,13 @@ def load_ood_detector(bundle: Path | str) -> OodDetector | None:
                           ) from exc
 
 
-def load_drift_reference(bundle: Path | str) -> DriftReference | None:
+def load_drift_reference(bundle: BundleSource) -> DriftReference | None:
     """The reference sample stored at OOD fit time, or None."""
+    bundle = Bundle.open(bundle)
     record = ood_record(bundle)
     if record is None:
         return None
-    tensors = load_tensors(bundle, str(record.get("file", OOD_FILE)))
+    tensors = bundle.tensors(str(record.get("file", OOD_FILE)))
     if "drift.features" not in tensors:
         return None
     return DriftReference(tensors["drift.features"], tensors["drift.class_counts"])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
-from vitkit.bundle import META_FILE, BundleMeta, load_weights, read_meta
+from vitkit.bundle import META_FILE, Bundle, BundleMeta, BundleSource, load_weights
 from vitkit.console import make_progress
 from vitkit.data import ImageProblem, eval_transform, load_rgb
 from vitkit.data.files import find_images, why_unmatched
@@ -94,7 +94,7 @@ class Predictor:
         # The bundle's OOD detector, read on first use (`load(..., ood=True)`): consumers
         # that never ask (eval, bench, robustness, explain) never read ood.safetensors.
         self._ood: OodDetector | None = None
-        self._ood_bundle: Path | None = None
+        self._ood_bundle: Bundle | None = None
 
     @property
     def ood(self) -> OodDetector | None:
@@ -236,7 +236,7 @@ def embed_batch(model: ImageClassifier, images: torch.Tensor
     return features.float().cpu(), logits.float().cpu()
 
 
-def load(path: str | Path, device: str = "cpu", variant: str | None = None,
+def load(path: BundleSource, device: str = "cpu", variant: str | None = None,
          threads: int | None = None, tta: str = "none", ood: bool = True) -> Predictor:
     """Loads a bundle as a :class:`Predictor` on the runtime of ``variant`` (default: the
     bundle's default variant, chosen by ``vitkit optimize``, else ``torch-fp32``; when that
@@ -246,23 +246,25 @@ def load(path: str | Path, device: str = "cpu", variant: str | None = None,
     those only from bundles you trust, as with any program. ``tta`` sets the test-time
     augmentation of :meth:`Predictor.predict_proba` (none, flip or flip-scale). With ``ood``
     (default) and an OOD fit in the bundle, :meth:`Predictor.predict_paths` labels images
-    unlike the training data "unknown" (see :mod:`vitkit.ood`)."""
-    predictor = _load(path, device, variant, threads)
+    unlike the training data "unknown" (see :mod:`vitkit.ood`). ``path`` is a bundle folder
+    or an opened :class:`~vitkit.bundle.Bundle` (its ``vitkit.json`` is not read again)."""
+    bundle = Bundle.open(path)
+    predictor = _load(bundle, device, variant, threads)
     predictor.tta = check_tta(tta)
     if ood:
-        predictor._ood_bundle = Path(path)
+        predictor._ood_bundle = bundle
     return predictor
 
 
-def _load(path: str | Path, device: str, variant: str | None, threads: int | None
+def _load(bundle: Bundle, device: str, variant: str | None, threads: int | None
           ) -> Predictor:
-    meta = read_meta(path)
+    meta, path = bundle.meta, bundle.path
     if meta.task != "classify":
         raise VitkitError(f"{path} is a '{meta.task}' bundle, not a classifier.")
     # vitkit.json's records first: an edited one fails here, naming the key, before any
     # model is built or file opened.
     bundle_preprocessing(meta.preprocessing, path)
-    _temperature(meta, Path(path))
+    _temperature(meta, path)
     if not meta.labels:
         raise BundleError(f"{path}/{META_FILE} lists no labels; a classifier needs its class "
                           "names. Restore vitkit.json from a copy of the bundle, or train again.")
@@ -278,14 +280,14 @@ def _load(path: str | Path, device: str, variant: str | None, threads: int | Non
         chosen = find_variant(meta, REFERENCE_VARIANT, path)
     model = None
     if chosen.runtime == "torch":
-        model = _rebuild(meta, Path(path))
+        model = _rebuild(meta, path)
         load_weights(path, model.model)
         if chosen.name == "torch-fp32":
-            return Predictor(model, meta, device=device, variant=chosen, source=Path(path))
+            return Predictor(model, meta, device=device, variant=chosen, source=path)
         model = model.eval()
     runtime = open_runtime(path, chosen, model, device=device, threads=threads)
     return Predictor(model if chosen.precision != "int8" else None, meta, device=device,
-                     runtime=runtime, variant=chosen, source=Path(path))
+                     runtime=runtime, variant=chosen, source=path)
 
 
 def _rebuild(meta: BundleMeta, path: Path) -> ImageClassifier:

@@ -7,7 +7,6 @@ JSON-ready answer per image.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vitkit.bundle import read_meta
+from vitkit.bundle import Bundle, BundleSource
 from vitkit.errors import BundleError
 
 CLASSIFY = "classify"
@@ -33,33 +32,34 @@ class ServedModel:
     top_k: int = 5
     _predictor: Any = field(default=None, repr=False)
     _detector: Any = field(default=None, repr=False)
+    _opened: Bundle | None = field(default=None, repr=False)  # vitkit.json as read at load
 
     @classmethod
-    def load(cls, name: str, bundle: str | Path, variant: str | None = None) -> ServedModel:
-        """Loads a bundle (safetensors only, as everywhere).
+    def load(cls, name: str, bundle: BundleSource, variant: str | None = None) -> ServedModel:
+        """Loads a bundle (safetensors only, as everywhere), reading ``vitkit.json`` once:
+        the version hash, the model and its OOD fit all come from that one reading.
 
         Raises:
             BundleError: Not a bundle, or a task the service does not know.
         """
-        bundle = Path(bundle)
-        meta = read_meta(bundle)
-        version = hashlib.sha256((bundle / "vitkit.json").read_bytes()).hexdigest()[:12]
+        opened = Bundle.open(bundle)
+        meta, version = opened.meta, opened.version
         if meta.task == CLASSIFY:
             from vitkit.predictor.predict import load
 
-            predictor = load(bundle, variant=variant)
-            return cls(name, bundle, predictor.variant.name, CLASSIFY, version,
-                       list(predictor.labels), _predictor=predictor)
+            predictor = load(opened, variant=variant)
+            return cls(name, opened.path, predictor.variant.name, CLASSIFY, version,
+                       list(predictor.labels), _predictor=predictor, _opened=opened)
         if meta.task == ANOMALY:
             if variant not in (None, "torch-fp32"):
-                raise BundleError(f"{bundle} is an anomaly detector: it runs as torch-fp32 "
+                raise BundleError(f"{opened} is an anomaly detector: it runs as torch-fp32 "
                                   f"only, not {variant}.")
             from vitkit.anomaly.detector import load_anomaly_detector
 
-            detector = load_anomaly_detector(bundle, "cpu")
-            return cls(name, bundle, "torch-fp32", ANOMALY, version, ["normal", "anomaly"],
-                       _detector=detector)
-        raise BundleError(f"{bundle} is a '{meta.task}' bundle; the service serves classifiers "
+            detector = load_anomaly_detector(opened, "cpu")
+            return cls(name, opened.path, "torch-fp32", ANOMALY, version,
+                       ["normal", "anomaly"], _detector=detector, _opened=opened)
+        raise BundleError(f"{opened} is a '{meta.task}' bundle; the service serves classifiers "
                           "and anomaly detectors.")
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
@@ -121,7 +121,7 @@ class ServedModel:
         from vitkit.ood.detector import load_drift_reference
         from vitkit.serve.drift import DriftMonitor
 
-        reference = load_drift_reference(self.bundle)
+        reference = load_drift_reference(self._opened or self.bundle)
         detector = self._predictor.ood
         if reference is None or detector is None:
             return None
