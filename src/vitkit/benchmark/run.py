@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vitkit.benchmark.timing import Budget, Latency, PeakRss, measure_latency, measure_throughput
-from vitkit.bundle import WEIGHTS_FILE, BundleMeta, read_meta
+from vitkit.bundle import WEIGHTS_FILE, Bundle, BundleMeta, BundleSource
 from vitkit.errors import BundleError, DataError, VitkitError
 from vitkit.predictor import runtimes
 from vitkit.predictor.predict import load
@@ -144,7 +144,7 @@ class Candidate:
     tome_r: int | None = None
 
 
-def run_bench(bundle: Path | str, config: BenchConfig | None = None, budget: Budget | None = None,
+def run_bench(bundle: BundleSource, config: BenchConfig | None = None, budget: Budget | None = None,
               on_variant: Callable[[str], None] | None = None) -> BenchResult:
     """Measures the chosen variants of a classifier bundle (see the module docstring).
 
@@ -159,15 +159,16 @@ def run_bench(bundle: Path | str, config: BenchConfig | None = None, budget: Bud
             ``config.data`` has no usable images.
     """
     config, budget = config or BenchConfig(), budget or Budget()
-    meta = read_meta(bundle)
+    opened = Bundle.open(bundle)  # read once: every variant below loads from this reading
+    meta = opened.meta
     if meta.task != "classify":
         raise BundleError(f"{bundle} is a '{meta.task}' bundle; bench measures classifiers.")
-    variants = select_variants(meta, config.variants, bundle)
+    variants = select_variants(meta, config.variants, opened.path)
     saved_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _bench(Path(bundle), meta, variants, config, budget, on_variant)
+        return _bench(opened, meta, variants, config, budget, on_variant)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -180,7 +181,7 @@ def select_variants(meta: BundleMeta, names: Sequence[str] | None, bundle: Path 
     return [find_variant(meta, name, bundle) for name in names]
 
 
-def _bench(bundle: Path, meta: BundleMeta, variants: list[Variant], config: BenchConfig,
+def _bench(bundle: Bundle, meta: BundleMeta, variants: list[Variant], config: BenchConfig,
            budget: Budget, on_variant: Callable[[str], None] | None) -> BenchResult:
     threads = config.threads or torch.get_num_threads()
     reference = load(bundle, device=config.device, threads=config.threads,
@@ -191,7 +192,8 @@ def _bench(bundle: Path, meta: BundleMeta, variants: list[Variant], config: Benc
     expected = _Replay(reference, eval_batches)
     inputs = _random_inputs(reference.preprocessing.input_size, config.batches)
     candidates = [_candidate(bundle, v, config) for v in variants]
-    candidates += [_tome_candidate(bundle, reference.model, r, config) for r in config.tome]
+    candidates += [_tome_candidate(bundle.path, reference.model, r, config)
+                   for r in config.tome]
     results = []
     for candidate in candidates:
         if on_variant is not None:
@@ -303,12 +305,12 @@ def _random_inputs(size: tuple[int, int], batches: Sequence[int]) -> dict[int, t
     return {b: torch.randn(b, 3, *size, generator=generator) for b in sorted({1, *batches})}
 
 
-def _candidate(bundle: Path, variant: Variant, config: BenchConfig) -> Candidate:
+def _candidate(bundle: Bundle, variant: Variant, config: BenchConfig) -> Candidate:
     def load_variant() -> Model:
         return load(bundle, device=config.device, variant=variant.name, threads=config.threads)
 
     return Candidate(variant.name, variant.runtime, variant.precision, load_variant,
-                     variant_files(bundle, variant))
+                     variant_files(bundle.path, variant))
 
 
 def _tome_candidate(bundle: Path, model: torch.nn.Module, r: int, config: BenchConfig
