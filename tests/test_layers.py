@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-import pytest
-
 import vitkit
 
 ROOT = Path(vitkit.__file__).parent
@@ -46,14 +44,6 @@ LAYERS: list[set[str]] = [  # lowest first; a package may import its own layer a
 # --8<-- [end:layers]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 FACADE = "__init__"
-
-FACADE_IMPORTS_BEING_REMOVED = {
-    "serve/v2.py": "serve/ is being split by another engineer in issue 26 (part 11, item 4); "
-                   "its `from vitkit import __version__` goes with it",
-}
-"""Files whose facade imports are known and being removed: while only these remain, the
-facade test is an expected failure naming them. Delete an entry once its file is clean."""
-
 
 @dataclass(frozen=True)
 class Import:
@@ -229,9 +219,6 @@ def test_no_module_imports_the_package_facade() -> None:
     facade = [f"{i.where()}: imports vitkit itself (from vitkit import …); import the module "
               "that defines the name instead (e.g. vitkit.version for __version__)"
               for i in found]
-    if found and {i.file for i in found} <= FACADE_IMPORTS_BEING_REMOVED.keys():
-        pytest.xfail("known facade imports being removed: " + "; ".join(
-            f"{i.where()} ({FACADE_IMPORTS_BEING_REMOVED[i.file]})" for i in found))
     assert not facade, "\n".join(facade)
 
 

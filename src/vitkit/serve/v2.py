@@ -41,6 +41,7 @@ from vitkit.serve.schemas import (
     request_body,
 )
 from vitkit.serve.service import ModelFailure, RequestTooLarge, Service
+from vitkit.version import __version__
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -71,8 +72,6 @@ def v2_router(service: Service, max_bytes: int, read_body: Any, decode: Any) -> 
 
     @router.api_route("", methods=["GET", "HEAD"])
     async def server_metadata() -> dict[str, Any]:
-        from vitkit import __version__
-
         return {"name": "vitkit", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @router.api_route("/health/live", methods=["GET", "HEAD"])
