@@ -46,3 +46,13 @@ def test_cli_reference_covers_every_command() -> None:
         for param in cmd.params:
             if param.param_type_name == "option" and not param.hidden:
                 assert param.opts[0] in page, f"{ctx.command_path} {param.opts[0]}"
+
+
+def test_the_design_page_shows_the_layers_the_layer_test_holds() -> None:
+    from tests.test_layers import FACADE, LAYERS
+
+    rows = re.findall(r"^\| (\d+) \| ([^|]+) \|", (ROOT / "docs/design.md").read_text(), re.M)
+    documented = {int(n): set(re.findall(r"`([a-z_]+)`", names)) for n, names in rows}
+    expected = {i: {n for n in names if n not in (FACADE, "__main__")}
+                for i, names in enumerate(LAYERS)}
+    assert documented == expected, "docs/design.md's layer table differs from tests/test_layers.py"
