@@ -63,3 +63,9 @@ class ImageFailure(VitkitError):
 class NothingProcessedError(DataError):
     """None of the given images could be used: every path was missing, empty or unreadable.
     Exit code 2 like any user error; when only some fail, a verb succeeds and counts them."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when empty), at most ``limit``
+    characters: enough to name a deep library error in a one-paragraph user message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

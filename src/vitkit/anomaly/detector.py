@@ -31,7 +31,7 @@ from vitkit.bundle import (
 )
 from vitkit.data import ImageProblem, load_rgb
 from vitkit.data.transforms import bundle_preprocessing
-from vitkit.errors import BundleError, ImageFailure, VitkitError
+from vitkit.errors import BundleError, ImageFailure, VitkitError, first_line
 
 ANOMALY_FILE = "anomaly.safetensors"
 REFERENCE = "torch-fp32"  # the variant that runs the extractor in PyTorch
@@ -196,7 +196,7 @@ def load_anomaly_detector(path: BundleSource, device: str = "auto", variant: str
     except VitkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - an edited record fails deep inside a method
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise BundleError(
             f"{path}: the {name!r} anomaly model cannot be restored from vitkit.json and "
             f"{ANOMALY_FILE} ({type(exc).__name__}: {first}); they were edited or do not "

@@ -18,7 +18,7 @@ from vitkit.console import make_progress
 from vitkit.data import ImageProblem, eval_transform, load_rgb
 from vitkit.data.files import find_images, why_unmatched
 from vitkit.data.transforms import bundle_preprocessing
-from vitkit.errors import BundleError, ImageFailure, VitkitError
+from vitkit.errors import BundleError, ImageFailure, VitkitError, first_line
 from vitkit.predictor.runtimes import (
     RUNTIME_MODULES,
     Runtime,
@@ -297,7 +297,7 @@ def _rebuild(meta: BundleMeta, path: Path) -> ImageClassifier:
     except VitkitError:
         raise  # e.g. weights that need a download while offline: already says what to do
     except Exception as exc:  # noqa: BLE001 - KeyError, timm's "Unknown model", bad kwargs …
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise BundleError(
             f"{path}/{META_FILE}: the backbone {meta.backbone!r} cannot be built "
             f"({type(exc).__name__}: {first}). Restore vitkit.json from a copy of the bundle, "

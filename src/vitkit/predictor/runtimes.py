@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitkit.errors import BundleError, VitkitError
+from vitkit.errors import BundleError, VitkitError, first_line
 from vitkit.predictor.variants import Variant, variant_path
 
 # Runtime -> (module to import, pip extra that installs it).
@@ -212,7 +212,7 @@ def open_runtime(bundle: Path | str, variant: Variant, model: nn.Module | None,
     except VitkitError:
         raise  # e.g. the runtime is not installed: its own message names the pip extra
     except Exception as exc:  # noqa: BLE001 - each runtime has its own errors for a bad file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         raise BundleError(
             f"{path}: {variant.runtime} cannot load the file of variant {variant.name} "
             f"({type(exc).__name__}: {first}); it is damaged or not a {variant.runtime} "

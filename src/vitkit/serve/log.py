@@ -45,6 +45,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from vitkit.errors import first_line
+
 logger = logging.getLogger("vitkit.serve")
 
 metadata = MetaData()
@@ -396,5 +398,4 @@ def _insert_ignoring_duplicates(connection: Connection, rows: list[dict[str, Any
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return f"{type(exc).__name__}: {first_line(exc)}"

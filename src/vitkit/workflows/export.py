@@ -27,7 +27,7 @@ from vitkit.compress import export as ex
 from vitkit.compress.reference import compare, image_batches, reference_images
 from vitkit.console import stderr_console
 from vitkit.data import Preprocessing
-from vitkit.errors import BundleError, VitkitError
+from vitkit.errors import BundleError, VitkitError, first_line
 from vitkit.predictor.runtimes import RuntimeMissing, TorchRuntime, open_runtime
 from vitkit.predictor.variants import VARIANTS_DIR, Variant, record_variant, variants_dir
 
@@ -255,7 +255,7 @@ def _export_one(bundle: Path, fmt: Format, model: ImageClassifier,
     except VitkitError:
         raise
     except Exception as exc:  # noqa: BLE001 - converters fail on ops they lack, model by model
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        first = first_line(exc, 400)
         raise VitkitError(f"{fmt.name} export failed for this model: {first}") from exc
     return ExportRecord(fmt.variant, fmt.name, fmt.runtime,
                         file=f"{VARIANTS_DIR}/{fmt.file}",
