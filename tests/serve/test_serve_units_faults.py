@@ -239,4 +239,4 @@ def test_state_file_json_is_written_atomically(tmp_path: Path) -> None:
     store.record("m", BundleRef("a", None), BundleRef("a", None, "v1"), None)
     document = json.loads((tmp_path / "state.json").read_text())
     assert document["schema"] == 1 and document["models"]["m"]["live"]["version"] == "v1"
-    assert not list(tmp_path.glob("*.tmp*")), "no temporary file left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"], "no temporary file left"
