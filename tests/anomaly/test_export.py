@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tests.anomaly.test_detector import BOXES, fit
 from tests.anomaly.woven import to_image, with_stain, woven_texture
 from tests.e2e.cli import run_cli
@@ -79,3 +80,32 @@ def test_patchmean_and_unknown_variants_are_refused(normal_dir: Path, tmp_path: 
         run_anomaly_export(bundle, ["tensorrt"])
     with pytest.raises(BundleError, match="no variants"):
         load_detector(bundle, "cpu", variant="openvino-fp32")
+
+
+@pytest.mark.slow
+def test_an_anomaly_variant_is_an_ordinary_variant_confined_to_its_bundle(
+        normal_dir: Path, tmp_path: Path) -> None:
+    """The recorded entry validates as a predictor Variant; an edited entry or a file outside
+    the bundle is refused with the bundle named."""
+    pytest.importorskip("onnxruntime")
+    from vitkit.anomaly.export import open_variant, recorded_variants
+
+    bundle = fit(normal_dir, tmp_path / "bundle", "patchcore")
+    run_anomaly_export(bundle, ["onnx-fp32"])
+    record = read_meta(bundle).model_extra["anomaly"]
+    (variant,) = recorded_variants(bundle, record)
+    assert (variant.runtime, variant.precision, variant.options) == (
+        "onnxruntime", "fp32", {"outputs": "all"})
+    maps = open_variant(bundle, record, "onnx-fp32")(_grey(bundle))
+    assert len(maps) >= 1 and all(m.ndim == 4 for m in maps)
+    outside = {**record["variants"][0], "file": "../elsewhere.onnx"}
+    with pytest.raises(BundleError, match="outside"):
+        open_variant(bundle, {**record, "variants": [outside]}, "onnx-fp32")
+    edited = {**record["variants"][0], "runtime": "tensorrt"}
+    with pytest.raises(BundleError, match=r"anomaly.variants\[0\].*not a valid variant"):
+        open_variant(bundle, {**record, "variants": [edited]}, "onnx-fp32")
+
+
+def _grey(bundle: Path) -> torch.Tensor:
+    height, width = load_detector(bundle, "cpu", variant="torch-fp32").input_size
+    return torch.full((1, 3, height, width), 0.5)

@@ -240,10 +240,11 @@ def _restore(path: Path, meta: BundleMeta, record: dict[str, Any], name: str,
 def _default_variant(path: Path, record: dict[str, Any]) -> str:
     import warnings
 
+    from vitkit.anomaly.export import recorded_variants
     from vitkit.predictor.runtimes import RUNTIME_MODULES, available
 
     name = record.get("default_variant") or REFERENCE
-    runtime = next((v["runtime"] for v in record.get("variants", []) if v["name"] == name), None)
+    runtime = next((v.runtime for v in recorded_variants(path, record) if v.name == name), None)
     if name != REFERENCE and (runtime is None
                               or not available(RUNTIME_MODULES.get(runtime, runtime))):
         why = f"{runtime} is not installed" if runtime else "it is not in the bundle"

@@ -6,9 +6,11 @@ report exported models whose scores differ from the checkpoint: here the parity 
 at export and recorded). The exported graph returns the same list of feature maps as
 :class:`~vitkit.anomaly.features.FeatureExtractor`, largest grid first.
 
-Variants (``anomaly.variants`` in ``vitkit.json``, files under ``BUNDLE/variants/``):
-``openvino-fp32`` and ``openvino-bf16`` (one OpenVINO IR, two precision hints) and
-``onnx-fp32``.
+An exported extractor is an ordinary :class:`~vitkit.predictor.variants.Variant` (recorded
+under ``anomaly.variants`` in ``vitkit.json``, files under ``BUNDLE/variants/``) run by the
+runtimes of :mod:`vitkit.predictor.runtimes`; ``options.outputs = "all"`` marks a graph read
+as a whole (one output per feature map). Made here: ``openvino-fp32`` and ``openvino-bf16``
+(one OpenVINO IR, two precision hints) and ``onnx-fp32``.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from vitkit.bundle import bundle_file
+from vitkit.bundle import META_FILE, describe_validation_error
 from vitkit.errors import BundleError, VitkitError
-from vitkit.predictor.runtimes import require
+from vitkit.predictor.runtimes import Runtime, open_runtime, require
+from vitkit.predictor.variants import Variant
 
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    # name: (runtime, precision, file inside the bundle)
-    "openvino-fp32": ("openvino", "fp32", "variants/anomaly-features.xml"),
-    "openvino-bf16": ("openvino", "bf16", "variants/anomaly-features.xml"),
-    "onnx-fp32": ("onnxruntime", "fp32", "variants/anomaly-features.onnx"),
+_ALL_OUTPUTS = {"outputs": "all"}
+VARIANTS: dict[str, Variant] = {
+    "openvino-fp32": Variant(name="openvino-fp32", runtime="openvino", precision="fp32",
+                             file="variants/anomaly-features.xml", options=_ALL_OUTPUTS),
+    "openvino-bf16": Variant(name="openvino-bf16", runtime="openvino", precision="bf16",
+                             file="variants/anomaly-features.xml", options=_ALL_OUTPUTS),
+    "onnx-fp32": Variant(name="onnx-fp32", runtime="onnxruntime", precision="fp32",
+                         file="variants/anomaly-features.onnx", options=_ALL_OUTPUTS),
 }
 REFERENCE = "torch-fp32"  # the bundle's own PyTorch extractor
 
@@ -44,39 +50,15 @@ class TupleOutput(nn.Module):
         return tuple(self.extractor(images))
 
 
-class ExportedExtractor(nn.Module):
-    """``images -> [maps]`` from an exported graph; a drop-in for the torch extractor."""
+class RuntimeExtractor(nn.Module):
+    """``images -> [maps]`` from a variant's runtime; a drop-in for the torch extractor."""
 
-    def __init__(self, path: Path, runtime: str, precision: str,
-                 threads: int | None = None) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        self.runtime, self.precision = runtime, precision
-        if runtime == "openvino":
-            ov = require("openvino")
-            config: dict[str, Any] = {
-                "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-            self._compiled = ov.Core().compile_model(str(path), "CPU", config)
-            self._request = self._compiled.create_infer_request()
-        elif runtime == "onnxruntime":
-            ort = require("onnxruntime")
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = int(threads)
-            self._session = ort.InferenceSession(str(path), options,
-                                                 providers=["CPUExecutionProvider"])
-        else:
-            raise VitkitError(f"unknown runtime {runtime!r} for anomaly features")
+        self.runtime = runtime
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        if self.runtime == "openvino":
-            result = self._request.infer({0: array})
-            outputs = [result[port] for port in self._compiled.outputs]
-        else:
-            outputs = self._session.run(None, {self._session.get_inputs()[0].name: array})
-        return [torch.from_numpy(np.array(o, dtype=np.float32)) for o in outputs]
+        return self.runtime.outputs(images)
 
 
 def export_features(extractor: nn.Module, bundle: Path, name: str,
@@ -85,37 +67,58 @@ def export_features(extractor: nn.Module, bundle: Path, name: str,
     the file's path relative to the bundle."""
     from vitkit.compress.export import export_onnx, staged, to_openvino
 
-    if name not in VARIANTS:
-        raise VitkitError(f"unknown anomaly variant {name!r}; choose from "
-                          f"{', '.join(VARIANTS)}")
-    runtime, _, relative = VARIANTS[name]
-    target = bundle / relative
+    variant = template(name)
+    assert variant.file is not None
+    target = bundle / variant.file
     target.parent.mkdir(parents=True, exist_ok=True)
     model = TupleOutput(extractor).eval()
     with torch.no_grad():
         n_maps = len(extractor(torch.zeros(1, 3, *input_size)))
     with staged(target.parent) as folder:
         built = folder / target.name
-        if runtime == "openvino":
+        if variant.runtime == "openvino":
             ov = require("openvino")
             ov.save_model(to_openvino(model, input_size), str(built), compress_to_fp16=False)
         else:
             export_onnx(model, built, input_size, outputs=n_maps)
-    return relative
+    return variant.file
 
 
-def open_variant(bundle: Path, record: dict[str, Any], name: str,
-                 threads: int | None = None) -> ExportedExtractor:
+def template(name: str) -> Variant:
+    """The variant ``vitkit anomaly export`` makes for ``name``; a clear error otherwise."""
+    if name not in VARIANTS:
+        raise VitkitError(f"unknown anomaly variant {name!r}; choose from "
+                          f"{', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def recorded_variants(bundle: Path | str, record: dict[str, Any]) -> list[Variant]:
+    """The variants in an anomaly record, validated (an edited entry is a clear error)."""
+    variants = []
+    for index, entry in enumerate(record.get("variants") or []):
+        try:
+            variants.append(Variant.model_validate(entry))
+        except ValidationError as exc:
+            name = entry.get("name", "no name") if isinstance(entry, dict) else "no name"
+            raise BundleError(
+                f"{Path(bundle) / META_FILE}: anomaly.variants[{index}] ({name!r}) is not a "
+                f"valid variant: {describe_validation_error(exc)}. Make it again with "
+                "`vitkit anomaly export`.") from exc
+    return variants
+
+
+def open_extractor(bundle: Path | str, variant: Variant,
+                   threads: int | None = None) -> RuntimeExtractor:
+    """The exported extractor of ``variant``, its file confined to the bundle folder."""
+    return RuntimeExtractor(open_runtime(bundle, variant, None, threads=threads))
+
+
+def open_variant(bundle: Path | str, record: dict[str, Any], name: str,
+                 threads: int | None = None) -> RuntimeExtractor:
     """The exported extractor of variant ``name``; a clear error when it was never made."""
-    made = {v["name"]: v for v in record.get("variants", [])}
+    made = {v.name: v for v in recorded_variants(bundle, record)}
     if name not in made:
-        available = ", ".join([REFERENCE, *made]) or REFERENCE
+        available = ", ".join([REFERENCE, *made])
         raise BundleError(f"{bundle} has no anomaly variant {name!r} (available: {available}). "
                           f"Make it with `vitkit anomaly export {bundle} --variant {name}`.")
-    entry = made[name]
-    # Inside the bundle folder only: an edited entry must not open a model from elsewhere.
-    path = bundle_file(bundle, entry.get("file"), f"file of anomaly variant {name}")
-    if not path.exists():
-        raise BundleError(f"{bundle}: the file {entry['file']} of variant {name} is missing; "
-                          "export it again.")
-    return ExportedExtractor(path, entry["runtime"], entry["precision"], threads)
+    return open_extractor(bundle, made[name], threads)

@@ -3,7 +3,9 @@
 A :class:`Runtime` takes a preprocessed float32 batch ``(B, 3, H, W)`` (torch) and returns
 float32 logits ``(B, num_classes)`` on the CPU, whatever executes it: PyTorch eager (fp32, bf16 /
 fp16 autocast, dynamic int8), TorchScript, ONNX Runtime or OpenVINO. Everything downstream
-(eval, predict, bench, serve) sees only this interface.
+(eval, predict, bench, serve) sees only this interface. A graph with several outputs (an
+anomaly bundle's feature maps, a detector's boxes and scores) is read whole with
+:meth:`Runtime.outputs`; ``runtime(batch)`` is its first output.
 
 The optional runtimes are imported lazily; a missing one is a clear error naming the pip extra
 (:func:`require`).
@@ -69,6 +71,17 @@ class Runtime(Protocol):
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of the graph, in its order (float32, on the CPU)."""
+        ...
+
+
+def _as_list(result: Any) -> list[torch.Tensor]:
+    """A model's output (a tensor, or a tuple / list of them) as a list of float32 tensors."""
+    if isinstance(result, torch.Tensor):
+        return [result.float().cpu()]
+    return [t.float().cpu() for t in result]
+
 
 class TorchRuntime:
     """PyTorch eager: fp32, bf16/fp16 autocast, or dynamic int8 (Linear layers, CPU)."""
@@ -92,13 +105,16 @@ class TorchRuntime:
         self.model = model.to(self.device)
         self._autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
-    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.outputs(batch)[0]
+
+    @torch.inference_mode()
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
         batch = batch.to(self.device)
         if self._autocast is None:
-            return self.model(batch).float().cpu()
+            return _as_list(self.model(batch))
         with torch.autocast(self.device.type, dtype=self._autocast):
-            return self.model(batch).float().cpu()
+            return _as_list(self.model(batch))
 
 
 class TorchScriptRuntime:
@@ -113,9 +129,12 @@ class TorchScriptRuntime:
             warnings.simplefilter("ignore", FutureWarning)
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.module(batch.cpu()).float()
+        return self.outputs(batch)[0]
+
+    @torch.inference_mode()
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return _as_list(self.module(batch.cpu()))
 
 
 class OnnxRuntime:
@@ -135,11 +154,17 @@ class OnnxRuntime:
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self._first = [self.session.get_outputs()[0].name]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        (logits,) = self.session.run(None, {self.input_name: array})[:1]
+        (logits,) = self.session.run(self._first, {self.input_name: array})
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        return [torch.from_numpy(np.asarray(o, dtype=np.float32))
+                for o in self.session.run(None, {self.input_name: array})]
 
 
 class OpenVinoRuntime:
@@ -187,10 +212,12 @@ class OpenVinoRuntime:
         return request
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         result = self._request_for(array.shape).infer({0: array})
-        logits = next(iter(result.values()))
-        return torch.from_numpy(np.array(logits, dtype=np.float32))
+        return [torch.from_numpy(np.array(o, dtype=np.float32)) for o in result.to_tuple()]
 
 
 def open_runtime(bundle: Path | str, variant: Variant, model: nn.Module | None,

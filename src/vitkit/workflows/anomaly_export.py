@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vitkit.anomaly.detector import AnomalyDetector, load_anomaly_detector
-from vitkit.anomaly.export import REFERENCE, VARIANTS, ExportedExtractor, export_features
+from vitkit.anomaly.export import REFERENCE, VARIANTS, export_features, open_extractor, template
 from vitkit.anomaly.methods import PatchMeanMethod
 from vitkit.bundle import update_meta
 from vitkit.data import load_rgb
@@ -42,6 +42,7 @@ def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-
     if unknown:
         raise VitkitError(f"unknown anomaly variant(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(VARIANTS)}")
+    templates = [template(name) for name in variants]
     reference = load_anomaly_detector(bundle, "cpu", variant=REFERENCE)
     if isinstance(reference.method, PatchMeanMethod):
         raise VitkitError(f"{bundle} is a patchmean bundle: there is no network to export "
@@ -49,25 +50,23 @@ def run_anomaly_export(bundle: Path | str, variants: Sequence[str] = ("openvino-
     images = _parity_images(reference, data, n_images)
     extractor = reference.method.extractor  # type: ignore[attr-defined]
     written: dict[str, str] = {}
-    for name in variants:
-        relative = VARIANTS[name][2]
-        if relative not in written:
-            written[relative] = export_features(extractor, bundle, name, reference.input_size)
+    for variant in templates:
+        if variant.file not in written:
+            written[str(variant.file)] = export_features(extractor, bundle, variant.name,
+                                                         reference.input_size)
     expected_raw, expected_maps = reference.raw_scores(images)
     entries = []
-    for name in variants:
-        runtime, precision, relative = VARIANTS[name]
-        reference.method.extractor = ExportedExtractor(  # type: ignore[attr-defined]
-            bundle / relative, runtime, precision)
+    for variant in templates:
+        reference.method.extractor = open_extractor(bundle, variant)  # type: ignore[attr-defined]
         try:
             raw, maps = reference.raw_scores(images)
         finally:
             reference.method.extractor = extractor  # type: ignore[attr-defined]
-        entries.append({
-            "name": name, "runtime": runtime, "precision": precision, "file": relative,
+        measured = variant.model_copy(update={
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "parity": _parity(reference, expected_raw.numpy(), raw.numpy(),
                               expected_maps.numpy(), maps.numpy())})
+        entries.append(measured.model_dump(mode="json", exclude_none=True))
     record = dict(reference.record)
     kept = [v for v in record.get("variants", []) if v["name"] not in set(variants)]
     record["variants"] = kept + entries
