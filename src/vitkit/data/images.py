@@ -112,10 +112,27 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
     return _decode(io.BytesIO(data), max_pixels)
 
 
+def load_raw(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """:func:`load_rgb`'s checks and decoding (first frame, EXIF orientation) without the colour
+    conversion: a mask keeps its mode, so palette indices and 0/255 grey levels stay as written.
+
+    Raises:
+        ImageProblem: As :func:`load_rgb`.
+    """
+    path = Path(path)
+    _check_file(path)
+    return _decode_frame(path, max_pixels, [], rgb=False)
+
+
 def _decode(source: Path | io.BytesIO, max_pixels: int) -> tuple[Image.Image, list[str]]:
+    conversions: list[str] = []
+    return _decode_frame(source, max_pixels, conversions, rgb=True), conversions
+
+
+def _decode_frame(source: Path | io.BytesIO, max_pixels: int, conversions: list[str],
+                  rgb: bool) -> Image.Image:
     with _open(source, max_pixels) as im:
         _check_size(im.size, max_pixels)
-        conversions: list[str] = []
         try:
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
@@ -127,10 +144,11 @@ def _decode(source: Path | io.BytesIO, max_pixels: int) -> tuple[Image.Image, li
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
             raise _problem(TRUNCATED, _short(exc)) from exc
         out = _apply_orientation(im, conversions)
-        out = _to_rgb(out, conversions)
+        if rgb:
+            out = _to_rgb(out, conversions)
         if out is im:
             out = im.copy()  # leaving the `with` block closes `im` and invalidates its pixels
-    return out, conversions
+    return out
 
 
 def _check_file(path: Path) -> None:
