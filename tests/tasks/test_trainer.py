@@ -103,8 +103,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     original = first._run_epoch
     calls = {"n": 0}
 
-    def dies_after_two(  # the process is killed during the third epoch
-*args: Any, **kwargs: Any) -> Any:
+    def dies_after_two(*args: Any, **kwargs: Any) -> Any:  # killed in the third epoch
         if calls["n"] == 2:
             raise KeyboardInterrupt
         calls["n"] += 1
