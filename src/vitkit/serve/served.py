@@ -1,8 +1,9 @@
-"""A bundle behind the service: classifier or anomaly detector, one interface.
+"""A bundle behind the service, whatever its task (see :mod:`vitkit.tasks.base`).
 
 ``prepare`` turns a decoded image into the model's input tensor (run in the decoding thread
 pool); ``infer`` runs a batch of them (run in the model's own worker thread) and returns one
-JSON-ready answer per image.
+JSON-ready answer per image. What those are is the task's business: this class only adds
+what the service keeps for every model (its name, the bundle's version).
 """
 
 from __future__ import annotations
@@ -16,22 +17,17 @@ from PIL import Image
 
 from vitkit.bundle import Bundle, BundleSource
 from vitkit.errors import BundleError
+from vitkit.tasks.base import ServedTask, get_task, task_names
 
 CLASSIFY = "classify"
-ANOMALY = "anomaly"
 
 
 @dataclass
 class ServedModel:
     name: str
     bundle: Path
-    variant: str
-    kind: str  # "classify" or "anomaly"
     version: str  # a short hash of the bundle's vitkit.json: changes with every new bundle
-    labels: list[str]
-    top_k: int = 5
-    _predictor: Any = field(default=None, repr=False)
-    _detector: Any = field(default=None, repr=False)
+    task: ServedTask = field(repr=False)
     _opened: Bundle | None = field(default=None, repr=False)  # vitkit.json as read at load
 
     @classmethod
@@ -43,61 +39,47 @@ class ServedModel:
             BundleError: Not a bundle, or a task the service does not know.
         """
         opened = Bundle.open(bundle)
-        meta, version = opened.meta, opened.version
-        if meta.task == CLASSIFY:
-            from vitkit.predictor.predict import load
+        if opened.meta.task not in task_names():
+            raise BundleError(f"{opened} is a '{opened.meta.task}' bundle; the service serves "
+                              f"{', '.join(task_names())} bundles.")
+        served = get_task(opened.meta.task).serve(opened, variant)
+        return cls(name, opened.path, opened.version, served, _opened=opened)
 
-            predictor = load(opened, variant=variant)
-            return cls(name, opened.path, predictor.variant.name, CLASSIFY, version,
-                       list(predictor.labels), _predictor=predictor, _opened=opened)
-        if meta.task == ANOMALY:
-            if variant not in (None, "torch-fp32"):
-                raise BundleError(f"{opened} is an anomaly detector: it runs as torch-fp32 "
-                                  f"only, not {variant}.")
-            from vitkit.anomaly.detector import load_anomaly_detector
+    @property
+    def kind(self) -> str:
+        return self.task.kind
 
-            detector = load_anomaly_detector(opened, "cpu")
-            return cls(name, opened.path, "torch-fp32", ANOMALY, version,
-                       ["normal", "anomaly"], _detector=detector, _opened=opened)
-        raise BundleError(f"{opened} is a '{meta.task}' bundle; the service serves classifiers "
-                          "and anomaly detectors.")
+    @property
+    def variant(self) -> str:
+        return self.task.variant
+
+    @property
+    def labels(self) -> list[str]:
+        return self.task.labels
+
+    @property
+    def picture_key(self) -> str | None:
+        return self.task.picture_key
+
+    @property
+    def extra_outputs(self) -> tuple[tuple[str, str], ...]:
+        """The answer's keys the KServe v2 protocol returns beside label and score."""
+        return tuple(self.task.extra_outputs)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the tensors :meth:`prepare` makes."""
+        return self.task.input_size
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        if self._predictor is not None:
-            return self._predictor.transform(image)
-        return self._detector.method.prepare(image)
+        return self.task.prepare(image)
 
-    @torch.no_grad()
     def infer(self, batch: list[torch.Tensor]) -> list[dict[str, Any]]:
-        """One answer per prepared image: ``label, score, topk, unknown, ood_score`` for a
-        classifier, ``label ("normal"|"anomaly"), score (0.5 = threshold), raw_score`` for an
-        anomaly detector."""
-        stacked = torch.stack(batch)
-        if self._predictor is not None:
-            names = [""] * len(batch)
-            # "_features": the embedding for the drift monitor (never part of the answer).
-            return [{"label": p.label, "score": p.score, "topk": p.topk,
-                     "unknown": bool(p.ood), "ood_score": p.ood_score,
-                     "_features": p.features,
-                     "_class": self.labels.index(p.topk[0]["label"])}
-                    for p in self._predictor.predict_batch(stacked, names, self.top_k,
-                                                           keep_features=True)]
-        raw, maps = self._detector.method.score(stacked)
-        # "_map": the low-resolution map, turned into a PNG overlay only when a client asks
-        # (see overlay_png); never part of the JSON answer.
-        return [{"label": v.label, "score": v.score, "raw_score": v.raw_score, "_map": m}
-                for v, m in zip(self._detector.verdicts([""] * len(batch), raw), maps.cpu(),
-                                strict=True)]
+        return self.task.infer(batch)
 
-    def overlay_png(self, image: Image.Image, patch_map: torch.Tensor, max_side: int = 512
-                    ) -> bytes:
-        """The anomaly map over the image (0.5 = threshold outlined), as PNG bytes."""
-        from vitkit.anomaly.overlay import heatmap_overlay, png_bytes
-
-        shown = image.copy()
-        shown.thumbnail((max_side, max_side))
-        full = self._detector.full_maps(patch_map[None], [shown.size])[0]
-        return png_bytes(heatmap_overlay(shown, full, 0.0, 1.0, threshold=0.5))
+    def overlay_png(self, image: Image.Image, answer: dict[str, Any]) -> bytes | None:
+        """The answer drawn over the image (PNG bytes), or None for a task without one."""
+        return self.task.overlay_png(image, answer)
 
     def warm(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         """Runs the model on gray images, so the first real request does not pay for lazy
@@ -106,26 +88,16 @@ class ServedModel:
         for size in batch_sizes:
             self.infer([gray] * size)
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width) of the tensors :meth:`prepare` makes."""
-        if self._predictor is not None:
-            return tuple(self._predictor.preprocessing.input_size)  # type: ignore[return-value]
-        return tuple(self._detector.input_size)  # type: ignore[return-value]
-
     def drift_monitor(self, config: Any) -> Any:
-        """A drift monitor against the bundle's reference sample, or None (anomaly bundles,
-        bundles without an OOD fit)."""
-        if self._predictor is None:
+        """A drift monitor against the bundle's reference sample, or None (a task without
+        one, a classifier without an OOD fit)."""
+        found = self.task.drift_reference()
+        if found is None:
             return None
-        from vitkit.ood.detector import load_drift_reference
         from vitkit.serve.drift import DriftMonitor
 
-        reference = load_drift_reference(self._opened or self.bundle)
-        detector = self._predictor.ood
-        if reference is None or detector is None:
-            return None
-        return DriftMonitor(reference, self.labels, detector.expected_ood_share, config)
+        reference, expected_unknown = found
+        return DriftMonitor(reference, self.labels, expected_unknown, config)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "version": self.version,

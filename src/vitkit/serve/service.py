@@ -224,7 +224,8 @@ class Service:
                      route: str | None = None, with_maps: bool = False
                      ) -> list[dict[str, Any]]:
         """One answer per image from the route's arm for this user, or from the fallback chain;
-        ``with_maps`` adds ``map_png`` (base64 PNG overlay) to anomaly answers.
+        ``with_maps`` adds the task's picture (base64 PNG; ``map_png``: an anomaly heat map,
+        ``overlay_png``: a mask or boxes over the image) to each answer.
 
         Raises:
             UnknownRoute: No such route.
@@ -277,14 +278,15 @@ class Service:
             latency = time.perf_counter() - started
             answers = self._finish(slot.model, arm_name, route, results, latency,
                                    next(iter(reasons), None))
-            if with_maps and slot.model.kind == "anomaly":
+            key = slot.model.picture_key
+            if with_maps and key is not None:
                 loop = asyncio.get_running_loop()
                 pngs = await asyncio.gather(*[
-                    loop.run_in_executor(self.decoders, slot.model.overlay_png, image,
-                                         result["_map"])
+                    loop.run_in_executor(self.decoders, slot.model.overlay_png, image, result)
                     for image, result in zip(images, results, strict=True)])
                 for answer, png in zip(answers, pngs, strict=True):
-                    answer["map_png"] = base64.b64encode(png).decode("ascii")
+                    if png is not None:
+                        answer[key] = base64.b64encode(png).decode("ascii")
             return answers
         raise NoModelAvailable(reasons, overloaded)
 

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,7 @@ def v2_router(service: Service, max_bytes: int, read_body: Any, decode: Any) -> 
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise HttpProblem(503, "inference failed", f"{name}: {reason}",
                               {"Retry-After": str(RETRY_AFTER_S)}) from None
-        outputs = _outputs(answers, model.kind)
+        outputs = _outputs(answers, model.extra_outputs)
         return _respond(infer_request, outputs, name, model.version)
 
     @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, response_model=V2Response,
@@ -161,8 +162,8 @@ def _metadata(model: Any) -> dict[str, Any]:
     height, width = model.input_size
     outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                {"name": "score", "datatype": "FP32", "shape": [-1]}]
-    if model.kind == "classify":
-        outputs.append({"name": "unknown", "datatype": "BOOL", "shape": [-1]})
+    outputs += [{"name": key, "datatype": datatype, "shape": [-1]}
+                for key, datatype in model.extra_outputs]
     return {"name": model.name, "versions": [model.version], "platform": f"vitkit-{model.kind}",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, height, width]},
                        {"name": "image", "datatype": "BYTES", "shape": [-1]}],
@@ -280,12 +281,22 @@ def _unpack_bytes(raw: bytes) -> list[bytes]:
     return files
 
 
-def _outputs(answers: list[dict[str, Any]], kind: str) -> list[tuple[str, str, list[Any]]]:
+def _outputs(answers: list[dict[str, Any]], extra: Sequence[tuple[str, str]]
+             ) -> list[tuple[str, str, list[Any]]]:
+    """``label`` and ``score``, then the task's own outputs (``unknown`` for a classifier,
+    a mask or boxes as JSON text for segmentation and detection)."""
     outputs: list[tuple[str, str, list[Any]]] = [
         ("label", "BYTES", [str(a["label"]) for a in answers]),
-               ("score", "FP32", [float(a["score"]) for a in answers])]
-    if kind == "classify":
-        outputs.append(("unknown", "BOOL", [bool(a.get("unknown")) for a in answers]))
+        ("score", "FP32", [float(a["score"]) for a in answers])]
+    for key, datatype in extra:
+        values = [a.get(key) for a in answers]
+        if datatype == "BOOL":
+            outputs.append((key, datatype, [bool(v) for v in values]))
+        elif datatype == "FP32":
+            outputs.append((key, datatype, [float(v or 0.0) for v in values]))
+        else:  # BYTES: text as is, anything else as JSON
+            outputs.append((key, "BYTES", [v if isinstance(v, str) else json.dumps(v)
+                                           for v in values]))
     return outputs
 
 

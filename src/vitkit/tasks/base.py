@@ -4,13 +4,16 @@ The doors (serve, bench, optimize, the report) ask a bundle's task — ``get_tas
 — instead of testing ``if task == ...`` at every layer. A task module provides:
 
 - ``serve(bundle, variant)``: the loaded model behind the service (:class:`ServedTask`):
-  ``prepare`` an image, ``infer`` a batch into JSON-ready answers, an optional visual answer
-  (``overlay_png``: an anomaly map, a mask, boxes);
-- ``evaluate(bundle, data, ...)``: the ``eval --json`` record;
-- ``accuracy_key``: the figure of that record that ``bench`` reports and the ``optimize``
-  guard holds (classify: ``accuracy``; segment: ``dice``; detect: ``map_50``);
-- ``labels``, the prediction record and its ``--json`` shape, the layout reader and the
-  report section live in the task's own package and are reached through these.
+  ``prepare`` an image, ``infer`` a batch into JSON-ready answers (each has ``label`` and
+  ``score``, which the request log keeps), an optional picture (``overlay_png``: an anomaly
+  map, a mask, boxes) sent under ``picture_key`` when a client asks;
+- ``accuracy_key``: the figure of its ``eval --json`` record that ``bench`` reports and the
+  ``optimize`` guard holds (classify: ``accuracy``; segment: ``dice``; detect: ``map_50``).
+
+The layout reader and validator (:mod:`vitkit.data`), the model, loss and metrics (the task's
+own package), the training step (:class:`vitkit.tasks.trainer.TaskStep`) and the ``eval`` /
+``predict`` jobs with their ``--json`` records (:mod:`vitkit.workflows`) sit in the layers
+where they belong and are reached through the task's verbs.
 
 A fifth task adds a module here (and its package below): see the Design page, "Add a task".
 """
@@ -33,6 +36,10 @@ class ServedTask(Protocol):
     kind: str  # the task's name
     variant: str  # the variant that runs
     labels: list[str]
+    picture_key: str | None  # the answer's key for overlay_png's picture (base64), if any
+    # the answer's keys the KServe v2 protocol returns beside label and score, with their
+    # datatype (BOOL, FP32, or BYTES: text, or anything else as JSON text)
+    extra_outputs: tuple[tuple[str, str], ...]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -52,8 +59,9 @@ class ServedTask(Protocol):
         """The answer drawn over the image (PNG), or None when the task has no picture."""
         ...
 
-    def drift_monitor(self, config: Any) -> Any:
-        """A drift monitor for this model, or None."""
+    def drift_reference(self) -> tuple[Any, float] | None:
+        """(the reference sample the drift monitor compares with, the expected share of
+        "unknown" answers), or None when the model has none."""
         ...
 
 
@@ -64,9 +72,6 @@ class Task(Protocol):
     accuracy_key: str  # the eval record's figure bench shows and optimize's guard holds
 
     def serve(self, bundle: Bundle, variant: str | None = None) -> ServedTask:
-        ...
-
-    def evaluate(self, bundle: Bundle, data: str, **options: Any) -> dict[str, Any]:
         ...
 
 
