@@ -3,7 +3,8 @@
 Before :class:`vitkit.bundle.Bundle`, each layer re-read the file from the path it was given:
 ``vitkit.load`` read it twice (the Predictor, then the OOD detector on first use), a served
 model 5 times (its own check, the version hash, the Predictor, the OOD detector, the drift
-reference).
+reference), ``vitkit optimize`` with nothing to build 4 times (its checks, the candidate list,
+the benchmark, the write of its choice).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 import pytest
 
 import vitkit
+from vitkit.benchmark import QUICK
 from vitkit.bundle import META_FILE, Bundle
 from vitkit.serve.config import ServeConfig
 from vitkit.serve.served import ServedModel
+from vitkit.workflows.optimize import run_optimize
 
 
 @pytest.fixture
@@ -60,3 +63,13 @@ def test_a_bundle_object_is_accepted_where_a_path_is(trained_bundles: dict[str, 
     served = ServedModel.load("m", bundle)
     assert served.labels == predictor.labels == bundle.meta.labels
     assert len(meta_reads) == 1, meta_reads
+
+
+def test_optimize_reads_the_bundle_once_besides_the_write_of_its_choice(
+        fresh_bundle: Callable[[str], Path], meta_reads: list[str]) -> None:
+    bundle = fresh_bundle("cnn")
+    result = run_optimize(bundle, candidates=["torch-bf16"], budget=QUICK)
+    assert result.candidates[0].status == "ok"
+    # One reading for the checks, the candidate list and the benchmark; update_meta reads the
+    # file again to rewrite it (a build in between would make the benchmark read it anew).
+    assert len(meta_reads) == 2, meta_reads

@@ -15,7 +15,7 @@ from tests.e2e.cli import run_cli
 
 import vitkit
 from vitkit.benchmark import QUICK, BenchConfig, run_bench
-from vitkit.bundle import read_meta
+from vitkit.bundle import Bundle, read_meta
 from vitkit.compress.reference import reference_images
 from vitkit.errors import VitkitError
 from vitkit.predictor import predict as predict_module
@@ -195,7 +195,7 @@ def test_smaller_input_sizes_become_int8_candidates(fresh_bundle: Callable[[str]
                                                     ) -> None:
     from vitkit.workflows.optimize import _select
 
-    bundle = fresh_bundle("vit")
+    bundle = Bundle.open(fresh_bundle("vit"))
     names = [r.name for r in _select(bundle, None, None, [128, 96])]
     assert names[-2:] == ["openvino-int8-128px", "openvino-int8-96px"]
     assert [r.image_size for r in _select(bundle, ["openvino-int8-96px"], None, [96])] == [96]

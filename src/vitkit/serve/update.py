@@ -183,9 +183,11 @@ def validate(candidate: ServedModel, live: ServedModel, config: UpdateConfig
 
 
 def _recorded_accuracy(model: ServedModel) -> float | None:
-    from vitkit.bundle import read_meta
+    """The validation accuracy recorded in the bundle as the model was loaded."""
+    from vitkit.bundle import Bundle
 
-    metrics = (read_meta(model.bundle).train or {}).get("metrics") or {}
+    meta = Bundle.open(model._opened or model.bundle).meta
+    metrics = (meta.train or {}).get("metrics") or {}
     value = (metrics.get("val") or {}).get("accuracy")
     return float(value) if value is not None else None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vitkit.bundle import read_meta, update_meta, write_json_atomic
+from vitkit.bundle import Bundle, BundleSource, update_meta, write_json_atomic
 from vitkit.compress.reference import reference_images
 from vitkit.console import stderr_console
 from vitkit.data import validate_samples
@@ -84,7 +84,7 @@ def calibration_step(context: TrustContext) -> None:
     context.reload()
 
 
-def run_calibrate(bundle: Path, data: str | None = None, out: Path | None = None,
+def run_calibrate(bundle: BundleSource, data: str | None = None, out: Path | None = None,
                   batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
     """`vitkit calibrate`: (re)fits the bundle's temperature on the validation images of
     ``data`` (default: the bundle's own training data, split as training split it).
@@ -92,15 +92,16 @@ def run_calibrate(bundle: Path, data: str | None = None, out: Path | None = None
     Files go to ``out``, else to the bundle's run folder when it sits in one (the run's
     report is re-rendered); the document gains ``bundle``, ``data`` and ``files``.
     """
-    meta = read_meta(bundle)
-    reference = reference_images(meta, data, "val")
+    opened = Bundle.open(bundle)
+    bundle = opened.path
+    reference = reference_images(opened.meta, data, "val")
     if reference is None:
         raise DataError(f"{bundle} does not say where its training images are (or they "
                         "moved); give labelled images: vitkit calibrate BUNDLE DATA.")
     checked = validate_samples(reference.samples, progress=progress)
     if checked.skipped:
         stderr_console.print(f"[yellow]{checked.summary()}[/]")
-    predictor = load(bundle, variant=REFERENCE_VARIANT)
+    predictor = load(opened, variant=REFERENCE_VARIANT)
     embeddings = embed_samples(predictor, checked.usable, batch_size, 0, progress,
                                "logits (val)")
     assert embeddings.targets is not None  # embed_samples labels what it embeds

@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
-from vitkit.bundle import read_meta
+from vitkit.bundle import Bundle
 from vitkit.classify.config import TrainConfig
 from vitkit.console import stderr_console
 from vitkit.errors import VitkitError
@@ -123,11 +123,12 @@ def run_demo(out: Path, plan: DemoPlan = FULL, progress: bool = True, seed: int 
         trained = run_training(demo_train_config(data, run / "classifier", plan, seed),
                                progress=progress)
     with clock.step("how good is it? the held-out test split"):
-        test = read_meta(trained.bundle).train["metrics"]["test"]
+        classifier = Bundle.open(trained.bundle)
+        test = classifier.meta.train["metrics"]["test"]
         stderr_console.print(_per_class_table(test))
         stderr_console.print(describe_accuracy(test), highlight=False)
     with clock.step("predict a few images it never trained on"):
-        predictor = load(trained.bundle)
+        predictor = load(classifier)
         samples = _test_examples(Path(trained.run_dir) / "splits.csv")
         stderr_console.print(_prediction_table(predictor.predict_paths(samples, top_k=1)))
     with clock.step("anomaly detection learned from nominal images only (PatchCore)"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vitkit.backbones import CreatedModel, ImageClassifier, check_model_name, create
-from vitkit.bundle import BundleMeta, read_meta
+from vitkit.bundle import Bundle, BundleMeta
 from vitkit.classify.config import DistillConfig
 from vitkit.classify.distill import (
     distillation_loss,
@@ -193,17 +193,19 @@ class TeacherLoss:
 
 
 def run_distill(config: DistillConfig, resume: bool = False,
-                progress: bool = True) -> DistillResult:
+                progress: bool = True, teacher_bundle: Bundle | None = None) -> DistillResult:
     """Distils the teacher bundle into the configured student and writes the run and bundle.
 
     ``resume`` continues a killed run from its last checkpoint (the teacher is stateless: its
-    logits cache, when there is one, is recomputed).
+    logits cache, when there is one, is recomputed). ``teacher_bundle``: ``config.teacher``
+    already opened, not read again.
     """
     started = time.perf_counter()
     run_dir = Path(config.out)
     check_model_name(config.model)
     refuse_to_overwrite(run_dir, resume)
-    teacher_meta = _read_teacher(config.teacher)
+    opened_teacher = _read_teacher(config.teacher, teacher_bundle)
+    teacher_meta = opened_teacher.meta
     new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
@@ -233,7 +235,7 @@ def run_distill(config: DistillConfig, resume: bool = False,
         val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
         run_dir=run_dir, show_progress=progress,
     )
-    teacher = load(config.teacher, device=str(trainer.device),
+    teacher = load(opened_teacher, device=str(trainer.device),
                    variant=config.teacher_variant or REFERENCE_VARIANT, ood=False)
     teacher_val = evaluate_samples(teacher, by_split["val"], config.batch_size,
                                    config.num_workers, progress, "evaluating teacher on val")
@@ -266,14 +268,16 @@ def run_distill(config: DistillConfig, resume: bool = False,
                       result_type=DistillResult, teacher=teacher_record)
 
 
-def _read_teacher(path: str) -> BundleMeta:
+def _read_teacher(path: str, opened: Bundle | None = None) -> Bundle:
     if not path:
         raise ConfigError("no teacher given: pass the teacher's bundle folder as TEACHER_BUNDLE.")
-    meta = read_meta(path)
-    if meta.task != "classify":
-        raise ConfigError(f"the teacher {path} is a '{meta.task}' bundle; distillation needs a "
-                          "classifier bundle, such as the one `vitkit train` writes.")
-    return meta
+    if opened is not None and opened.path != Path(path):
+        raise ValueError(f"the opened teacher {opened} is not config.teacher {path}")
+    teacher = Bundle.open(opened or path)
+    if teacher.meta.task != "classify":
+        raise ConfigError(f"the teacher {path} is a '{teacher.meta.task}' bundle; distillation "
+                          "needs a classifier bundle, such as the one `vitkit train` writes.")
+    return teacher
 
 
 def _teacher_columns(path: str, teacher_labels: list[str], classes: list[str]) -> list[int]:

@@ -25,7 +25,7 @@ import torch
 
 from vitkit.anomaly.overlay import save_png_atomic
 from vitkit.atomic import write_bytes_atomic, write_text_atomic
-from vitkit.bundle import read_meta, write_json_atomic
+from vitkit.bundle import Bundle, BundleSource, write_json_atomic
 from vitkit.console import stderr_console
 from vitkit.data.files import require_images
 from vitkit.errors import ConfigError, ImageFailure
@@ -88,7 +88,7 @@ class ExplainResult:
         }
 
 
-def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str = "auto",
+def explain_paths(bundle: BundleSource, paths: Sequence[str | Path], method: str = "auto",
                   target_class: str | None = None, layer: str | None = None,
                   out_dir: str | Path = "runs/explain", discard_ratio: float = 0.9,
                   head_fusion: HeadFusion = DEFAULT_HEAD_FUSION, variant: str | None = None,
@@ -102,15 +102,16 @@ def explain_paths(bundle: str | Path, paths: Sequence[str | Path], method: str =
     files, missing = expand_paths([str(p) for p in paths])
     require_images(files, [m.path for m in missing])
     notes = []
+    opened = Bundle.open(bundle)
     if variant is not None:
-        chosen = find_variant(read_meta(bundle), variant, bundle)
+        chosen = find_variant(opened.meta, variant, opened.path)
         if chosen.name != "torch-fp32":
             notes.append(
                 f"explained with the bundle's fp32 torch model, not {chosen.name}: Grad-CAM needs "
                 "gradients and rollout needs attention weights, which "
                 f"{chosen.runtime} {chosen.precision} does not expose. The predictions shown "
                 "are the torch model's (they match the variant's within its recorded parity).")
-    predictor = load(bundle, device=_device(device), variant=REFERENCE_VARIANT)
+    predictor = load(opened, device=_device(device), variant=REFERENCE_VARIANT)
     result = explain_images(predictor, [(f, None) for f in files], method, target_class, layer,
                             out_dir, discard_ratio, head_fusion, batch_size, cmap, alpha,
                             progress)

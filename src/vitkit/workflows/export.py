@@ -22,7 +22,15 @@ from typing import Any
 import torch
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
-from vitkit.bundle import BundleMeta, load_weights, read_meta, update_meta, write_json_atomic
+from vitkit.bundle import (
+    Bundle,
+    BundleMeta,
+    BundleSource,
+    load_weights,
+    read_meta,
+    update_meta,
+    write_json_atomic,
+)
 from vitkit.compress import export as ex
 from vitkit.compress.reference import compare, image_batches, reference_images
 from vitkit.console import stderr_console
@@ -140,7 +148,7 @@ def parse_formats(formats: Sequence[str]) -> list[str]:
     return names
 
 
-def run_export(bundle: Path | str, formats: Sequence[str] = ("all",), data: str | None = None,
+def run_export(bundle: BundleSource, formats: Sequence[str] = ("all",), data: str | None = None,
                batch_size: int = 32, opset: int | None = None, progress: bool = True
                ) -> ExportResult:
     """Exports the bundle's model to each format, checks each against PyTorch, records it.
@@ -148,11 +156,11 @@ def run_export(bundle: Path | str, formats: Sequence[str] = ("all",), data: str 
     A format whose package is missing is skipped (the reason names what to install); so is one
     whose conversion fails when several were asked for. Raises VitkitError when none worked.
     """
-    bundle = Path(bundle)
     names = parse_formats(formats)
     if "coreml" in names:
         raise VitkitError(ex.COREML_MESSAGE)
-    meta = _classifier_meta(bundle)
+    opened = Bundle.open(bundle)
+    bundle, meta = opened.path, _classifier_meta(opened)
     model = _torch_model(bundle, meta)
     input_size = tuple(Preprocessing.model_validate(meta.preprocessing).input_size)
     batches, source = _parity_batches(meta, data, batch_size, input_size)
@@ -184,8 +192,8 @@ def run_export(bundle: Path | str, formats: Sequence[str] = ("all",), data: str 
     return result
 
 
-def _classifier_meta(bundle: Path) -> BundleMeta:
-    meta = read_meta(bundle)
+def _classifier_meta(bundle: Bundle) -> BundleMeta:
+    meta = bundle.meta
     if meta.task != "classify":
         raise BundleError(f"{bundle} is a '{meta.task}' bundle; `vitkit export` exports "
                           "classifiers.")

@@ -25,7 +25,7 @@ import torch
 
 from vitkit.benchmark import BenchConfig, Budget, run_bench
 from vitkit.benchmark.run import VariantResult
-from vitkit.bundle import read_meta, update_meta
+from vitkit.bundle import Bundle, BundleSource, update_meta
 from vitkit.compress.quantize import QuantizationRefused, is_transformer, quantize_bundle
 from vitkit.compress.tome import tome_supported
 from vitkit.errors import BundleError, VitkitError
@@ -129,7 +129,7 @@ def machine_description() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def run_optimize(bundle: Path | str, data: str | None = None, max_drop: float = 0.5,
+def run_optimize(bundle: BundleSource, data: str | None = None, max_drop: float = 0.5,
                  min_agreement: float = 0.99, goal: Goal = "throughput", batch: int = 32,
                  candidates: Sequence[str] | None = None, tome: Sequence[int] | None = None,
                  image_sizes: Sequence[int] = (), rebuild: bool = False,
@@ -150,15 +150,16 @@ def run_optimize(bundle: Path | str, data: str | None = None, max_drop: float = 
         VitkitError: not a classifier bundle, an unknown candidate name, or no labelled
             images to hold the accuracy guard on.
     """
-    bundle = Path(bundle)
+    opened = Bundle.open(bundle)
+    bundle, meta = opened.path, opened.meta
     say = log or (lambda _message: None)
-    meta = read_meta(bundle)
     if meta.task != "classify":
         raise BundleError(f"{bundle} is a '{meta.task}' bundle; optimize measures classifiers.")
     previous = find_variant(meta, None, bundle).name
-    recipes = _select(bundle, candidates, tome, image_sizes)
+    recipes = _select(opened, candidates, tome, image_sizes)
     reports: dict[str, CandidateReport] = {}
     built: list[str] = [REFERENCE_VARIANT]
+    benched: BundleSource = opened
     existing = {v.name for v in list_variants(meta)}
     for recipe in recipes:
         missing = RUNTIME_MODULES.get(recipe.runtime)
@@ -171,6 +172,7 @@ def run_optimize(bundle: Path | str, data: str | None = None, max_drop: float = 
             built.append(recipe.name)
             continue
         say(f"building {recipe.name} …")
+        benched = bundle  # a build records its variant: the bench reads the bundle anew
         try:
             _build(bundle, recipe, data, max_drop)
         except QuantizationRefused as refused:
@@ -184,8 +186,8 @@ def run_optimize(bundle: Path | str, data: str | None = None, max_drop: float = 
             continue
         built.append(recipe.name)
     say(f"measuring {len(built)} variants (accuracy on the validation images, then speed) …")
-    bench = run_bench(bundle, BenchConfig(variants=built, batches=sorted({1, batch}), data=data,
-                                          max_images=max_images),
+    bench = run_bench(benched, BenchConfig(variants=built, batches=sorted({1, batch}),
+                                           data=data, max_images=max_images),
                       budget or Budget(), on_variant=lambda name: say(f"  timing {name}"))
     for measured in bench.variants:
         reports[measured.name] = _report(measured, batch)
@@ -210,23 +212,23 @@ def run_optimize(bundle: Path | str, data: str | None = None, max_drop: float = 
     return result
 
 
-def set_default_variant(bundle: Path | str, name: str) -> dict[str, Any]:
+def set_default_variant(bundle: BundleSource, name: str) -> dict[str, Any]:
     """Makes ``name`` the default by hand (``vitkit optimize --default NAME``), recorded as
     such; the variant must exist."""
-    meta = read_meta(bundle)
-    previous = find_variant(meta, None, bundle).name
-    variant = find_variant(meta, name, bundle)
+    opened = Bundle.open(bundle)
+    previous = find_variant(opened.meta, None, opened.path).name
+    variant = find_variant(opened.meta, name, opened.path)
     record = {"chosen_by": "hand", "default_variant": variant.name,
               "measured_at": _now(), "previous_default": previous}
-    update_meta(bundle, default_variant=variant.name, optimization=record)
+    update_meta(opened.path, default_variant=variant.name, optimization=record)
     return record
 
 
-def _select(bundle: Path, names: Sequence[str] | None, tome: Sequence[int] | None,
+def _select(bundle: Bundle, names: Sequence[str] | None, tome: Sequence[int] | None,
             image_sizes: Sequence[int] = ()) -> list[Recipe]:
     from vitkit.backbones import BackboneSpec, rebuild
 
-    meta = read_meta(bundle)
+    meta = bundle.meta
     model = rebuild(BackboneSpec.from_dict(meta.backbone), num_classes=len(meta.labels))
     vit = tome_supported(model) and is_transformer(model)
     rates = list(tome) if tome is not None else list(DEFAULT_TOME_RATES if vit else ())

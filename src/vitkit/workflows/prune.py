@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vitkit.backbones import BackboneSpec, rebuild
-from vitkit.bundle import read_meta, save_weights
+from vitkit.bundle import Bundle, BundleSource, save_weights
 from vitkit.classify.config import DistillConfig
 from vitkit.compress.prune import mlp_importance, prune_mlp_state, pruned_width, vit_mlps
 from vitkit.compress.reference import compare, image_batches, reference_images
@@ -51,7 +51,7 @@ class PruneResult:
         return asdict(self)
 
 
-def run_prune(bundle: Path | str, out: Path | str, mlp_keep: float = 0.5, epochs: int = 3,
+def run_prune(bundle: BundleSource, out: Path | str, mlp_keep: float = 0.5, epochs: int = 3,
               data: str | None = None, progress: bool = True,
               distill_options: dict[str, Any] | None = None) -> PruneResult:
     """Prunes the MLP width of a ViT bundle to ``mlp_keep`` and recovers it by distillation.
@@ -71,13 +71,13 @@ def run_prune(bundle: Path | str, out: Path | str, mlp_keep: float = 0.5, epochs
 
     if epochs < 1:
         raise VitkitError("--epochs must be at least 1: the pruned model needs to recover.")
-    bundle = Path(bundle)
-    meta = read_meta(bundle)
+    opened = Bundle.open(bundle)
+    bundle, meta = opened.path, opened.meta
     spec = BackboneSpec.from_dict(meta.backbone)
     if spec.source != "timm":
         raise VitkitError("MLP pruning works on timm Vision Transformers; this bundle's model "
                           f"comes from {spec.source}.")
-    reference = load(bundle, variant=REFERENCE_VARIANT, ood=False)
+    reference = load(opened, variant=REFERENCE_VARIANT, ood=False)
     model = reference.torch_model().eval()
     hidden = vit_mlps(model)[0].fc1.out_features
     width = pruned_width(hidden, mlp_keep)
@@ -107,7 +107,7 @@ def run_prune(bundle: Path | str, out: Path | str, mlp_keep: float = 0.5, epochs
             test_fraction=float(train_config.get("test_fraction", 0.0)),
             seed=int(train_config.get("seed", 0)),
             **({"stages": RECOVERY_STAGES} | (distill_options or {})))
-        result = run_distill(config, progress=progress)
+        result = run_distill(config, progress=progress, teacher_bundle=opened)
     accuracy["recovered"] = result.val_accuracy
     return PruneResult(
         bundle=result.bundle, source=str(bundle), mlp_width=[hidden, width],
