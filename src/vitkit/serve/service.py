@@ -1,6 +1,9 @@
 """The serving core, without HTTP: models, batchers, routing, fallback, metrics, the log.
 
 :class:`Service` answers decoded images; :mod:`vitkit.serve.app` puts HTTP around it.
+A little over 450 lines: the answering path (route, fallback, finish, log, drift) is one
+sequence that shares the service's state; model updates already live in
+:mod:`vitkit.serve.updates`, protocols in ``v1`` / ``v2``.
 """
 
 from __future__ import annotations
