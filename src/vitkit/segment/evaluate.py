@@ -1,0 +1,133 @@
+"""A segmentation bundle measured on image/mask pairs: the ``vitkit segment eval`` record.
+
+Each image is predicted as :class:`~vitkit.segment.predict.SegmentPredictor` predicts it for a
+user (resized whole to the training size, the mask brought back to the image's size with
+nearest-neighbour sampling) and compared with its mask at full resolution, so the figures are
+those of the masks a user gets, not of the model's smaller working size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vitkit.bundle import BundleSource
+from vitkit.console import make_progress, stderr_console
+from vitkit.data.images import ImageProblem, load_rgb
+from vitkit.data.masks import (
+    BINARY_CLASSES,
+    MaskPair,
+    read_mask,
+    scan_segmentation,
+    validate_pairs,
+)
+from vitkit.errors import DataError
+from vitkit.segment.metrics import SegmentationMeter, SegmentationScores
+from vitkit.segment.predict import SegmentPredictor, resize_mask
+
+
+def evaluate_pairs(predictor: SegmentPredictor, pairs: Sequence[MaskPair], batch_size: int = 8,
+                   progress: bool = True, description: str = "evaluating") -> SegmentationScores:
+    """Dice and IoU of the predictor's masks against the pairs' masks, at full resolution.
+
+    Raises:
+        DataError: A pair that validated became unreadable during the run.
+    """
+    meter = SegmentationMeter(predictor.labels, predictor.record.ignore_index)
+    n_classes = len(predictor.labels)
+    with make_progress(progress) as bar:
+        task = bar.add_task(description, total=len(pairs), stats="") if bar else None
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            images, targets = [], []
+            for pair in chunk:
+                try:
+                    image, _ = load_rgb(pair.image)
+                    targets.append(read_mask(pair, n_classes, image.size))
+                except ImageProblem as problem:
+                    raise DataError(f"{pair.image} or its mask became unusable during the run "
+                                    f"({problem.reason}). Restore or remove the pair and run "
+                                    "again.") from problem
+                images.append(image)
+            small = predictor.masks(torch.stack([predictor.transform(i) for i in images]))
+            for mask, image, target in zip(small, images, targets, strict=True):
+                full = resize_mask(mask.numpy(), image.size)
+                meter.update(torch.from_numpy(full)[None], torch.from_numpy(target)[None])
+            if bar is not None and task is not None:
+                bar.update(task, advance=len(chunk))
+    return meter.compute()
+
+
+def select_split(pairs: Sequence[MaskPair]) -> tuple[str, list[MaskPair]]:
+    """The test pairs if there are any, else val, else every pair (data without splits)."""
+    for split in ("test", "val"):
+        chosen = [p for p in pairs if p.split == split]
+        if chosen:
+            return split, chosen
+    return "all", list(pairs)
+
+
+def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
+                    batch_size: int = 8, variant: str | None = None, device: str = "cpu",
+                    progress: bool = True) -> dict[str, Any]:
+    """The ``vitkit segment eval --json`` record of ``bundle`` on the pairs in ``data``.
+
+    Args:
+        bundle: A segmentation bundle.
+        data: A segmentation data folder (``images/`` + ``masks/``, optionally per split, or
+            MVTec).
+        split: ``train``, ``val``, ``test`` or ``all``; default: test if the data has it,
+            else val, else all.
+        batch_size: Images per batch.
+        variant: The variant to run (default: the bundle's).
+        device: ``cpu``, ``cuda`` or ``auto`` (torch variants).
+        progress: Progress bars on stderr.
+
+    Returns:
+        ``{"dice", "iou", "pixel_accuracy", "per_class": {name: {"dice", "iou", "pixels"}},
+        "pixels", "n_images", "split", "variant", "n_skipped", "skipped": [{"path",
+        "reason"}]}``.
+
+    Raises:
+        DataError: The data's classes do not fit the bundle, or no pair is usable.
+    """
+    predictor = SegmentPredictor.load(bundle, variant=variant, device=device)
+    labels = predictor.labels
+    scanned = scan_segmentation(
+        data, mvtec_classes="single" if labels == list(BINARY_CLASSES) else "per_defect")
+    if len(scanned.classes) != len(labels):
+        raise DataError(f"{data} has {len(scanned.classes)} classes ({', '.join(scanned.classes)})"
+                        f" but the model has {len(labels)} ({', '.join(labels)}). Evaluate on "
+                        "data with the same classes (DATA/data.yaml or classes.txt names them).")
+    if scanned.classes != labels and scanned.layout == "masks":
+        stderr_console.print(f"[yellow]note[/]: {data} names its classes "
+                             f"{', '.join(scanned.classes)}; the model's are {', '.join(labels)}. "
+                             "Class indices are compared, under the model's names.")
+    if split is None:
+        split, chosen = select_split(scanned.pairs)
+    elif split == "all":
+        chosen = list(scanned.pairs)
+    else:
+        chosen = [p for p in scanned.pairs if p.split == split]
+        if not chosen:
+            found = sorted({p.split or "none" for p in scanned.pairs})
+            raise DataError(f"{data} has no {split!r} pairs (splits there: {', '.join(found)}). "
+                            "Choose one of those with --split, or --split all.")
+    scanned.pairs = chosen
+    report = validate_pairs(scanned, progress=progress)
+    if report.skipped:
+        stderr_console.print(f"[yellow]{report.summary()}[/]")
+    if not report.usable:
+        raise DataError(f"no usable image/mask pairs to evaluate in {data} "
+                        f"({report.summary()}).")
+    result = evaluate_pairs(predictor, report.usable, batch_size, progress)
+    return {
+        **result.to_dict(),
+        "n_images": len(report.usable),
+        "split": split,
+        "variant": predictor.variant.name,
+        "n_skipped": len(report.skipped),
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
+    }
