@@ -101,42 +101,67 @@ def _quiet() -> Iterator[io.StringIO]:
 
 
 def export_onnx(model: nn.Module, path: Path, input_size: Sequence[int],
-                opset: int | None = None, outputs: int = 1) -> dict[str, Any]:
+                opset: int | None = None, outputs: int = 1, size_multiple: int | None = None,
+                exporters: Sequence[str] = ("dynamo", "torchscript")) -> dict[str, Any]:
     """Writes an ONNX graph with a dynamic batch axis; returns ``{"opset", "exporter", ...}``.
 
-    The ``torch.export``-based exporter first; the TorchScript-based one if that fails. A
-    model with several outputs (a tuple) names them ``logits0``, ``logits1``, …
+    ``exporters`` are tried in order: ``dynamo`` (``torch.export``) and ``torchscript`` (the
+    deprecated TorchScript-based exporter). A model with several outputs (a tuple) names them
+    ``logits0``, ``logits1``, … With ``size_multiple`` the height and width are dynamic too,
+    any multiple of it (a dense model such as a segmenter, whose decoder needs sides divisible
+    by its output stride).
     """
     require("onnx")
     model = model.eval()
     x = example_input(input_size)
     names = [OUTPUT_NAME] if outputs == 1 else [f"{OUTPUT_NAME}{i}" for i in range(outputs)]
     external = _parameter_bytes(model) > _PROTOBUF_LIMIT
-    try:
+    failures: list[str] = []
+    for exporter in exporters:
+        try:
+            chosen = _export_onnx_with(exporter, model, x, path, names, opset, size_multiple,
+                                       external)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: try the next exporter
+            failures.append(f"{exc} ({exporter})")
+            continue
+        options: dict[str, Any] = {
+            "opset": chosen, "exporter": exporter, "dynamic_batch": True,
+            "input_name": INPUT_NAME, "output_name": names[0] if outputs == 1 else names,
+            "external_data": external}
+        if size_multiple:
+            options.update(dynamic_size=True, size_multiple=size_multiple)
+        return options
+    raise VitkitError(f"ONNX export failed: {'; '.join(failures)}.")
+
+
+def _export_onnx_with(exporter: str, model: nn.Module, x: torch.Tensor, path: Path,
+                      names: list[str], opset: int | None, size_multiple: int | None,
+                      external: bool) -> int:
+    """One exporter's attempt; returns the opset it wrote."""
+    if exporter == "dynamo":
         require("onnxscript")
         chosen = opset or ONNX_OPSET
+        axes: dict[int, Any] = {0: torch.export.Dim("batch")}
+        if size_multiple:  # sides = multiple * n, n up to 2048 px / multiple
+            top = max(2, 2048 // size_multiple)
+            axes[2] = size_multiple * torch.export.Dim("height_steps", min=1, max=top)
+            axes[3] = size_multiple * torch.export.Dim("width_steps", min=1, max=top)
         with _quiet(), torch.no_grad():
             torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
                               output_names=names, opset_version=chosen,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},),
-                              dynamo=True, external_data=external, verbose=False)
-        exporter = "dynamo"
-    except Exception as first:  # noqa: BLE001 - any capture failure: try the legacy path
-        chosen = opset or LEGACY_ONNX_OPSET
-        try:
-            with _quiet(), torch.no_grad():
-                torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
-                                  output_names=names, opset_version=chosen,
-                                  dynamic_axes={INPUT_NAME: {0: "batch"},
-                                                **{name: {0: "batch"} for name in names}},
-                                  dynamo=False)
-        except Exception as second:  # noqa: BLE001
-            raise VitkitError(f"ONNX export failed: {first} (torch.export) and {second} "
-                              "(TorchScript exporter).") from second
-        exporter = "torchscript"
-    return {"opset": chosen, "exporter": exporter, "dynamic_batch": True,
-            "input_name": INPUT_NAME, "output_name": names[0] if outputs == 1 else names,
-            "external_data": external}
+                              dynamic_shapes=(axes,), dynamo=True,
+                              external_data=external, verbose=False)
+        return chosen
+    if exporter != "torchscript":
+        raise ValueError(f"unknown ONNX exporter {exporter!r}")
+    chosen = opset or LEGACY_ONNX_OPSET
+    dims = {0: "batch", 2: "height", 3: "width"} if size_multiple else {0: "batch"}
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME],
+                          output_names=names, opset_version=chosen,
+                          dynamic_axes={INPUT_NAME: dims, **{name: dims for name in names}},
+                          dynamo=False)
+    return chosen
 
 
 def _parameter_bytes(model: nn.Module) -> int:
