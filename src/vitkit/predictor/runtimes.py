@@ -171,10 +171,10 @@ class OpenVinoRuntime:
     """OpenVINO on the CPU; ``precision`` picks the inference precision hint (int8 models
     run their int8 parts as int8 whatever the hint; bf16 is the hint for the rest).
 
-    The stored model has a dynamic batch; the first batch sizes seen get a model compiled for
-    exactly that shape (measured on DeiT-tiny int8, 2 cores: 5.8 against 7.0 ms at batch 1,
-    260 against 230 img/s at batch 32), up to ``static_shapes`` of them; other sizes run on
-    the dynamic model.
+    The stored model has a dynamic batch (a segmenter's also a dynamic height and width); the
+    first input shapes seen get a model compiled for exactly that shape (measured on DeiT-tiny
+    int8, 2 cores: 5.8 against 7.0 ms at batch 1, 260 against 230 img/s at batch 32), up to
+    ``static_shapes`` of them; other shapes run on the dynamic model.
     """
 
     runtime = "openvino"
@@ -194,13 +194,12 @@ class OpenVinoRuntime:
                                                  self._config)
         self.request = self.compiled.create_infer_request()
         self._static_shapes = static_shapes
-        self._by_batch: dict[int, Any] = {}
+        self._by_shape: dict[tuple[int, ...], Any] = {}
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
-        batch = shape[0]
-        if batch in self._by_batch:
-            return self._by_batch[batch]
-        if len(self._by_batch) >= self._static_shapes:
+        if shape in self._by_shape:  # the whole shape: a graph may take several heights
+            return self._by_shape[shape]
+        if len(self._by_shape) >= self._static_shapes:
             return self.request
         model = self._core.read_model(self._path)
         try:
@@ -208,7 +207,7 @@ class OpenVinoRuntime:
             request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
         except RuntimeError:  # a graph that cannot take a static shape: stay dynamic
             request = self.request
-        self._by_batch[batch] = request
+        self._by_shape[shape] = request
         return request
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
