@@ -23,7 +23,7 @@ from vitkit.errors import VitkitError
 
 __all__ = ["app", "main"]
 
-for _verbs in ("classify", "compress", "trust", "anomaly", "detect",  # --help's order
+for _verbs in ("classify", "compress", "trust", "anomaly", "segment", "detect",  # --help order
                "serve", "version"):
     importlib.import_module(f"vitkit.cli.{_verbs}")
 

@@ -58,7 +58,12 @@ from vitkit.segment.model import (
 from vitkit.segment.predict import SegmentPredictor, mask_image, overlay
 from vitkit.tasks.segment import SegmentStep
 from vitkit.tasks.trainer import StagedConfig, StagedTrainer
-from vitkit.workflows.train import CONFIG_FILE, refuse_to_overwrite, removed_on_user_error
+from vitkit.workflows.train import (
+    CONFIG_FILE,
+    refuse_to_overwrite,
+    removed_on_user_error,
+    resolve_resume_config,
+)
 
 
 class SegmentTrainConfig(StagedConfig):
@@ -292,3 +297,14 @@ def _unique_stem(stem: str, seen: dict[str, int]) -> str:
     """``stem``, or ``stem-2``, ``stem-3`` … for images of the same name in other folders."""
     seen[stem] = seen.get(stem, 0) + 1
     return stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+
+
+def resolve_segment_resume(run_dir: Path, given: SegmentTrainConfig, changed: set[str]
+                           ) -> SegmentTrainConfig:
+    """The config a resumed run continues with: the saved one (options that contradict it
+    are an error), as for `vitkit train` (:func:`~vitkit.workflows.train.resolve_resume_config`)."""
+    # resolve_resume_config's type variable is bound to the classifier's config; it reads
+    # only ``out`` and the fields of the given config's own class.
+    resolved: SegmentTrainConfig = resolve_resume_config(run_dir, given,  # type: ignore[type-var]
+                                                         changed)
+    return resolved
