@@ -1,16 +1,16 @@
 """A detector's :class:`~vitkit.detect.graph.DetectorGraph` as an ONNX file with a dynamic
 batch, height and width.
 
-What exports and what does not (torch 2.14, torchvision 0.29, measured on FCOS, RetinaNet and
-Faster R-CNN on efficientnet_lite0): the whole torchvision detectors do not give a useful
-graph, because their top-k, thresholds, NMS and (Faster R-CNN) proposals make shapes depend
-on the image's content. The graph without them exports cleanly with both of torch's
-exporters and matches PyTorch to ~1e-5 at sizes other than the one it was traced at; the
-decoding stays Python (:func:`vitkit.detect.graph.decode`), the same for every runtime.
+Why not the whole torchvision detector: its top-k, score threshold, NMS and (Faster R-CNN)
+proposals make the graph's shapes depend on the image's content. The graph without them
+(torch 2.14, torchvision 0.29; FCOS, RetinaNet and Faster R-CNN on efficientnet_lite0)
+exports cleanly with both of torch's exporters and matches PyTorch to ~1e-5, also at sizes
+other than the one it was traced at; the decoding stays Python
+(:func:`vitkit.detect.graph.decode`), the same code for every runtime.
 
-The example input is at least twice the coarsest level's stride per side: ``torch.export``
-specialises an axis that is 1 in the example, and at 96 px FCOS's P7 map is 1x1, which would
-fix that output's shape in the graph.
+The example input is at least twice the coarsest level's stride per side: an axis that is 1
+in the example gets specialised (at 96 px FCOS's P7 map is 1x1), which would fix that
+output's shape in the graph.
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ def output_names(graph: DetectorGraph, levels: int) -> list[str]:
 def export_graph(graph: DetectorGraph, path: Path, size: int) -> dict[str, Any]:
     """Writes ``graph`` to ``path`` (ONNX); returns the options worth recording.
 
-    ``torch.export``'s exporter first (torch's default), the TorchScript-based one if that
-    cannot capture the graph (on FCOS-lite0 here: 20 s against 4 s, same outputs).
+    The TorchScript-based exporter first, ``torch.export``'s if that fails (or once torch
+    drops the older one). Both give the same graph here (outputs within 1e-5 of PyTorch at
+    96, 96x70 and 128x160 px), but on FCOS-lite0 the TorchScript one took 4 s and
+    ``torch.export``'s 20-30 s, most of it in its decompositions: the choice is measured, not
+    a preference (``vitkit export`` of classifiers, whose graphs trace in seconds either way,
+    uses ``torch.export`` first).
     """
     require("onnx")
     graph = graph.eval()
@@ -62,28 +66,30 @@ def export_graph(graph: DetectorGraph, path: Path, size: int) -> dict[str, Any]:
     with torch.no_grad():
         n_outputs = len(graph(example))
     names = output_names(graph, n_outputs // graph.outputs_per_level)
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            **{name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names}}
     try:
-        require("onnxscript")
-        dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=32, max=4096),
-                3: torch.export.Dim("width", min=32, max=4096)}
         with _quiet(), torch.no_grad():
             torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME],
-                              output_names=names, opset_version=ONNX_OPSET,
-                              dynamic_shapes=(dims,), dynamo=True, verbose=False)
-        exporter, opset = "dynamo", ONNX_OPSET
-    except Exception as first:  # noqa: BLE001 - any capture failure: try the other exporter
-        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                **{name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names}}
+                              output_names=names, opset_version=LEGACY_ONNX_OPSET,
+                              dynamic_axes=axes, dynamo=False)
+        exporter, opset = "torchscript", LEGACY_ONNX_OPSET
+    except Exception as first:  # noqa: BLE001 - any tracing failure: try torch.export
         try:
+            require("onnxscript")
+            # Dim.DYNAMIC: the level grids guard sizes (a 1x1 P7 below 129 px) that a
+            # fixed min would violate; ONNX Runtime computes every size the same way.
+            dynamic = torch.export.Dim.DYNAMIC
             with _quiet(), torch.no_grad():
                 torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME],
-                                  output_names=names, opset_version=LEGACY_ONNX_OPSET,
-                                  dynamic_axes=axes, dynamo=False)
+                                  output_names=names, opset_version=ONNX_OPSET,
+                                  dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},),
+                                  dynamo=True, verbose=False)
         except Exception as second:  # noqa: BLE001
             raise VitkitError(f"ONNX export of the detector failed: {first_line(first)} "
-                              f"(torch.export) and {first_line(second)} (TorchScript "
-                              "exporter).") from second
-        exporter, opset = "torchscript", LEGACY_ONNX_OPSET
+                              f"(TorchScript exporter) and {first_line(second)} "
+                              "(torch.export).") from second
+        exporter, opset = "dynamo", ONNX_OPSET
     return {"opset": opset, "exporter": exporter, "input_name": INPUT_NAME,
             "output_names": names, "traced_at": side}
 
