@@ -9,6 +9,8 @@ those of the masks a user gets, not of the model's smaller working size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from vitkit.data.images import ImageProblem, load_rgb
 from vitkit.data.masks import (
     BINARY_CLASSES,
     MaskPair,
+    assign_pair_splits,
     read_mask,
     scan_segmentation,
     validate_pairs,
@@ -60,6 +63,18 @@ def evaluate_pairs(predictor: SegmentPredictor, pairs: Sequence[MaskPair], batch
     return meter.compute()
 
 
+def training_splits(pairs: Sequence[MaskPair], val_fraction: float, seed: int
+                    ) -> tuple[list[MaskPair], bool]:
+    """The splits `vitkit segment train` gives the pairs: those without one are shared out
+    (seeded, per MVTec defect type); when that leaves no val pair (data with a train/ folder
+    only), val is carved out of train. Returns the pairs and whether val was carved."""
+    split = assign_pair_splits(pairs, val_fraction, seed)
+    if any(p.split == "val" for p in split):
+        return split, False
+    unsplit = [replace(p, split=None) if p.split == "train" else p for p in split]
+    return assign_pair_splits(unsplit, val_fraction, seed), True
+
+
 def select_split(pairs: Sequence[MaskPair]) -> tuple[str, list[MaskPair]]:
     """The test pairs if there are any, else val, else every pair (data without splits)."""
     for split in ("test", "val"):
@@ -79,7 +94,8 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
         data: A segmentation data folder (``images/`` + ``masks/``, optionally per split, or
             MVTec).
         split: ``train``, ``val``, ``test`` or ``all``; default: test if the data has it,
-            else val, else all.
+            else val, else all. On the data the bundle was trained on, the pairs get the
+            splits training gave them (seeded), so val is the held-out part.
         batch_size: Images per batch.
         variant: The variant to run (default: the bundle's).
         device: ``cpu``, ``cuda`` or ``auto`` (torch variants).
@@ -105,6 +121,11 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
         stderr_console.print(f"[yellow]note[/]: {data} names its classes "
                              f"{', '.join(scanned.classes)}; the model's are {', '.join(labels)}. "
                              "Class indices are compared, under the model's names.")
+    trained = predictor.bundle.meta.train.get("config") or {}
+    if _same_folder(trained.get("data"), data):
+        # The data it was trained on: the same held-out pairs as training chose.
+        scanned.pairs, _ = training_splits(scanned.pairs, float(trained.get("val_fraction", 0.2)),
+                                           int(trained.get("seed", 0)))
     if split is None:
         split, chosen = select_split(scanned.pairs)
     elif split == "all":
@@ -131,3 +152,12 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
         "n_skipped": len(report.skipped),
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
     }
+
+
+def _same_folder(recorded: object, data: str) -> bool:
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    try:
+        return Path(recorded).resolve() == Path(data).resolve()
+    except OSError:
+        return False

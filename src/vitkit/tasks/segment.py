@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,11 @@ from torch import nn
 
 from vitkit.bundle import Bundle
 from vitkit.data.masks import IGNORE_INDEX
+from vitkit.predictor.runtimes import Runtime
 from vitkit.segment.evaluate import evaluate_bundle
 from vitkit.segment.loss import DiceCELoss
 from vitkit.segment.metrics import SegmentationMeter
+from vitkit.segment.model import read_record
 from vitkit.segment.predict import (
     SegmentPredictor,
     class_shares,
@@ -156,8 +159,24 @@ class SegmentTask:
     def evaluate(self, bundle: Bundle, data: str, **options: Any) -> dict[str, Any]:
         """The ``vitkit segment eval --json`` record; ``options``: ``split``, ``batch_size``,
         ``variant``, ``device``, ``progress`` (see
-        :func:`~vitkit.segment.evaluate.evaluate_bundle`)."""
+        :func:`~vitkit.segment.evaluate.evaluate_bundle`). ``dice`` is None when neither
+        the masks nor the predictions hold any foreground pixel."""
         return evaluate_bundle(bundle, data, **options)
+
+    def runtime(self, bundle: Bundle, variant: str | None = None, device: str = "cpu",
+                threads: int | None = None) -> Runtime:
+        """The variant's runtime: preprocessed ``(B, 3, H, W)`` in, logits ``(B, C, H, W)``
+        out."""
+        return SegmentPredictor.load(bundle, variant, device, threads).runtime
+
+    def input_size(self, bundle: Bundle) -> tuple[int, int]:
+        return read_record(bundle.meta, bundle).input_size
+
+    def validation_data(self, bundle: Bundle) -> str | None:
+        """The folder the bundle was trained on, if it is still there (its evaluation then
+        uses the validation pairs training held out)."""
+        data = (bundle.meta.train.get("config") or {}).get("data")
+        return str(data) if isinstance(data, str) and data and Path(data).is_dir() else None
 
 
 TASK = SegmentTask()

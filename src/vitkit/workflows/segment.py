@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from vitkit.data.masks import (
     MaskPair,
     MvtecClasses,
     SegmentationDataset,
-    assign_pair_splits,
     check_pairs_usable,
     scan_segmentation,
     segmentation_transform,
@@ -44,7 +43,7 @@ from vitkit.data.masks import (
 from vitkit.data.validate import write_skipped_csv
 from vitkit.errors import DataError, ImageFailure
 from vitkit.predictor.predict import expand_paths
-from vitkit.segment.evaluate import evaluate_bundle, evaluate_pairs
+from vitkit.segment.evaluate import evaluate_bundle, evaluate_pairs, training_splits
 from vitkit.segment.model import (
     DEFAULT_ARCH,
     DEFAULT_ENCODER,
@@ -202,13 +201,10 @@ def _prepare_data(config: SegmentTrainConfig, run_dir: Path, progress: bool
         raise DataError("no data given: pass the folder of images/ and masks/ (or an MVTec "
                         "folder) as DATA.")
     scanned = scan_segmentation(config.data, config.mvtec_classes)
-    pairs = assign_pair_splits(scanned.pairs, config.val_fraction, config.seed)
-    if not any(p.split == "val" for p in pairs):
-        stderr_console.print(f"{config.data} has no val split; holding out "
+    scanned.pairs, carved = training_splits(scanned.pairs, config.val_fraction, config.seed)
+    if carved:
+        stderr_console.print(f"{config.data} has no val split; held out "
                              f"{config.val_fraction:.0%} of train for validation")
-        pairs = assign_pair_splits([replace(p, split=None) if p.split == "train" else p
-                                    for p in pairs], config.val_fraction, config.seed)
-    scanned.pairs = pairs
     report = validate_pairs(scanned, config.max_pixels, progress=progress)
     write_skipped_csv(report.skipped, run_dir / "skipped.csv")
     style = "yellow" if report.skipped else "green"
