@@ -139,7 +139,7 @@ def run_segment_training(config: SegmentTrainConfig, resume: bool = False,
     val_set = SegmentationDataset(by_split["val"], classes, segmentation_transform(
         config.size, False, None, mean, std), config.max_pixels)
     # Decoder batch norms need 2+ images per batch: drop a last batch of one.
-    drop_last = len(train_set) % config.batch_size == 1
+    drop_last = len(train_set) > config.batch_size and len(train_set) % config.batch_size == 1
 
     def train_loader(seed: int) -> DataLoader:
         return DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
