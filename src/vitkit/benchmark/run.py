@@ -113,10 +113,12 @@ class BenchResult:
     variants: list[VariantResult]
     reference_note: str | None = None  # why there are none, when that is worth saying
     default_variant: str = REFERENCE_VARIANT  # what the bundle runs when no variant is named
+    accuracy_key: str = "accuracy"  # what "accuracy" is: top-1, or the task's Dice / mAP@0.5
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "default_variant": self.default_variant,
+            "accuracy_key": self.accuracy_key,
             "threads": self.threads,
             "variants": [v.to_dict() for v in self.variants],
             "bundle": self.bundle, "batches": self.batches, "reference": self.reference,
@@ -161,13 +163,20 @@ def run_bench(bundle: BundleSource, config: BenchConfig | None = None, budget: B
     config, budget = config or BenchConfig(), budget or Budget()
     opened = Bundle.open(bundle)  # read once: every variant below loads from this reading
     meta = opened.meta
-    if meta.task != "classify":
-        raise BundleError(f"{bundle} is a '{meta.task}' bundle; bench measures classifiers.")
+    if meta.task == "anomaly":
+        raise BundleError(f"{bundle} is an anomaly bundle; `vitkit anomaly eval` measures its "
+                          "speed and ranking (bench measures classifiers, segmenters and "
+                          "detectors).")
+    if meta.task != "classify" and config.tome:
+        raise VitkitError("--tome merges a ViT classifier's tokens; this bundle is a "
+                          f"'{meta.task}' model.")
     variants = select_variants(meta, config.variants, opened.path)
     saved_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
+        if meta.task != "classify":
+            return _bench_task(opened, variants, config, budget, on_variant)
         return _bench(opened, meta, variants, config, budget, on_variant)
     finally:
         torch.set_num_threads(saved_threads)
@@ -203,6 +212,46 @@ def _bench(bundle: Bundle, meta: BundleMeta, variants: list[Variant], config: Be
         results.append(result)
     return BenchResult(str(bundle), threads, list(config.batches), source, results, note,
                        default_variant_name(meta))
+
+
+def _bench_task(bundle: Bundle, variants: list[Variant], config: BenchConfig, budget: Budget,
+                on_variant: Callable[[str], None] | None) -> BenchResult:
+    """Bench of a segmentation or detection bundle: the same timing as a classifier's; the
+    accuracy is the task's own figure (``accuracy_key``: Dice, mAP@0.5) measured by its
+    evaluation on each variant, and the drop is counted against torch-fp32."""
+    from vitkit.tasks.base import get_measured_task
+
+    task = get_measured_task(bundle.meta.task)
+    threads = config.threads or torch.get_num_threads()
+    inputs = _random_inputs(task.input_size(bundle), config.batches)
+    data = config.data or task.validation_data(bundle)
+    note = None if data else ("accuracy unknown: the bundle's training data is not here; "
+                              "pass --data with labelled images")
+    results: list[VariantResult] = []
+    for variant in variants:
+        if on_variant is not None:
+            on_variant(variant.name)
+
+        def opened(name: str = variant.name) -> Model:
+            return task.runtime(bundle, name, config.device, config.threads)
+
+        candidate = Candidate(variant.name, variant.runtime, variant.precision, opened,
+                              variant_files(bundle.path, variant))
+        result = measure_variant(candidate, inputs, budget)
+        if data and result.status == "ok":
+            record = task.evaluate(bundle, str(data), variant=variant.name,
+                                   device=config.device, progress=False)
+            result.accuracy = round(float(record[task.accuracy_key]), 4)
+            result.n_images = record.get("n_images")
+        results.append(result)
+    reference = next((r.accuracy for r in results if r.name == REFERENCE_VARIANT), None)
+    if reference is not None:
+        for result in results:
+            if result.accuracy is not None:
+                result.accuracy_drop = round(100 * (reference - result.accuracy), 2)
+    return BenchResult(str(bundle), threads, list(config.batches),
+                       str(data) if data else None, results, note,
+                       default_variant_name(bundle.meta), accuracy_key=task.accuracy_key)
 
 
 def measure_variant(candidate: Candidate, inputs: dict[int, torch.Tensor], budget: Budget,

@@ -28,6 +28,7 @@ from PIL import Image
 
 from vitkit.bundle import Bundle
 from vitkit.errors import BundleError
+from vitkit.predictor.runtimes import Runtime
 
 
 class ServedTask(Protocol):
@@ -75,6 +76,30 @@ class Task(Protocol):
         ...
 
 
+class MeasuredTask(Task, Protocol):
+    """A task ``vitkit bench`` and ``vitkit optimize`` measure through this interface
+    (segment, detect; the classifier keeps its own path, which also measures top-1 agreement
+    and token merging)."""
+
+    def runtime(self, bundle: Bundle, variant: str | None = None, device: str = "cpu",
+                threads: int | None = None) -> Runtime:
+        """The variant's runtime on a preprocessed batch (what bench times)."""
+        ...
+
+    def input_size(self, bundle: Bundle) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        ...
+
+    def validation_data(self, bundle: Bundle) -> str | None:
+        """The labelled images the bundle was validated on, when they are still there."""
+        ...
+
+    def evaluate(self, bundle: Bundle, data: str, *, variant: str | None = None,
+                 device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+        """The task's ``eval --json`` record; ``record[accuracy_key]`` is its figure."""
+        ...
+
+
 # task name -> module (imported on first use: a classifier never imports smp or the COCO
 # evaluator)
 _MODULES = {
@@ -97,3 +122,13 @@ def get_task(name: str) -> Task:
                           f"{', '.join(_MODULES)}. Upgrade vitkit, or check vitkit.json.")
     task: Task = importlib.import_module(_MODULES[name]).TASK
     return task
+
+
+def get_measured_task(name: str) -> MeasuredTask:
+    """The task called ``name`` if bench and optimize measure it through the task interface;
+    a clear error otherwise."""
+    task = get_task(name)
+    if not all(hasattr(task, m) for m in ("runtime", "input_size", "validation_data",
+                                          "evaluate")):
+        raise BundleError(f"a '{name}' bundle is not measured through the task interface.")
+    return task  # type: ignore[return-value]
