@@ -5,14 +5,13 @@
   validation batches one figure: the mean foreground Dice at the training size.
 - :data:`TASK` is what the doors (serve, bench, optimize) reach through
   :func:`~vitkit.tasks.base.get_task`: ``serve`` returns a :class:`ServedSegmenter`, whose
-  answer per image is ``{"label", "classes", "mask_png", "mask_size"}`` (see its ``infer``);
-  ``evaluate`` the ``vitkit segment eval --json`` record, whose ``dice`` is the task's
-  ``accuracy_key``.
+  answer per image is ``{"label", "score", "classes"}`` and, when a client asks for pictures,
+  ``mask_png`` (see its ``infer``); ``evaluate`` the ``vitkit segment eval --json`` record,
+  whose ``dice`` is the task's ``accuracy_key``.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -91,9 +90,16 @@ def _unwrap(model: nn.Module) -> Any:
 
 
 class ServedSegmenter:
-    """A segmentation bundle as the service sees it (:class:`~vitkit.tasks.base.ServedTask`)."""
+    """A segmentation bundle as the service sees it (:class:`~vitkit.tasks.base.ServedTask`).
+
+    The answer is small (label, score, class shares); the mask itself comes only when a
+    client asks for pictures: under ``mask_png``, a palette PNG at the image's own size whose
+    pixel values are the class indices (an image viewer shows the classes in colour).
+    """
 
     kind = "segment"
+    picture_key: str | None = "mask_png"
+    extra_outputs: tuple[tuple[str, str], ...] = (("classes", "BYTES"),)  # JSON text in v2
 
     def __init__(self, predictor: SegmentPredictor) -> None:
         self.predictor = predictor
@@ -113,36 +119,38 @@ class ServedSegmenter:
 
         - ``label``: the non-background class covering most of the image, or the
           background's name when there is none;
-        - ``classes``: class name -> share of the image it covers (0..1);
-        - ``mask_png``: base64 palette PNG of the class index per pixel at the model's input
-          size (``mask_size``, [width, height]); the image was resized whole to that size,
-          so scaling the mask to the image's size (nearest neighbour) lays it over the image.
-          :meth:`mask_png_at` makes it at the image's size;
-        - ``_mask``: that mask as an array, for :meth:`overlay_png` (never sent).
+        - ``score``: the model's mean probability for ``label`` over the pixels it gave
+          that class (how sure it is of those pixels), 0..1;
+        - ``classes``: class name -> share of the image it covers, 0..1;
+        - ``_mask``: the class per pixel at the model's input size, uint8, for
+          :meth:`overlay_png` (never sent).
         """
-        masks = self.predictor.masks(torch.stack(batch)).numpy()  # (B, H, W) uint8
+        probabilities = self.predictor.logits(torch.stack(batch)).softmax(1)  # (B, C, H, W)
+        confidence, masks = probabilities.max(1)  # (B, H, W) each
         answers = []
-        for mask in masks:
+        for mask, sure in zip(masks.to(torch.uint8).numpy(), confidence, strict=True):
             shares = class_shares(mask, self.labels)
-            answers.append({
-                "label": dominant_label(shares), "classes": shares,
-                "mask_png": base64.b64encode(mask_png(mask, len(self.labels))).decode("ascii"),
-                "mask_size": [int(mask.shape[1]), int(mask.shape[0])], "_mask": mask})
+            label = dominant_label(shares)
+            chosen = torch.from_numpy(mask == self.labels.index(label))
+            score = float(sure[chosen].mean()) if bool(chosen.any()) else 0.0
+            answers.append({"label": label, "score": round(score, 6), "classes": shares,
+                            "_mask": mask})
         return answers
 
     def overlay_png(self, image: Image.Image, answer: dict[str, Any]) -> bytes | None:
-        """The classes tinted over the image (PNG, the image's size)."""
+        """The answer's mask as a palette PNG at the image's own size (nearest-neighbour
+        scaling from the model's size: the image was resized whole, so it lies over it)."""
+        mask = resize_mask(np.asarray(answer["_mask"]), image.size)
+        return mask_png(mask, len(self.labels))
+
+    def tinted_png(self, image: Image.Image, answer: dict[str, Any]) -> bytes:
+        """The classes tinted over the image (RGB PNG, the image's size), for people."""
         mask = resize_mask(np.asarray(answer["_mask"]), image.size)
         buffer = io.BytesIO()
         overlay(image, mask, len(self.labels)).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    def mask_png_at(self, image: Image.Image, answer: dict[str, Any]) -> bytes:
-        """The answer's mask as a palette PNG at the image's own size."""
-        mask = resize_mask(np.asarray(answer["_mask"]), image.size)
-        return mask_png(mask, len(self.labels))
-
-    def drift_monitor(self, config: Any) -> Any:
+    def drift_reference(self) -> tuple[Any, float] | None:
         """Segmentation bundles carry no drift reference (yet)."""
         return None
 
