@@ -153,7 +153,7 @@ def detect_predict(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Boxes for images, in each image's own pixels: label, score and [x1, y1, x2, y2].
+    """Boxes for images, in each image's own pixels: label, score and box (x1, y1, x2, y2).
 
     Exit code 0 when at least one image was processed (failures are counted on stderr); 2
     when none could be."""

@@ -182,7 +182,7 @@ def run_detect_train(config: DetectTrainConfig, resume: bool = False, progress: 
     bundle_dir = save_bundle(run_dir / "bundle", model, meta)
 
     # Measure the saved bundle, as a user loading it would.
-    detector = load_detector(bundle_dir)
+    detector = load_detector(bundle_dir, device=config.device)
     metrics: dict[str, Any] = {}
     for split in ("val", "test"):
         if not by_split[split]:
