@@ -13,7 +13,7 @@ from PIL import Image
 from vitkit.bundle import Bundle, BundleMeta, save_bundle
 from vitkit.detect.predict import draw_boxes, load_detector
 from vitkit.errors import BundleError
-from vitkit.tasks.base import get_task
+from vitkit.tasks.base import MeasuredTask, ServedTask, get_measured_task, get_task
 from vitkit.tasks.detect import answer
 
 
@@ -74,3 +74,15 @@ def test_a_bundle_of_another_task_is_refused(tmp_path: Path) -> None:
     other = save_bundle(tmp_path / "classifier", None, meta)
     with pytest.raises(BundleError, match="not a detector"):
         load_detector(other)
+
+
+def test_bench_measures_the_whole_detection(detect_bundle: Path) -> None:
+    task: MeasuredTask = get_measured_task("detect")
+    bundle = Bundle.open(detect_bundle)
+    assert task.input_size(bundle) == (64, 64) and task.validation_data(bundle) is None
+    runtime = task.runtime(bundle)
+    rows = runtime(torch.rand(2, 3, 64, 64))  # (N, 7): image, x1, y1, x2, y2, score, label
+    assert rows.shape[1] == 7 and set(rows[:, 0].tolist()) == {0.0, 1.0}
+    assert runtime.name == "torch-fp32" and len(runtime.outputs(torch.rand(1, 3, 64, 64))) == 15
+    served: ServedTask = task.serve(bundle)
+    assert served.picture_key == "boxes_png"

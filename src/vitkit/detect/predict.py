@@ -132,6 +132,29 @@ class Detector:
         return self.detect([self.prepare(image) for image in images], score_threshold)
 
 
+class DetectionRuntime:
+    """A detector as one :class:`~vitkit.predictor.runtimes.Runtime`: ``(B, 3, S, S)`` RGB
+    0..1 in, every detection out as one ``(N, 7)`` tensor of rows ``[image index, x1, y1,
+    x2, y2, score, label]`` (at the input size; labels ``0..C-1``). What ``vitkit bench``
+    times: the network on the variant's runtime plus the decoding and NMS a prediction pays.
+    :meth:`outputs` gives the network's raw outputs only."""
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self.name = detector.runtime.name
+        self.runtime = detector.runtime.runtime
+        self.precision = detector.runtime.precision
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        rows = [torch.cat([torch.full((len(d["scores"]), 1), float(i)), d["boxes"],
+                           d["scores"][:, None], d["labels"][:, None].float()], 1)
+                for i, d in enumerate(self.detector.raw(batch))]  # (n_i, 7) each
+        return torch.cat(rows) if rows else torch.zeros(0, 7)
+
+    def outputs(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        return self.detector.runtime.outputs(batch)
+
+
 def load_detector(bundle: BundleSource, variant: str | None = None, device: str = "cpu",
                   threads: int | None = None) -> Detector:
     """The detector of a bundle written by ``vitkit detect train`` on ``variant``'s runtime

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,15 @@ from torch import nn
 from vitkit.bundle import Bundle
 from vitkit.detect.evaluate import evaluate_bundle, score_batches
 from vitkit.detect.model import encoder_parameters
-from vitkit.detect.predict import BoxPrediction, Detector, draw_boxes, load_detector
+from vitkit.detect.predict import (
+    BoxPrediction,
+    DetectionRuntime,
+    Detector,
+    detect_record,
+    draw_boxes,
+    load_detector,
+)
+from vitkit.predictor.runtimes import Runtime
 from vitkit.tasks.trainer import Evaluation
 
 NO_OBJECT = "none"
@@ -126,6 +135,9 @@ def answer(boxes: Sequence[BoxPrediction]) -> dict[str, Any]:
 
 
 class DetectTask:
+    """Detection for the service, ``vitkit bench`` and ``vitkit optimize`` (see
+    :class:`vitkit.tasks.base.MeasuredTask`)."""
+
     name = "detect"
     accuracy_key = "map_50"
 
@@ -133,9 +145,26 @@ class DetectTask:
         return ServedDetector(load_detector(bundle, variant, "cpu"))
 
     def evaluate(self, bundle: Bundle, data: str, **options: Any) -> dict[str, Any]:
-        """The ``vitkit detect eval --json`` record (options: ``split``, ``variant``,
-        ``batch_size``, ``device``, ``progress``)."""
+        """The ``vitkit detect eval --json`` record; ``options``: ``split``, ``variant``,
+        ``batch_size``, ``device``, ``progress`` (see
+        :func:`~vitkit.detect.evaluate.evaluate_bundle`)."""
         return evaluate_bundle(bundle, data, **options)
+
+    def runtime(self, bundle: Bundle, variant: str | None = None, device: str = "cpu",
+                threads: int | None = None) -> Runtime:
+        """The variant's detector, network and decoding: ``(B, 3, S, S)`` RGB 0..1 in, an
+        ``(N, 7)`` tensor of detections out (:class:`~vitkit.detect.predict.DetectionRuntime`)."""
+        return DetectionRuntime(load_detector(bundle, variant, device, threads))
+
+    def input_size(self, bundle: Bundle) -> tuple[int, int]:
+        size = detect_record(bundle).size
+        return size, size
+
+    def validation_data(self, bundle: Bundle) -> str | None:
+        """The annotated data the bundle was trained on, if it is still there (its evaluation
+        then uses the validation images training held out)."""
+        data = (bundle.meta.train.get("config") or {}).get("data")
+        return str(data) if isinstance(data, str) and data and Path(data).exists() else None
 
 
 TASK = DetectTask()
