@@ -159,6 +159,10 @@ def run_detect_train(config: DetectTrainConfig, resume: bool = False, progress: 
     trainer = StagedTrainer(model, DetectStep(classes, offset), staged, train_loader,
                             val_loader, run_dir, show_progress=progress)
     fit = trainer.fit(resume=resume)
+    if not trainer.accelerator.is_main_process:  # the other processes of a multi-GPU run
+        return DetectTrainResult("", fit.best_metric, 0.0, {}, fit.epochs_run, fit.best_epoch,
+                                 len(by_split["train"]), len(by_split["val"]), n_skipped,
+                                 n_dropped, str(run_dir))
 
     model = trainer.accelerator.unwrap_model(trainer.model).cpu()
     load_model(model, str(fit.best_weights))
