@@ -155,15 +155,22 @@ class DetectionRuntime:
         return self.detector.runtime.outputs(batch)
 
 
+def rebuild_detector(bundle: BundleSource) -> torch.nn.Module:
+    """The bundle's torchvision detector with its trained weights, in eval mode, rebuilt from
+    its ``detect`` record (nothing is downloaded)."""
+    opened = Bundle.open(bundle)
+    model, _ = build_detector(detect_record(opened), weights="none")
+    load_weights(opened, model)
+    return model.eval()
+
+
 def load_detector(bundle: BundleSource, variant: str | None = None, device: str = "cpu",
                   threads: int | None = None) -> Detector:
     """The detector of a bundle written by ``vitkit detect train`` on ``variant``'s runtime
     (default: the bundle's default variant, torch-fp32 unless one was chosen)."""
     opened = Bundle.open(bundle)
     record = detect_record(opened)
-    model, _ = build_detector(record, weights="none")
-    load_weights(opened, model)
-    model.eval()
+    model = rebuild_detector(opened)
     chosen = find_variant(opened.meta, variant, opened.path)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
