@@ -94,8 +94,14 @@ def template(name: str) -> Variant:
 
 def recorded_variants(bundle: Path | str, record: dict[str, Any]) -> list[Variant]:
     """The variants in an anomaly record, validated (an edited entry is a clear error)."""
+    entries = record.get("variants") or []
+    if not isinstance(entries, list):
+        raise BundleError(
+            f"{Path(bundle) / META_FILE}: anomaly.variants is a {type(entries).__name__}, not a "
+            "list of variants, so the anomaly model cannot be restored with them. Remove the "
+            "key and make the variants again with `vitkit anomaly export`.")
     variants = []
-    for index, entry in enumerate(record.get("variants") or []):
+    for index, entry in enumerate(entries):
         try:
             variants.append(Variant.model_validate(entry))
         except ValidationError as exc:
