@@ -153,10 +153,19 @@ def run_optimize(bundle: BundleSource, data: str | None = None, max_drop: float 
     opened = Bundle.open(bundle)
     bundle, meta = opened.path, opened.meta
     say = log or (lambda _message: None)
-    if meta.task != "classify":
-        raise BundleError(f"{bundle} is a '{meta.task}' bundle; optimize measures classifiers.")
+    if meta.task == "anomaly":
+        raise BundleError(f"{bundle} is an anomaly bundle; optimize measures classifiers, "
+                          "segmenters and detectors (`vitkit anomaly export` makes an anomaly "
+                          "bundle's fast variant).")
     previous = find_variant(meta, None, bundle).name
-    recipes = _select(opened, candidates, tome, image_sizes)
+    if meta.task == "classify":
+        recipes = _select(opened, candidates, tome, image_sizes)
+    else:
+        if tome or image_sizes:
+            raise VitkitError("--tome and --image-size apply to classifiers; this bundle is a "
+                              f"'{meta.task}' model.")
+        recipes = _pick(TASK_RECIPES[meta.task], candidates)
+        min_agreement = 0.0  # the task's own figure is the guard (Dice, mAP@0.5)
     reports: dict[str, CandidateReport] = {}
     built: list[str] = [REFERENCE_VARIANT]
     benched: BundleSource = opened
@@ -195,7 +204,7 @@ def run_optimize(bundle: BundleSource, data: str | None = None, max_drop: float 
         raise VitkitError(
             f"{bundle}: no labelled images to hold the accuracy guard on "
             f"({bench.reference_note or 'the bundle lists no validation split'}); give "
-            "--data with class folders of images like those the model will see.")
+            "--data with labelled images like those the model will see.")
     ordered = [reports[name] for name in [REFERENCE_VARIANT, *[r.name for r in recipes]]
                if name in reports]
     for report in ordered:
@@ -239,7 +248,21 @@ def _select(bundle: Bundle, names: Sequence[str] | None, tome: Sequence[int] | N
 
         for size in image_sizes:
             check_resolution(model, size, int(meta.preprocessing["input_size"][-1]))
-    recipes = _recipes(rates, image_sizes)
+    return _pick(_recipes(rates, image_sizes), names)
+
+
+# The candidates of the tasks measured through the task interface: their exports (int8 of a
+# segmenter or detector needs a calibration recipe of its own; not offered yet).
+TASK_RECIPES: dict[str, list[Recipe]] = {
+    "segment": [Recipe("torch-bf16", "torch", "builtin"),
+                Recipe("onnx-fp32", "onnxruntime", "export"),
+                Recipe("openvino-fp32", "openvino", "export")],
+    "detect": [Recipe("torch-bf16", "torch", "builtin"),
+               Recipe("onnx-fp32", "onnxruntime", "export")],
+}
+
+
+def _pick(recipes: list[Recipe], names: Sequence[str] | None) -> list[Recipe]:
     if names is None:
         return recipes
     by_name = {r.name: r for r in recipes}
@@ -251,6 +274,17 @@ def _select(bundle: Bundle, names: Sequence[str] | None, tome: Sequence[int] | N
 
 
 def _build(bundle: Path, recipe: Recipe, data: str | None, max_drop: float) -> None:
+    task = Bundle.open(bundle).meta.task
+    if task == "segment":
+        from vitkit.workflows.segment_export import run_segment_export
+
+        run_segment_export(bundle, [recipe.name], data=data, progress=False)
+        return
+    if task == "detect":
+        from vitkit.workflows.detect_export import run_detect_export
+
+        run_detect_export(bundle, recipe.name, data=data)
+        return
     if recipe.kind == "quantize":
         quantize_bundle(bundle, method=recipe.method, runtime=recipe.runtime, data=data,
                         max_drop=max_drop, tome=recipe.tome, image_size=recipe.image_size)
@@ -274,13 +308,13 @@ def _eligible(report: CandidateReport, max_drop: float, min_agreement: float) ->
         return False
     if report.name == REFERENCE_VARIANT:
         return True
-    if report.accuracy_drop is None or report.agreement is None:
+    if report.accuracy_drop is None or (report.agreement is None and min_agreement > 0):
         report.reason = "accuracy not measured"
         return False
     if report.accuracy_drop > max_drop:
         report.reason = f"loses {report.accuracy_drop:.2f} points (> {max_drop})"
         return False
-    if report.agreement < min_agreement:
+    if report.agreement is not None and report.agreement < min_agreement:
         report.reason = (f"agrees with torch-fp32 on {report.agreement:.1%} of the images "
                          f"(< {min_agreement:.0%})")
         return False
