@@ -13,6 +13,7 @@ seeded split, so training images never count); else every usable image.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from vitkit.bundle import Bundle, BundleSource
 from vitkit.console import make_progress
+from vitkit.data.box_layouts import DroppedBox
 from vitkit.data.boxes import (
     DetectionDataset,
     DetectionSample,
@@ -31,8 +33,9 @@ from vitkit.data.boxes import (
     validate_detection,
 )
 from vitkit.data.images import DEFAULT_MAX_PIXELS
+from vitkit.data.validate import SkippedImage
 from vitkit.detect.graph import Detection
-from vitkit.detect.metrics import DetectionMetric, DetectionScores
+from vitkit.detect.metrics import DetectionMetric, DetectionScores, image_matches
 from vitkit.detect.predict import Detector, load_detector
 from vitkit.errors import DataError
 
@@ -43,14 +46,19 @@ SPLITS = ("auto", "all", "train", "val", "test")
 def score_batches(predict: Callable[[list[torch.Tensor]], list[Detection]],
                   batches: Iterable[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]],
                   classes: Sequence[str], label_offset: int = 0,
-                  step: Callable[[], None] | None = None) -> DetectionScores:
+                  step: Callable[[], None] | None = None,
+                  observe: Callable[[list[Detection], list[dict[str, torch.Tensor]]], None]
+                  | None = None) -> DetectionScores:
     """mAP of ``predict`` (images -> detections with labels ``0..C-1``) over batches of
-    ``(images, targets)`` whose labels carry ``label_offset`` (the dataset's)."""
+    ``(images, targets)`` whose labels carry ``label_offset`` (the dataset's); ``observe``
+    sees each batch's predictions and targets (labels ``0..C-1``)."""
     metric = DetectionMetric(classes)
     for images, targets in batches:
         predictions = predict(images)
-        metric.update(predictions, [{"boxes": t["boxes"], "labels": t["labels"] - label_offset}
-                                    for t in targets])
+        truth = [{"boxes": t["boxes"], "labels": t["labels"] - label_offset} for t in targets]
+        metric.update(predictions, truth)
+        if observe is not None:
+            observe(predictions, truth)
         if step is not None:
             step()
     return metric.compute()
@@ -58,16 +66,26 @@ def score_batches(predict: Callable[[list[torch.Tensor]], list[Detection]],
 
 def evaluate_detector(detector: Detector, samples: Sequence[DetectionSample],
                       batch_size: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS,
-                      progress: bool = True, description: str = "evaluating") -> DetectionScores:
-    """COCO metrics of ``detector`` on checked samples."""
+                      progress: bool = True, description: str = "evaluating",
+                      per_image: list[dict[str, Any]] | None = None) -> DetectionScores:
+    """COCO metrics of ``detector`` on checked samples; with ``per_image``, each sample's
+    :func:`~vitkit.detect.metrics.image_matches` at the detector's score threshold (and its
+    ``path``) is appended to it, in the samples' order."""
     dataset = DetectionDataset(samples, detection_transform(detector.size, train=False),
                                max_pixels)  # labels 0..C-1 (no offset)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection)
     with make_progress(progress) as bar:
         task = bar.add_task(description, total=len(loader), stats="") if bar else None
         step = (lambda: bar.advance(task)) if bar is not None and task is not None else None
+        observe = None
+        if per_image is not None:
+            def observe(predictions: list[Detection],
+                        targets: list[dict[str, torch.Tensor]]) -> None:
+                for prediction, target in zip(predictions, targets, strict=True):
+                    counts = image_matches(prediction, target, detector.record.score_threshold)
+                    per_image.append({"path": str(samples[len(per_image)].image), **counts})
         return score_batches(lambda images: detector.raw(torch.stack(images)), loader,
-                             detector.labels, 0, step)
+                             detector.labels, 0, step, observe)
 
 
 def choose_samples(samples: Sequence[DetectionSample], split: str, bundle: Bundle,
@@ -97,6 +115,28 @@ def choose_samples(samples: Sequence[DetectionSample], split: str, bundle: Bundl
     return chosen, split
 
 
+@dataclass
+class DetectEvaluation:
+    """:func:`evaluate_bundle`'s record and what the HTML report also shows.
+
+    Attributes:
+        record: The ``--json`` record.
+        detector: The detector that was measured.
+        samples: The images measured, in order.
+        per_image: One ``{"path", "truth", "predicted", "matched", "missed", "false"}`` per
+            sample (see :func:`evaluate_detector`).
+        skipped: The images left out, and why.
+        dropped: The boxes left out, and why.
+    """
+
+    record: dict[str, Any]
+    detector: Detector
+    samples: list[DetectionSample] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedImage] = field(default_factory=list)
+    dropped: list[DroppedBox] = field(default_factory=list)
+
+
 def evaluate_bundle(bundle: BundleSource, data: str | Path, split: str = "auto",
                     variant: str | None = None, batch_size: int = 8, device: str = "cpu",
                     progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -104,6 +144,16 @@ def evaluate_bundle(bundle: BundleSource, data: str | Path, split: str = "auto",
     """The ``vitkit detect eval --json`` record: ``map_50``, ``map_50_95``, ``per_class``
     (``{name: {ap_50, ap_50_95}}``), ``n_images``, ``skipped``, ``dropped_boxes``,
     ``split``, ``variant``, ``pr_curves`` (per class, IoU 0.5, for the report)."""
+    return evaluate_in_detail(bundle, data, split, variant, batch_size, device, progress,
+                              max_pixels).record
+
+
+def evaluate_in_detail(bundle: BundleSource, data: str | Path, split: str = "auto",
+                       variant: str | None = None, batch_size: int = 8, device: str = "cpu",
+                       progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+                       ) -> DetectEvaluation:
+    """:func:`evaluate_bundle`, with each image's matched, missed and false boxes beside the
+    record, and the skipped images and dropped boxes themselves."""
     opened = Bundle.open(bundle)
     detector = load_detector(opened, variant, device)
     data_path = Path(data).expanduser()
@@ -117,10 +167,13 @@ def evaluate_bundle(bundle: BundleSource, data: str | Path, split: str = "auto",
     if not report.usable:
         raise DataError(f"no usable images in {data}: {report.summary()}.")
     samples, used = choose_samples(report.usable, split, opened, data_path)
+    per_image: list[dict[str, Any]] = []
     scores = evaluate_detector(detector, samples, batch_size, max_pixels, progress,
-                               f"evaluating {used}")
-    return {"bundle": str(opened), "data": str(data), "split": used,
+                               f"evaluating {used}", per_image)
+    record = {"bundle": str(opened), "data": str(data), "split": used,
             "variant": detector.variant, "map_50": scores.map_50,
             "map_50_95": scores.map_50_95, "per_class": scores.per_class,
             "n_images": scores.n_images, "skipped": len(report.skipped),
             "dropped_boxes": len(report.dropped), "pr_curves": scores.pr_curves}
+    return DetectEvaluation(record, detector, list(samples), per_image, list(report.skipped),
+                            list(report.dropped))

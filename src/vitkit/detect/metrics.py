@@ -135,3 +135,32 @@ def _classes_with_truth(metric: Any) -> set[int]:
     of per-image label tensors)."""
     labels = getattr(metric, "groundtruth_labels", [])
     return {int(v) for t in labels for v in t.reshape(-1).tolist()}
+
+
+def image_matches(prediction: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                  score_threshold: float, iou: float = 0.5) -> dict[str, int]:
+    """One image's boxes at a score threshold, matched greedily (best score first) to target
+    boxes of the same class at IoU >= ``iou``: ``{"truth", "predicted", "matched", "missed",
+    "false"}`` (``missed``: target boxes left unmatched; ``false``: predictions left unmatched).
+    For the report's gallery, not a COCO figure."""
+    from torchvision.ops import box_iou
+
+    keep = _plain(prediction["scores"]).reshape(-1) >= score_threshold
+    boxes = _plain(prediction["boxes"]).float().reshape(-1, 4)[keep]
+    labels = _plain(prediction["labels"]).long().reshape(-1)[keep]
+    order = _plain(prediction["scores"]).reshape(-1)[keep].argsort(descending=True)
+    truth_boxes = _plain(target["boxes"]).float().reshape(-1, 4)
+    truth_labels = _plain(target["labels"]).long().reshape(-1)
+    overlaps = (box_iou(boxes, truth_boxes) if len(boxes) and len(truth_boxes)
+                else torch.zeros(len(boxes), len(truth_boxes)))
+    taken = torch.zeros(len(truth_boxes), dtype=torch.bool)
+    matched = 0
+    for i in order.tolist():
+        candidates = (truth_labels == labels[i]) & ~taken & (overlaps[i] >= iou)
+        if candidates.any():
+            best = int(torch.where(candidates, overlaps[i], torch.full_like(overlaps[i], -1.0))
+                       .argmax())
+            taken[best] = True
+            matched += 1
+    return {"truth": len(truth_boxes), "predicted": len(boxes), "matched": matched,
+            "missed": len(truth_boxes) - matched, "false": len(boxes) - matched}

@@ -9,7 +9,7 @@ those of the masks a user gets, not of the model's smaller working size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,18 @@ from vitkit.data.masks import (
     validate_pairs,
 )
 from vitkit.errors import DataError
-from vitkit.segment.metrics import SegmentationMeter, SegmentationScores
+from vitkit.segment.metrics import SegmentationMeter, SegmentationScores, image_scores
 from vitkit.segment.predict import SegmentPredictor, resize_mask
 
 
 def evaluate_pairs(predictor: SegmentPredictor, pairs: Sequence[MaskPair], batch_size: int = 8,
-                   progress: bool = True, description: str = "evaluating") -> SegmentationScores:
+                   progress: bool = True, description: str = "evaluating",
+                   per_image: list[dict[str, Any]] | None = None) -> SegmentationScores:
     """Dice and IoU of the predictor's masks against the pairs' masks, at full resolution.
+
+    With ``per_image``, one ``{"path", "dice", "iou", "classes"}`` per pair is appended to it
+    (the image's own mean foreground Dice and IoU, None when neither mask holds foreground;
+    ``classes``: the class indices its mask holds), for the report's gallery.
 
     Raises:
         DataError: A pair that validated became unreadable during the run.
@@ -55,9 +60,14 @@ def evaluate_pairs(predictor: SegmentPredictor, pairs: Sequence[MaskPair], batch
                                     "again.") from problem
                 images.append(image)
             small = predictor.masks(torch.stack([predictor.transform(i) for i in images]))
-            for mask, image, target in zip(small, images, targets, strict=True):
+            for mask, image, target, pair in zip(small, images, targets, chunk, strict=True):
                 full = resize_mask(mask.numpy(), image.size)
                 meter.update(torch.from_numpy(full)[None], torch.from_numpy(target)[None])
+                if per_image is not None:
+                    dice, iou, present = image_scores(full, target, n_classes,
+                                                      predictor.record.ignore_index)
+                    per_image.append({"path": str(pair.image), "dice": dice, "iou": iou,
+                                      "classes": present})
             if bar is not None and task is not None:
                 bar.update(task, advance=len(chunk))
     return meter.compute()
@@ -82,6 +92,24 @@ def select_split(pairs: Sequence[MaskPair]) -> tuple[str, list[MaskPair]]:
         if chosen:
             return split, chosen
     return "all", list(pairs)
+
+
+@dataclass
+class SegmentEvaluation:
+    """:func:`evaluate_bundle`'s record and what the HTML report also shows.
+
+    Attributes:
+        record: The ``--json`` record.
+        predictor: The predictor that was measured.
+        pairs: The pairs measured, in order.
+        per_image: One ``{"path", "dice", "iou", "classes"}`` per pair (see
+            :func:`evaluate_pairs`).
+    """
+
+    record: dict[str, Any]
+    predictor: SegmentPredictor
+    pairs: list[MaskPair] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
@@ -109,6 +137,14 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
     Raises:
         DataError: The data's classes do not fit the bundle, or no pair is usable.
     """
+    return evaluate_in_detail(bundle, data, split, batch_size, variant, device,
+                              progress).record
+
+
+def evaluate_in_detail(bundle: BundleSource, data: str, split: str | None = None,
+                       batch_size: int = 8, variant: str | None = None, device: str = "cpu",
+                       progress: bool = True) -> SegmentEvaluation:
+    """:func:`evaluate_bundle`, with each image's own Dice beside the record."""
     predictor = SegmentPredictor.load(bundle, variant=variant, device=device)
     labels = predictor.labels
     scanned = scan_segmentation(
@@ -143,8 +179,9 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
     if not report.usable:
         raise DataError(f"no usable image/mask pairs to evaluate in {data} "
                         f"({report.summary()}).")
-    result = evaluate_pairs(predictor, report.usable, batch_size, progress)
-    return {
+    per_image: list[dict[str, Any]] = []
+    result = evaluate_pairs(predictor, report.usable, batch_size, progress, per_image=per_image)
+    record = {
         **result.to_dict(),
         "n_images": len(report.usable),
         "split": split,
@@ -152,6 +189,7 @@ def evaluate_bundle(bundle: BundleSource, data: str, split: str | None = None,
         "n_skipped": len(report.skipped),
         "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
     }
+    return SegmentEvaluation(record, predictor, list(report.usable), per_image)
 
 
 def _same_folder(recorded: object, data: str) -> bool:

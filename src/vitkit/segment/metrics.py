@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -95,3 +96,27 @@ class SegmentationMeter:
 
     def compute(self) -> SegmentationScores:
         return scores(self.confusion.compute(), self.classes)
+
+
+def image_scores(predicted: np.ndarray, target: np.ndarray, n_classes: int,
+                 ignore_index: int = IGNORE_INDEX) -> tuple[float | None, float | None, list[int]]:
+    """One image's mean foreground Dice and IoU (as :func:`scores` on that image alone) and
+    the classes its target mask holds. ``(None, None, ...)`` when neither mask holds any
+    foreground pixel (nothing to miss or invent)."""
+    keep = target != ignore_index
+    truth = target[keep].astype(np.int64).ravel()
+    guess = predicted[keep].astype(np.int64).ravel()
+    matrix = np.bincount(truth * n_classes + guess, minlength=n_classes * n_classes)
+    matrix = matrix[:n_classes * n_classes].reshape(n_classes, n_classes)
+    tp = np.diag(matrix).astype(np.float64)
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    dices, ious = [], []
+    for c in range(1, n_classes):
+        union = tp[c] + fp[c] + fn[c]
+        if union > 0:
+            dices.append(2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]))
+            ious.append(tp[c] / union)
+    present = [c for c in range(n_classes) if matrix[c].sum() > 0]
+    if not dices:
+        return None, None, present
+    return round(float(np.mean(dices)), 6), round(float(np.mean(ious)), 6), present
