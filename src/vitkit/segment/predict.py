@@ -214,4 +214,4 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask.astype(np.uint8)
     resized = Image.fromarray(mask.astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # a writable copy (torch.from_numpy warns)
