@@ -118,17 +118,26 @@ def segment_eval(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     variant: Annotated[str | None, typer.Option(help=_VARIANT_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Folder for eval.json and report.html. "
+                                             "(default: BUNDLE/eval)")] = None,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Write eval.json and report.html (per-class table, "
+                                     "worst and best images by Dice).")] = True,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Dice and IoU per class and their means over the foreground classes, measured at each
-    image's own size (the masks a user gets)."""
+    image's own size (the masks a user gets), and an HTML report."""
     from vitkit.workflows.segment import run_segment_eval
 
     result = run_segment_eval(bundle, data, split=split, batch_size=batch_size,
-                              variant=variant, device=device, progress=not quiet)
+                              variant=variant, device=device, progress=not quiet, out=out,
+                              report=report)
+    report_file = (out or bundle / "eval") / "report.html"
     if json_out:
         print_json(result)
+        if report and not quiet:
+            stderr_console.print(f"report: {report_file}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"{bundle} on {data} ({result['split']}, {result['n_images']} images)")
     for col in ("class", "Dice", "IoU", "pixels"):
@@ -138,7 +147,8 @@ def segment_eval(
     stderr_console.print(table)
     stderr_console.print(f"Dice {fmt(result['dice'])}  IoU {fmt(result['iou'])}  (foreground "
                          f"mean)  pixel accuracy {fmt(result['pixel_accuracy'])}  "
-                         f"{result['n_skipped']} skipped")
+                         f"{result['n_skipped']} skipped"
+                         + (f"\n  report: {report_file}" if report else ""))
 
 
 @segment_app.command("predict")

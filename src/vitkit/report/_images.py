@@ -82,3 +82,14 @@ def thumbnail_html(path: Path, alt: str, what: str = "image") -> str:
     uri, width, height = thumb
     return (f'<img src="{uri}" width="{width}" height="{height}" '
             f'alt="{html.escape(alt, quote=True)}">')
+
+
+def png_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> str:
+    """An image given as bytes as a small PNG ``data:`` URI (masks and drawn boxes keep
+    their hard edges, which JPEG would blur)."""
+    with Image.open(io.BytesIO(data)) as source:
+        image = source.convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return data_uri(buffer.getvalue(), "image/png")

@@ -43,7 +43,7 @@ from vitkit.data.masks import (
 from vitkit.data.validate import write_skipped_csv
 from vitkit.errors import DataError, ImageFailure
 from vitkit.predictor.predict import expand_paths
-from vitkit.segment.evaluate import evaluate_bundle, evaluate_pairs, training_splits
+from vitkit.segment.evaluate import evaluate_in_detail, evaluate_pairs, training_splits
 from vitkit.segment.model import (
     DEFAULT_ARCH,
     DEFAULT_ENCODER,
@@ -238,11 +238,22 @@ def pairs_fingerprint(pairs: Sequence[MaskPair]) -> str:
 
 def run_segment_eval(bundle: Path | str, data: str, split: str | None = None,
                      batch_size: int = 8, variant: str | None = None, device: str = "cpu",
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, out: Path | None = None, report: bool = True
+                     ) -> dict[str, Any]:
     """The `vitkit segment eval --json` record (see
-    :func:`~vitkit.segment.evaluate.evaluate_bundle`)."""
-    return evaluate_bundle(bundle, data, split=split, batch_size=batch_size, variant=variant,
-                           device=device, progress=progress)
+    :func:`~vitkit.segment.evaluate.evaluate_bundle`); with ``report``, also ``eval.json``
+    and ``report.html`` (worst and best images by Dice) in ``out`` (default BUNDLE/eval)."""
+    evaluation = evaluate_in_detail(bundle, data, split=split, batch_size=batch_size,
+                                    variant=variant, device=device, progress=progress)
+    if report:
+        from vitkit.workflows.task_reports import write_segment_eval_report
+
+        target = Path(out) if out is not None else Path(bundle) / "eval"
+        details = {**evaluation.record, "bundle": str(evaluation.predictor.bundle.path),
+                   "data": str(data)}
+        write_json_atomic(target / "eval.json", details)
+        write_segment_eval_report(target, evaluation, details)
+    return evaluation.record
 
 
 def run_segment_predict(bundle: Path | str, inputs: Sequence[str], out: Path,
