@@ -110,20 +110,28 @@ def detect_eval(
              "training when DATA is the training data, else all; or all, train, val, test.")
     ] = "auto",
     variant: Annotated[str | None, typer.Option(help=_VARIANT_HELP)] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for eval.json (with PR curves). "
-                                             "(default: BUNDLE/eval)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for eval.json (with PR curves) and "
+                                             "report.html. (default: BUNDLE/eval)")] = None,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Write report.html (AP per class, PR curves, the images "
+                                     "with the most missed and false boxes).")] = True,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 8,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """COCO mAP@0.5 and mAP@0.5:0.95, and AP per class, on annotated images."""
+    """COCO mAP@0.5 and mAP@0.5:0.95, and AP per class, on annotated images, and an HTML
+    report."""
     from vitkit.workflows.detect_infer import run_detect_eval
 
     record = run_detect_eval(bundle, data, split=split, variant=variant, out=out,
-                             batch_size=batch_size, device=device, progress=not quiet)
+                             batch_size=batch_size, device=device, progress=not quiet,
+                             report=report)
+    report_file = Path(record["eval_file"]).parent / "report.html"
     if json_out:
         print_json(record)
+        if report and not quiet:
+            stderr_console.print(f"report: {report_file}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"{bundle} on {data} ({record['split']}, {record['n_images']} images)")
     for col in ("class", "AP@0.5", "AP@0.5:0.95"):
@@ -133,7 +141,8 @@ def detect_eval(
     stderr_console.print(table)
     stderr_console.print(f"mAP@0.5 {record['map_50']:.3f}  mAP@0.5:0.95 "
                          f"{record['map_50_95']:.3f}  ({record['skipped']} images skipped, "
-                         f"{record['dropped_boxes']} boxes dropped)\n  {record['eval_file']}",
+                         f"{record['dropped_boxes']} boxes dropped)\n  {record['eval_file']}"
+                         + (f"\n  report: {report_file}" if report else ""),
                          highlight=False)
 
 

@@ -12,7 +12,7 @@ from vitkit.bundle import Bundle, write_json_atomic
 from vitkit.console import make_progress
 from vitkit.data.files import find_images, require_images, why_unmatched
 from vitkit.data.images import ImageProblem, load_rgb
-from vitkit.detect.evaluate import evaluate_bundle
+from vitkit.detect.evaluate import evaluate_in_detail
 from vitkit.detect.predict import ImageDetections, draw_boxes, load_detector
 from vitkit.errors import ImageFailure
 
@@ -23,15 +23,22 @@ OVERLAY_SUFFIX = "_boxes.png"
 
 def run_detect_eval(bundle: Path | str, data: str, split: str = "auto",
                     variant: str | None = None, out: Path | None = None, batch_size: int = 8,
-                    device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                    device: str = "auto", progress: bool = True, report: bool = True
+                    ) -> dict[str, Any]:
     """The eval record (see :func:`vitkit.detect.evaluate.evaluate_bundle`), also written to
-    ``out/eval.json`` (default ``BUNDLE/eval/``) with the PR curves the report draws."""
+    ``out/eval.json`` (default ``BUNDLE/eval/``) with the PR curves the report draws, and,
+    with ``report``, ``out/report.html``."""
     opened = Bundle.open(bundle)
-    record = evaluate_bundle(opened, data, split=split, variant=variant, batch_size=batch_size,
-                             device=device, progress=progress)
+    evaluation = evaluate_in_detail(opened, data, split=split, variant=variant,
+                                    batch_size=batch_size, device=device, progress=progress)
+    record = evaluation.record
     target = Path(out) if out is not None else opened.path / "eval"
     target.mkdir(parents=True, exist_ok=True)
     write_json_atomic(target / EVAL_FILE, record)
+    if report:
+        from vitkit.workflows.task_reports import write_detect_eval_report
+
+        write_detect_eval_report(target, evaluation, record)
     return {**record, "eval_file": str(target / EVAL_FILE)}
 
 
