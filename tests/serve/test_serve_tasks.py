@@ -102,3 +102,40 @@ def test_v2_returns_the_tasks_outputs_and_the_log_keeps_every_answer(task_server
             break
         time.sleep(0.1)
     assert {"seg", "det"} <= models
+
+
+def test_the_web_page_shows_a_mask_and_boxes(task_server: Any, chromium_driver: Any,
+                                             tmp_path: Path) -> None:
+    """The page by the answer's kind: a segmenter's class shares and mask picture, then (on
+    /?route=boxes) a detector's box list and drawn boxes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = task_server
+    image = tmp_path / "c.png"
+    image.write_bytes(_png(3))
+    expected = {route: httpx.post(f"{url}/v1/predict?route={route}", timeout=60,
+                                  files=[("files", ("c.png", _png(3), "image/png"))]
+                                  ).json()["predictions"][0] for route in ("default", "boxes")}
+    for page, route in (("/", "default"), ("/?route=boxes", "boxes")):
+        chromium_driver.get(url + page)
+        chromium_driver.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(chromium_driver, 30).until(
+            lambda d: d.find_element(By.ID, "who").text.strip() != "")
+        assert chromium_driver.find_element(By.ID, "error").text == ""
+        picture = chromium_driver.find_element(By.ID, "map")
+        assert picture.is_displayed()
+        assert picture.get_attribute("src").startswith("data:image/png;base64,")
+        answer = expected[route]
+        if route == "default":
+            assert "model seg" in chromium_driver.find_element(By.ID, "who").text
+            assert "mask" in picture.get_attribute("alt")
+            bars = chromium_driver.find_elements(By.CSS_SELECTOR, "#bars .topk")
+            assert len(bars) == len(answer["classes"])
+        else:
+            assert "model det" in chromium_driver.find_element(By.ID, "who").text
+            assert "boxes" in picture.get_attribute("alt")
+            listed = chromium_driver.find_elements(By.CSS_SELECTOR, "#boxes li")
+            assert len(listed) == len(answer["boxes"])
+            assert f"{len(answer['boxes'])} boxes" in chromium_driver.find_element(
+                By.ID, "why").text

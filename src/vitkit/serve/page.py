@@ -1,5 +1,10 @@
 """The service's web page: drop or choose an image, see what the model says (no external
-assets: it works on an offline network)."""
+assets: it works on an offline network).
+
+By the answer's ``kind``: classes with their scores (classify), the score and the heat map
+(anomaly), each class's share of the image and the predicted mask (segment), the boxes listed
+and drawn (detect). The page asks for pictures (``?maps=1``); ``/?route=NAME`` sends the
+images to that route."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ PAGE = """<!DOCTYPE html>
 #label.unknown, #label.anomaly { color: var(--bad); }
 #error { color: var(--bad); }
 .offscreen { position: absolute; width: 1px; height: 1px; opacity: 0; }
+#boxes { margin: 8px 0 0; padding-left: 20px; font-size: 14px; }
+#boxes li { font-variant-numeric: tabular-nums; }
 </style></head>
 <body><main class="page">
 <header class="masthead"><div class="brand">vitkit · serve</div><h1>Try the model</h1>
@@ -30,12 +37,22 @@ PAGE = """<!DOCTYPE html>
 <img id="preview" alt="" hidden></section>
 <section class="card" id="answer" hidden>
 <div id="label"></div><p class="note" id="why"></p><div id="bars"></div>
+<ol id="boxes" hidden></ol>
 <img id="map" alt="anomaly map" hidden>
 <p class="note" id="who"></p></section>
 <p id="error" role="alert"></p>
 </main>
 <script>
 const $ = id => document.getElementById(id);
+// The picture each kind of answer carries (with ?maps=1), and what it shows.
+const PICTURES = {anomaly: ['map_png', 'anomaly map'],
+                  segment: ['mask_png', 'predicted mask: a colour per class'],
+                  detect: ['boxes_png', 'the detected boxes drawn on the image']};
+function shares(p) {  // bars: classify's top classes, or segment's share of each class
+  if (p.kind === 'segment') return Object.entries(p.classes || {})
+    .sort((a, b) => b[1] - a[1]).map(([label, score]) => ({label: label, score: score}));
+  return p.topk || [];
+}
 fetch('/v1/models').then(r => r.json()).then(info => {
   $('models').textContent = info.models.map(m => m.name + ' (' + (m.kind || '?') + ', ' +
     (m.ready ? 'ready' : 'not ready') + ')').join(' · ');
@@ -48,8 +65,12 @@ function show(p) {
   if (p.unknown) why.push('unknown: unlike the training images (OOD score ' +
                           p.ood_score.toFixed(3) + ')');
   if (p.kind === 'anomaly') why.push('score ' + p.score.toFixed(3) + ' (0.5 = threshold)');
+  if (p.kind === 'segment') why.push('the largest class besides the background; share of ' +
+                                     'the image per class:');
+  if (p.kind === 'detect') why.push((p.boxes || []).length + ' boxes' +
+    ((p.boxes || []).length ? ', best score ' + p.score.toFixed(3) : ''));
   $('why').textContent = why.join(' · ');
-  $('bars').replaceChildren(...(p.topk || []).map(t => {
+  $('bars').replaceChildren(...shares(p).map(t => {
     const row = document.createElement('div'); row.className = 'topk';
     const name = document.createElement('span'); name.textContent = t.label;
     const track = document.createElement('div'); track.className = 'track';
@@ -59,8 +80,18 @@ function show(p) {
     value.textContent = (100 * t.score).toFixed(1) + '%';
     row.append(name, track, value); return row;
   }));
-  $('map').hidden = !p.map_png;
-  if (p.map_png) $('map').src = 'data:image/png;base64,' + p.map_png;
+  const boxes = p.kind === 'detect' ? (p.boxes || []) : [];
+  $('boxes').hidden = !boxes.length;
+  $('boxes').replaceChildren(...boxes.map(b => {
+    const item = document.createElement('li');
+    item.textContent = b.label + ' ' + b.score.toFixed(3) + ' at [' +
+      b.box.map(v => v.toFixed(1)).join(', ') + ']';
+    return item;
+  }));
+  const [key, what] = PICTURES[p.kind] || ['map_png', 'anomaly map'];
+  const picture = p[key] || p.map_png;
+  $('map').hidden = !picture;
+  if (picture) { $('map').src = 'data:image/png;base64,' + picture; $('map').alt = what; }
   $('who').textContent = 'model ' + p.model + ' · version ' + p.version + ' · arm ' + p.arm +
     (p.fallback_from ? ' · fallback from ' + p.fallback_from : '') + ' · ' +
     p.latency_ms.toFixed(1) + ' ms';
@@ -69,7 +100,9 @@ async function send(file) {
   $('error').textContent = '';
   $('preview').src = URL.createObjectURL(file); $('preview').hidden = false;
   const form = new FormData(); form.append('files', file);
-  const response = await fetch('/v1/predict?maps=1', {method: 'POST', body: form});
+  const route = new URLSearchParams(location.search).get('route');  // /?route=NAME
+  const response = await fetch('/v1/predict?maps=1' +
+    (route ? '&route=' + encodeURIComponent(route) : ''), {method: 'POST', body: form});
   const body = await response.json();
   if (!response.ok) { $('answer').hidden = true;
     $('error').textContent = body.error + ': ' + body.detail; return; }
