@@ -241,7 +241,8 @@ def _bench_task(bundle: Bundle, variants: list[Variant], config: BenchConfig, bu
         if data and result.status == "ok":
             record = task.evaluate(bundle, str(data), variant=variant.name,
                                    device=config.device, progress=False)
-            result.accuracy = round(float(record[task.accuracy_key]), 4)
+            figure = record.get(task.accuracy_key)  # None: nothing to measure it on
+            result.accuracy = round(float(figure), 4) if figure is not None else None
             result.n_images = record.get("n_images")
         results.append(result)
     reference = next((r.accuracy for r in results if r.name == REFERENCE_VARIANT), None)
