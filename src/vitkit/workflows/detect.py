@@ -123,7 +123,7 @@ def run_detect_train(config: DetectTrainConfig, resume: bool = False, progress: 
         raise ConfigError("give the run folder with --out DIR (the bundle goes to DIR/bundle).")
     run_dir = Path(config.out)
     if resume:
-        config = resolve_resume_config(run_dir, config, changed or set())  # type: ignore[type-var]
+        config = resolve_resume_config(run_dir, config, changed or set())
     check_model_name(config.backbone)  # before the images are decoded
     refuse_to_overwrite(run_dir, resume)
     new_folder = not run_dir.exists()

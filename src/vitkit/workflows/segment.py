@@ -312,6 +312,6 @@ def resolve_segment_resume(run_dir: Path, given: SegmentTrainConfig, changed: se
     are an error), as for `vitkit train` (:func:`~vitkit.workflows.train.resolve_resume_config`)."""
     # resolve_resume_config's type variable is bound to the classifier's config; it reads
     # only ``out`` and the fields of the given config's own class.
-    resolved: SegmentTrainConfig = resolve_resume_config(run_dir, given,  # type: ignore[type-var]
+    resolved: SegmentTrainConfig = resolve_resume_config(run_dir, given,
                                                          changed)
     return resolved

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel
 from safetensors.torch import load_model
 from torch import nn
 
@@ -68,9 +69,11 @@ class TrainResult:
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainConfig)
+# Any run's options (classifier, segmenter, detector): resuming needs only pydantic and ``out``.
+RunConfigT = TypeVar("RunConfigT", bound=BaseModel)
 
 
-def resolve_resume_config(run_dir: Path, given: ConfigT, changed: set[str]) -> ConfigT:
+def resolve_resume_config(run_dir: Path, given: RunConfigT, changed: set[str]) -> RunConfigT:
     """The config a resumed run must use: the saved one; conflicting options are an error."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():
