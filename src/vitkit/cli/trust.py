@@ -256,12 +256,18 @@ def explain(
                                                "recursively) or globs such as 'imgs/*.jpg'.")],
     method: Annotated[str, typer.Option(
         help="auto, gradcam, gradcam++, rollout or attn-last (auto: gradcam for CNNs, rollout "
-             "for ViTs). (default: auto)")] = "auto",
+             "for ViTs); or a feature view: filters (the first convolution's filters, "
+             "OUT/filters.png) or features (each image's strongest channels of --layer, "
+             "OUT/<image>_features.png). (default: auto)")] = "auto",
     class_label: Annotated[str | None, typer.Option(
         "--class", help="Explain this class instead of the predicted one.")] = None,
     layer: Annotated[str | None, typer.Option(
         help="Grad-CAM target layer, a dotted module name such as layer4 or blocks.11.norm1 "
-             "(default: the last feature map / the last block's first norm)")] = None,
+             "(default: the last feature map / the last block's first norm); for features, "
+             "the layer shown (default: the last stage / the last block)")] = None,
+    channels: Annotated[int, typer.Option(
+        min=1, help="Features: how many of the layer's strongest channels (by mean square) "
+                    "to show per image. (default: 16)")] = 16,
     discard_ratio: Annotated[float, typer.Option(
         help="Rollout: share of the lowest attention weights dropped per layer (0 keeps "
              "all). (default: 0.9)")] = 0.9,
@@ -288,12 +294,29 @@ def explain(
                            out_dir=out, discard_ratio=discard_ratio,
                            head_fusion=head_fusion,  # type: ignore[arg-type]
                            variant=variant, device=device, batch_size=batch_size,
-                           progress=not quiet and not json_out)
+                           progress=not quiet and not json_out, channels=channels)
     for note in result.notes:
         stderr_console.print(f"[yellow]note:[/] {note}", highlight=False)
     failures = [(s.path, s.error) for s in result.skipped]
     if json_out:
         print_json(result.to_dict())
+    elif result.filters is not None:
+        stderr_console.print(f"{result.filters.shown} filters of {result.layer} in "
+                             f"{result.filters.overlay}", highlight=False)
+    elif result.method == "features":
+        table = Table(title=f"features (layer {result.layer})")
+        for col in ("path", "strongest channels", "overlay"):
+            table.add_column(col)
+        width = path_width(60)
+        for v in result.features:
+            table.add_row(short_path(v.path, width), ", ".join(map(str, v.channels[:8]))
+                          + (" …" if len(v.channels) > 8 else ""), v.overlay.name)
+        for path, error in failures:
+            table.add_row(short_path(path, width), f"[red]error[/]: {error}", "")
+        stderr_console.print(table)
+        if result.features:
+            stderr_console.print(f"feature grids and index.html in {result.out_dir}",
+                                 highlight=False)
     else:
         where = f" (layer {result.layer})" if result.layer else ""
         table = Table(title=f"{result.method}{where}")
@@ -309,4 +332,5 @@ def explain(
         if result.explanations:
             stderr_console.print(f"overlays and index.html in {result.out_dir}",
                                  highlight=False)
-    finish_items("explained", len(result.explanations), failures)
+    if result.filters is None:
+        finish_items("explained", len(result.explanations) + len(result.features), failures)

@@ -72,7 +72,7 @@ def choose_method(model: ImageClassifier, method: str) -> str:
     """
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method {method!r}; use one of "
-                          f"{', '.join(METHODS)}.")
+                          f"{', '.join(METHODS)} (or a feature view: filters, features).")
     transformer = is_transformer(model)
     if method == "auto":
         return "rollout" if transformer else "gradcam"

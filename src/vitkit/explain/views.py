@@ -41,9 +41,22 @@ def first_conv_filters(model: nn.Module) -> torch.Tensor:
     Raises:
         VitkitError: If the model has no 2-D convolution.
     """
-    for module in model.modules():
+    return first_conv(model)[1].weight
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """``(name, module)`` of the first ``nn.Conv2d`` in module order, the name as the backbone
+    spells it (``conv1``, ``patch_embed.proj``).
+
+    Raises:
+        VitkitError: If the model has no 2-D convolution.
+    """
+    for name, module in backbone_of(model).named_modules():
         if isinstance(module, nn.Conv2d):
-            return module.weight
+            return name, module
+    for name, module in model.named_modules():  # a conv outside the backbone
+        if isinstance(module, nn.Conv2d):
+            return name, module
     raise VitkitError("this model has no 2-D convolution, so there are no first-layer filters "
                       "to show; use --method features to see what a layer responds to.")
 

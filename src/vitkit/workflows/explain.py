@@ -5,6 +5,12 @@ For every readable image: ``OUT/<stem>.png`` (the map over the image as the mode
 ``OUT/explanations.json`` (a list of records whose ``overlay``/``map`` name files beside it)
 and ``OUT/index.html`` (a grid of the overlays). Unreadable images are skipped and reported.
 
+Feature views (:mod:`vitkit.explain.views`) instead of heat maps: ``--method filters`` writes
+``OUT/filters.png``, the first convolution's filters (the images are not read);
+``--method features`` writes ``OUT/<stem>_features.png`` per image, the ``channels`` strongest
+channels of ``layer``. Their ``explanations.json`` records are ``{path, method, layer,
+channels, overlay}`` (features) and ``{method, layer, filters, shape, overlay}`` (filters).
+
 Explanations need the torch model (gradients for Grad-CAM, attention weights for rollout);
 ONNX Runtime and OpenVINO expose neither, so a bundle's other variants are explained through
 its fp32 torch model, and the result says so.
@@ -32,6 +38,15 @@ from vitkit.errors import ConfigError, ImageFailure
 from vitkit.explain.explainer import Explainer
 from vitkit.explain.overlay import model_view, overlay_map
 from vitkit.explain.rollout import DEFAULT_HEAD_FUSION, HeadFusion
+from vitkit.explain.views import (
+    activation_grid,
+    default_feature_layer,
+    filter_grid,
+    first_conv,
+    layer_activations,
+    resolve_module,
+    top_channels,
+)
 from vitkit.predictor.predict import Predictor, expand_paths, load, readable_batches
 from vitkit.predictor.variants import REFERENCE_VARIANT, find_variant
 from vitkit.report._style import CSS
@@ -40,6 +55,9 @@ from vitkit.workflows.trust_context import TrustContext
 EXPLANATIONS_FILE = "explanations.json"
 INDEX_FILE = "index.html"
 RUN_SUBDIR = "explanations"  # inside a training run folder
+FILTERS_FILE = "filters.png"
+VIEW_METHODS = ("filters", "features")
+MAX_FILTERS = 64
 
 
 @dataclass
@@ -71,6 +89,36 @@ class Explanation:
 
 
 @dataclass
+class FeatureView:
+    """One image's strongest channels at ``layer`` (``--method features``)."""
+
+    path: str
+    layer: str
+    channels: list[int]  # strongest first
+    overlay: Path  # the grid of their maps
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        return {"path": self.path, "method": "features", "layer": self.layer,
+                "channels": list(self.channels),
+                "overlay": self.overlay.name if relative_to is not None else str(self.overlay)}
+
+
+@dataclass
+class FilterView:
+    """The first convolution's filters drawn as one grid (``--method filters``)."""
+
+    layer: str
+    shape: tuple[int, ...]  # (out, in, kh, kw) of the whole weight
+    shown: int  # how many of ``shape[0]`` filters the grid holds
+    overlay: Path
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        return {"method": "filters", "layer": self.layer, "filters": self.shown,
+                "shape": list(self.shape),
+                "overlay": self.overlay.name if relative_to is not None else str(self.overlay)}
+
+
+@dataclass
 class ExplainResult:
     method: str
     layer: str | None
@@ -78,14 +126,27 @@ class ExplainResult:
     explanations: list[Explanation] = field(default_factory=list)
     skipped: list[ImageFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    features: list[FeatureView] = field(default_factory=list)
+    filters: FilterView | None = None
+
+    def records(self, relative_to: Path | None = None) -> list[dict[str, Any]]:
+        """The per-image (or, for filters, per-run) records of ``explanations.json``."""
+        out = [e.to_dict(relative_to) for e in self.explanations]
+        out += [f.to_dict(relative_to) for f in self.features]
+        if self.filters is not None:
+            out.append(self.filters.to_dict(relative_to))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "method": self.method, "layer": self.layer, "out": str(self.out_dir),
             "index": str(self.out_dir / INDEX_FILE),
-            "explanations": [e.to_dict() for e in self.explanations],
+            "explanations": self.records(),
             "skipped": [s.to_dict() for s in self.skipped], "notes": self.notes,
         }
+        if self.filters is not None:
+            out["filters"] = str(self.filters.overlay)
+        return out
 
 
 def explain_paths(bundle: BundleSource, paths: Sequence[str | Path], method: str = "auto",
@@ -93,19 +154,28 @@ def explain_paths(bundle: BundleSource, paths: Sequence[str | Path], method: str
                   out_dir: str | Path = "runs/explain", discard_ratio: float = 0.9,
                   head_fusion: HeadFusion = DEFAULT_HEAD_FUSION, variant: str | None = None,
                   device: str = "cpu", batch_size: int = 8, cmap: str = "jet",
-                  alpha: float = 0.5, progress: bool = True) -> ExplainResult:
-    """Explains image files, folders (searched recursively) or globs with a bundle's model.
+                  alpha: float = 0.5, progress: bool = True,
+                  channels: int = 16) -> ExplainResult:
+    """Explains image files, folders (searched recursively) or globs with a bundle's model
+    (``method="filters"`` reads no image; ``channels`` is for ``"features"``).
 
     Raises:
         VitkitError: Unknown method, class, layer or variant, or no image at all.
     """
-    files, missing = expand_paths([str(p) for p in paths])
-    require_images(files, [m.path for m in missing])
+    files: list[Path] = []
+    missing: list[ImageFailure] = []
+    if method != "filters":
+        files, missing = expand_paths([str(p) for p in paths])
+        require_images(files, [m.path for m in missing])
     notes = []
     opened = Bundle.open(bundle)
     if variant is not None:
         chosen = find_variant(opened.meta, variant, opened.path)
-        if chosen.name != "torch-fp32":
+        if chosen.name != "torch-fp32" and method in VIEW_METHODS:
+            notes.append(f"drawn from the bundle's fp32 torch model, not {chosen.name}: "
+                         f"{chosen.runtime} {chosen.precision} does not expose its weights "
+                         "and layers.")
+        elif chosen.name != "torch-fp32":
             notes.append(
                 f"explained with the bundle's fp32 torch model, not {chosen.name}: Grad-CAM needs "
                 "gradients and rollout needs attention weights, which "
@@ -114,7 +184,7 @@ def explain_paths(bundle: BundleSource, paths: Sequence[str | Path], method: str
     predictor = load(opened, device=_device(device), variant=REFERENCE_VARIANT)
     result = explain_images(predictor, [(f, None) for f in files], method, target_class, layer,
                             out_dir, discard_ratio, head_fusion, batch_size, cmap, alpha,
-                            progress)
+                            progress, channels=channels)
     result.skipped[:0] = missing
     result.notes[:0] = notes
     return result
@@ -125,9 +195,12 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
                    layer: str | None = None, out_dir: str | Path = "runs/explain",
                    discard_ratio: float = 0.9, head_fusion: HeadFusion = DEFAULT_HEAD_FUSION,
                    batch_size: int = 8, cmap: str = "jet", alpha: float = 0.5,
-                   progress: bool = True) -> ExplainResult:
+                   progress: bool = True, channels: int = 16) -> ExplainResult:
     """Explains ``items`` = ``(path, true label or None)`` and writes the files into
     ``out_dir`` (see the module doc)."""
+    if method in VIEW_METHODS:
+        return _feature_views(predictor, items, method, target_class, layer, Path(out_dir),
+                              batch_size, channels, progress)
     labels = predictor.labels
     target_index = _class_index(labels, target_class)
     pre = predictor.preprocessing
@@ -167,8 +240,55 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
             f"{explainer.layer or 'the explained layer'} no region raises the explained class's "
             "score (usual for an undertrained or unsure model, or for a class the image does not "
             "show); try --method gradcam++ or an earlier --layer.")
-    write_json_atomic(out / EXPLANATIONS_FILE, [e.to_dict(relative_to=out)
-                                                for e in result.explanations])
+    write_json_atomic(out / EXPLANATIONS_FILE, result.records(relative_to=out))
+    write_text_atomic(out / INDEX_FILE, render_index(result))
+    return result
+
+
+def _feature_views(predictor: Predictor, items: Sequence[tuple[Path | str, str | None]],
+                   method: str, target_class: str | None, layer: str | None, out: Path,
+                   batch_size: int, channels: int, progress: bool) -> ExplainResult:
+    """``--method filters`` / ``features`` (see the module doc)."""
+    if channels < 1:
+        raise ConfigError(f"--channels must be at least 1, not {channels}.")
+    _class_index(predictor.labels, target_class)  # an unknown class is still an error
+    model = predictor.torch_model()
+    pre = predictor.preprocessing
+    if method == "filters":
+        if layer is not None:
+            raise ConfigError("--layer does not apply to --method filters (always the first "
+                              "convolution); use it with gradcam, gradcam++ or features.")
+        name, conv = first_conv(model)
+        out.mkdir(parents=True, exist_ok=True)
+        grid = filter_grid(conv.weight, max_filters=MAX_FILTERS)
+        file = save_png_atomic(grid, out / FILTERS_FILE)
+        result = ExplainResult(method, name, out)
+        result.filters = FilterView(name, tuple(conv.weight.shape),
+                                    min(MAX_FILTERS, int(conv.weight.shape[0])), file)
+        if target_class is not None:
+            result.notes.append("--class does not change the first layer's filters.")
+    else:
+        name = layer or default_feature_layer(model, pre.input_size)
+        resolve_module(model, name)  # an unknown name fails before any image is read
+        out.mkdir(parents=True, exist_ok=True)
+        result = ExplainResult(method, name, out)
+        if target_class is not None:
+            result.notes.append("features show what a layer responds to, whatever the class: "
+                                "--class changes nothing (use gradcam for a class-specific "
+                                "map).")
+        used_stems: set[str] = set()
+        for pending in readable_batches(list(items), lambda item: item[0], predictor.transform,
+                                        batch_size, result.skipped, progress, "features"):
+            images = torch.stack([t for _, t in pending])
+            _, activations = layer_activations(model, images, name)
+            for i, ((path, _true), image) in enumerate(pending):
+                stem = _unique_stem(f"{Path(path).stem}_features", used_stems)
+                chosen = top_channels(activations[i], channels)
+                grid = activation_grid(model_view(image, pre.mean, pre.std), activations[i],
+                                       chosen)
+                file = save_png_atomic(grid, out / f"{stem}.png")
+                result.features.append(FeatureView(str(path), name, chosen, file))
+    write_json_atomic(out / EXPLANATIONS_FILE, result.records(relative_to=out))
     write_text_atomic(out / INDEX_FILE, render_index(result))
     return result
 
@@ -223,6 +343,7 @@ def render_index(result: ExplainResult) -> str:
             f'<span class="path">{html.escape(Path(e.path).name)}</span></figcaption></figure>')
     skipped = "".join(f"<li><code>{html.escape(s.path)}</code>: {html.escape(s.error)}</li>"
                       for s in result.skipped)
+    figures += _view_figures(result)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
     layer = f", layer <code>{html.escape(result.layer)}</code>" if result.layer else ""
     return (
@@ -231,12 +352,39 @@ def render_index(result: ExplainResult) -> str:
         f"<title>vitkit explanations</title><style>{CSS}</style></head><body>"
         '<main class="page"><header class="masthead"><div class="brand">vitkit</div>'
         f"<h1>Explanations</h1><p class=\"facts\">method <code>{html.escape(result.method)}"
-        f"</code>{layer}; {len(result.explanations)} images</p></header>"
+        f"</code>{layer}; {_count(result)}</p></header>"
         + (f'<div class="notice"><ul>{notes}</ul></div>' if notes else "")
         + f'<section class="card"><div class="grid">{"".join(figures)}</div></section>'
         + (f'<section class="card"><h2>Skipped</h2><ul>{skipped}</ul></section>'
            if skipped else "")
         + "</main></body></html>\n")
+
+
+def _view_figures(result: ExplainResult) -> list[str]:
+    """Figures for the feature views: the filter grid, one grid of channels per image."""
+    figures = []
+    if result.filters is not None:
+        f = result.filters
+        size = "x".join(str(n) for n in f.shape[2:])
+        figures.append(
+            f'<figure class="prediction"><div class="thumb"><img src="'
+            f'{html.escape(f.overlay.name)}" alt="first-layer filters"></div><figcaption>'
+            f"<span><code>{html.escape(f.layer)}</code>: {f.shown} of {f.shape[0]} filters, "
+            f"{size}, {f.shape[1]} input channels</span></figcaption></figure>")
+    for v in result.features:
+        shown = ", ".join(str(c) for c in v.channels)
+        figures.append(
+            f'<figure class="prediction"><div class="thumb"><img src="'
+            f'{html.escape(v.overlay.name)}" alt="{html.escape(v.path)}"></div><figcaption>'
+            f"<span>strongest channels: {html.escape(shown)}</span>"
+            f'<span class="path">{html.escape(Path(v.path).name)}</span></figcaption></figure>')
+    return figures
+
+
+def _count(result: ExplainResult) -> str:
+    if result.filters is not None:
+        return f"{result.filters.shown} filters"
+    return f"{len(result.explanations) + len(result.features)} images"
 
 
 def _class_index(labels: Sequence[str], target_class: str | None) -> int | None:
