@@ -11,7 +11,8 @@ The defaults were chosen before these sets were looked at (on generated squares)
 are what a user gets on a first run.
 
 Usage: python bench/tasks_real.py [--sets deeppcb,PA_BDP01_TL] [--jsonl out.jsonl]
-       [--epochs HEAD:FULL]
+       [--epochs HEAD:FULL] [--seg-archs unet,fpn] [--det-archs fcos,retinanet]
+       [--weights auto,none]   (offline ImageNet weights vs random initialisation)
 """
 
 from __future__ import annotations
@@ -36,29 +37,34 @@ def emit(row: dict[str, Any], jsonl: str | None) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def segment(name: str, data: Path, out: Path, epochs: tuple[int, int] | None) -> dict[str, Any]:
+def segment(name: str, data: Path, out: Path, epochs: tuple[int, int] | None, arch: str,
+            weights: str) -> dict[str, Any]:
     from vitkit.workflows.segment import SegmentTrainConfig, run_segment_training
 
-    options: dict[str, Any] = {"data": str(data), "out": str(out / f"seg-{name}")}
+    options: dict[str, Any] = {"data": str(data), "out": str(out / f"seg-{name}-{arch}-{weights}"),
+                               "arch": arch, "weights": weights}
     if epochs:
         options.update(head_epochs=epochs[0], full_epochs=epochs[1])
     started = time.perf_counter()
     result = run_segment_training(SegmentTrainConfig(**options), progress=False)
-    return {"set": name, "task": "segment", "dice": result.dice, "iou": result.iou,
+    return {"set": name, "task": "segment", "arch": arch, "weights": weights,
+            "dice": result.dice, "iou": result.iou,
             "val_images": result.val_images, "train_images": result.train_images,
             "epochs_run": result.epochs_run, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def detect(name: str, data: Path, out: Path, epochs: tuple[int, int] | None) -> dict[str, Any]:
+def detect(name: str, data: Path, out: Path, epochs: tuple[int, int] | None, arch: str,
+           weights: str) -> dict[str, Any]:
     from vitkit.workflows.detect import DetectTrainConfig, run_detect_train
 
-    options: dict[str, Any] = {"data": str(data), "out": str(out / f"det-{name}"),
-                               "test_fraction": 0.2}
+    options: dict[str, Any] = {"data": str(data), "out": str(out / f"det-{name}-{arch}-{weights}"),
+                               "test_fraction": 0.2, "arch": arch, "weights": weights}
     if epochs:
         options.update(head_epochs=epochs[0], full_epochs=epochs[1])
     started = time.perf_counter()
     result = run_detect_train(DetectTrainConfig(**options), progress=False)
-    return {"set": name, "task": "detect", "val_map_50": result.map_50,
+    return {"set": name, "task": "detect", "arch": arch, "weights": weights,
+            "val_map_50": result.map_50,
             "val_map_50_95": result.map_50_95, "test_map_50": result.test_map_50,
             "val_images": result.val_images, "train_images": result.train_images,
             "epochs_run": result.epochs_run, "seconds": round(time.perf_counter() - started, 1)}
@@ -69,6 +75,9 @@ def main() -> None:
     parser.add_argument("--sets", default="deeppcb,PA_BDP01_TL")
     parser.add_argument("--tasks", default="segment,detect")
     parser.add_argument("--epochs", default=None, help="HEAD:FULL (default: the CLI's)")
+    parser.add_argument("--seg-archs", default="unet")
+    parser.add_argument("--det-archs", default="fcos")
+    parser.add_argument("--weights", default="auto")
     parser.add_argument("--jsonl", default=None)
     args = parser.parse_args()
     epochs = tuple(int(x) for x in args.epochs.split(":")) if args.epochs else None
@@ -76,7 +85,11 @@ def main() -> None:
         for name in args.sets.split(","):
             for task in args.tasks.split(","):
                 run = segment if task == "segment" else detect
-                emit(run(name, SETS[name], Path(folder), epochs), args.jsonl)  # type: ignore[arg-type]
+                archs = args.seg_archs if task == "segment" else args.det_archs
+                for arch in archs.split(","):
+                    for weights in args.weights.split(","):
+                        emit(run(name, SETS[name], Path(folder), epochs,  # type: ignore[arg-type]
+                                 arch, weights), args.jsonl)
 
 
 if __name__ == "__main__":
