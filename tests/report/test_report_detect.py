@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.detect.conftest import write_detect_bundle
 from tests.detect.synthetic import make_squares
 from tests.e2e.cli import run_cli
 from tests.report.html_parts import parse
 
-from vitkit.bundle import BundleMeta, save_bundle
 from vitkit.detect.metrics import image_matches
-from vitkit.detect.model import DetectRecord, build_detector
 from vitkit.report import _format as fmt
 from vitkit.report.detect import gallery_picks, write_detect_report
 
@@ -58,20 +57,8 @@ def test_gallery_picks_and_a_page_without_curves(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def detect_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight 64 px FCOS bundle of classes a, b (as tests/detect/conftest.py)."""
-    torch.manual_seed(0)
-    record = DetectRecord(arch="fcos", backbone="efficientnet_lite0", classes=["a", "b"],
-                          min_size=64, max_size=64, score_threshold=0.05)
-    model, source = build_detector(record, weights="none")
-    meta = BundleMeta(task="detect", backbone={"name": record.backbone, "source": "timm",
-                                               "weights": source},
-                      labels=record.classes,
-                      preprocessing={"input_size": [64, 64], "interpolation": "bilinear",
-                                     "mean": [0.485, 0.456, 0.406],
-                                     "std": [0.229, 0.224, 0.225], "crop_pct": 1.0,
-                                     "crop_mode": "squash"},
-                      detect=record.model_dump(mode="json"))
-    return save_bundle(tmp_path_factory.mktemp("detect") / "bundle", model, meta)
+    """A random-weight 64 px FCOS bundle that keeps boxes above 0.05."""
+    return write_detect_bundle(tmp_path_factory.mktemp("detect") / "bundle", 0.05)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,25 +230,19 @@ def _preferred(same_output: list[ProbedLayer]) -> ProbedLayer:
     return min(same_output, key=lambda layer: (layer.is_identity, layer.name.count(".")))
 
 
-def probe_layers(model: ImageClassifier, input_size: tuple[int, int]) -> list[ProbedLayer]:
-    """Every backbone module with a tensor output (head excluded), in the order they finish,
-    for one blank image of ``input_size``."""
-    head_ids = {id(m) for m in model.head.modules()}
-    found: list[ProbedLayer] = []
-    alive: list[torch.Tensor] = []  # so that no two outputs share an id() during the probe
-    handles = []
-
+def blank_pass(model: nn.Module, input_size: tuple[int, int],
+               modules: Iterable[tuple[str, nn.Module]],
+               on_output: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
+    """Runs ``model`` (in eval mode, without gradients) on one blank image of ``input_size``
+    and calls ``on_output(name, module, output)`` for each tensor output of ``modules``, in
+    the order they finish; the model's mode and hooks are restored afterwards."""
     def recorder(name: str, module: nn.Module) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor):
-                alive.append(output)
-                found.append(ProbedLayer(name, tuple(output.shape), id(output),
-                                         isinstance(module, nn.Identity)))
+                on_output(name, module, output)
         return hook
 
-    for name, module in model.model.named_modules():
-        if name and id(module) not in head_ids:
-            handles.append(module.register_forward_hook(recorder(name, module)))
+    handles = [module.register_forward_hook(recorder(name, module)) for name, module in modules]
     parameter = next(model.parameters())
     blank = torch.zeros(1, 3, *input_size, dtype=parameter.dtype, device=parameter.device)
     was_training = model.training
@@ -260,6 +254,22 @@ def probe_layers(model: ImageClassifier, input_size: tuple[int, int]) -> list[Pr
         for handle in handles:
             handle.remove()
         model.train(was_training)
+
+
+def probe_layers(model: ImageClassifier, input_size: tuple[int, int]) -> list[ProbedLayer]:
+    """Every backbone module with a tensor output (head excluded), in the order they finish,
+    for one blank image of ``input_size``."""
+    head_ids = {id(m) for m in model.head.modules()}
+    found: list[ProbedLayer] = []
+    alive: list[torch.Tensor] = []  # so that no two outputs share an id() during the probe
+
+    def record(name: str, module: nn.Module, output: torch.Tensor) -> None:
+        alive.append(output)
+        found.append(ProbedLayer(name, tuple(output.shape), id(output),
+                                 isinstance(module, nn.Identity)))
+
+    blank_pass(model, input_size, [(n, m) for n, m in model.model.named_modules()
+                                   if n and id(m) not in head_ids], record)
     return found
 
 

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from vitkit.errors import ConfigError, VitkitError
+from vitkit.explain.targets import blank_pass
 
 GAP = 2  # pixels between grid cells
 _BACKGROUND = (255, 255, 255)
@@ -345,26 +346,6 @@ def _probe(model: nn.Module, backbone: nn.Module, input_size: tuple[int, int]
     """``(name, output shape)`` of every named backbone module for one blank image, in the
     order they finish."""
     found: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-
-    def recorder(name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                found.append((name, tuple(output.shape)))
-        return hook
-
-    for name, module in backbone.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(recorder(name)))
-    parameter = next(model.parameters())
-    blank = torch.zeros(1, 3, *input_size, dtype=parameter.dtype, device=parameter.device)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(blank)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    blank_pass(model, input_size, [(n, m) for n, m in backbone.named_modules() if n],
+               lambda name, _module, output: found.append((name, tuple(output.shape))))
     return found
