@@ -1,9 +1,10 @@
 """Tiny detection data a small detector learns in a few epochs: dark noisy images with one or
 two bright squares, written as a YOLO folder (images/ + labels/ with train and val splits,
-data.yaml naming the class)."""
+data.yaml naming the class) or as a COCO annotations file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,31 @@ def make_squares(root: Path, n_train: int = 16, n_val: int = 6, size: int = 96,
             index += 1
     (root / "data.yaml").write_text("names: [square]\n")
     return root
+
+
+def make_squares_coco(root: Path, n_images: int = 22, size: int = 96, seed: int = 0,
+                      category_id: int = 7) -> Path:
+    """Writes ``root/images/sq_<i>.png`` and ``root/annotations.json`` (COCO boxes as x, y,
+    width, height in pixels; one category, ``square``, with a non-zero id); returns the
+    ``.json``. Two faults a real file has are added: an annotation outside its image and an
+    image listed but not on disk."""
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images: list[dict[str, object]] = []
+    annotations: list[dict[str, object]] = []
+    for index in range(n_images):
+        image, boxes = square_image(index, size, seed)
+        image.save(images_dir / f"sq_{index}.png")
+        images.append({"id": 100 + index, "file_name": f"sq_{index}.png", "width": size,
+                       "height": size})
+        for x1, y1, x2, y2 in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": 100 + index,
+                                "category_id": category_id, "iscrowd": 0,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1]})
+    annotations.append({"id": len(annotations) + 1, "image_id": 100, "category_id": category_id,
+                        "bbox": [size - 10, size - 10, 40, 40]})  # runs out of the image
+    images.append({"id": 999, "file_name": "gone.png", "width": size, "height": size})
+    path = root / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": category_id, "name": "square"}]}))
+    return path

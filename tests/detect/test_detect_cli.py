@@ -1,6 +1,7 @@
 """`vitkit detect` end to end on tiny generated data: train (FCOS on efficientnet_lite0 with
-its offline ImageNet weights, 1 + 3 epochs), eval, predict with overlays, export to ONNX with
-its parity checked, and the user errors that exit 2."""
+its offline ImageNet weights, 1 + 3 epochs), eval, predict with overlays, export to ONNX and
+OpenVINO with their parity checked, and the user errors that exit 2; the same train and eval
+from a COCO annotations file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tests.detect.synthetic import make_squares, square_image
+from tests.detect.synthetic import make_squares, make_squares_coco, square_image
 from tests.e2e.cli import run_cli
 
 from vitkit.bundle import read_meta
@@ -83,9 +84,47 @@ def test_train_eval_predict_export(tmp_path: Path) -> None:
     for a, b in zip(onnx[0]["boxes"], wide["boxes"], strict=True):
         assert max(abs(x - y) for x, y in zip(a["box"], b["box"], strict=True)) < 0.05
 
+    openvino = _json(run_cli("detect", "export", bundle, "--variant", "openvino-fp32",
+                             "--json"))
+    parity = openvino["parity"]
+    assert openvino["runtime"] == "openvino" and (bundle / openvino["file"]).is_file()
+    assert openvino["options"]["frontend"] == "onnx"
+    assert parity["max_output_diff"] < 1e-3 and parity["max_box_diff"] < 0.05, parity
+    assert parity["same_detections"] == 1.0 and parity["dynamic_size_diff"] < 1e-3, parity
+    ov = _json(run_cli("detect", "predict", bundle, tmp_path / "wide.png", "--variant",
+                       "openvino-fp32", "--json", "--quiet"))
+    assert [b["label"] for b in ov[0]["boxes"]] == [b["label"] for b in wide["boxes"]]
+    for a, b in zip(ov[0]["boxes"], wide["boxes"], strict=True):
+        assert max(abs(x - y) for x, y in zip(a["box"], b["box"], strict=True)) < 0.05
+
     # user errors: exit 2, a message, no traceback
     again = run_cli("detect", "train", data, "--out", run, "--size", 96)
     assert again.returncode == 2 and "already holds a finished" in _text(again.stderr)
     odd = run_cli("detect", "train", data, "--out", tmp_path / "r2", "--size", 100)
     assert odd.returncode == 2 and "multiple of 32" in _text(odd.stderr)
     assert "Traceback" not in again.stderr + odd.stderr
+
+
+@pytest.mark.slow
+def test_coco_file_trains_and_evaluates(tmp_path: Path) -> None:
+    """DATA is the annotations file itself; the box outside its image and the image missing
+    from disk are skipped and reported, not fatal; eval on the same file scores the split the
+    training held out."""
+    annotations = make_squares_coco(tmp_path / "coco", n_images=22, size=96)
+    run = tmp_path / "run"
+    trained = _json(run_cli("detect", "train", annotations, "--out", run, "--size", 96,
+                            "--head-epochs", 1, "--full-epochs", 3, "--batch-size", 4,
+                            "--device", "cpu", "--json", "--quiet"))
+    assert trained["train_images"] + trained["val_images"] == 22
+    assert trained["val_images"] >= 4 and trained["map_50"] > 0.5, trained
+    assert (trained["skipped"], trained["dropped_boxes"]) == (1, 1), trained
+    meta = read_meta(trained["bundle"])
+    assert meta.task == "detect" and meta.labels == ["square"]
+    dropped = (run / "dropped_boxes.csv").read_text()
+    assert "annotation" in dropped and "sq_0.png" in dropped
+
+    evaluated = _json(run_cli("detect", "eval", trained["bundle"], annotations, "--json",
+                              "--quiet"))
+    assert evaluated["split"] == "val" and evaluated["n_images"] == trained["val_images"]
+    assert evaluated["map_50"] == pytest.approx(trained["map_50"])
+    assert set(evaluated["per_class"]) == {"square"}

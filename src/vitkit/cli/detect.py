@@ -196,7 +196,8 @@ def detect_predict(
 def detect_export(
     bundle: Annotated[Path, typer.Argument(help="Bundle written by `vitkit detect train`.")],
     variant: Annotated[str, typer.Option(help="onnx-fp32: backbone, FPN and heads in ONNX "
-                                         "(dynamic batch and size); decoding and NMS stay "
+                                         "(dynamic batch and size); openvino-fp32: the same "
+                                         "graph as OpenVINO IR. Decoding and NMS stay "
                                          "Python.")] = "onnx-fp32",
     data: Annotated[str | None, typer.Option(
         help="Images to check parity on (annotated data or plain images). (default: the "
@@ -207,8 +208,8 @@ def detect_export(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export the detector to ONNX and record how closely its boxes and scores match
-    PyTorch's; then use it with --variant onnx-fp32."""
+    """Export the detector to ONNX or OpenVINO and record how closely its boxes and scores
+    match PyTorch's; then use it with --variant onnx-fp32 (or openvino-fp32)."""
     from vitkit.workflows.detect_export import run_detect_export
 
     result = run_detect_export(bundle, variant, data=data, make_default=default)

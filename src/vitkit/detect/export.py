@@ -1,5 +1,5 @@
 """A detector's :class:`~vitkit.detect.graph.DetectorGraph` as an ONNX file with a dynamic
-batch, height and width.
+batch, height and width, and as OpenVINO IR converted from that file.
 
 Why not the whole torchvision detector: its top-k, score threshold, NMS and (Faster R-CNN)
 proposals make the graph's shapes depend on the image's content. The graph without them
@@ -32,6 +32,7 @@ ONNX_OPSET = 18  # the dynamo exporter's own; ONNX Runtime >= 1.14 reads it
 LEGACY_ONNX_OPSET = 17
 INPUT_NAME = "images"
 ONNX_FILE = "variants/detector.onnx"
+OPENVINO_FILE = "variants/openvino/detector.xml"
 
 
 def onnx_variant() -> Variant:
@@ -41,6 +42,14 @@ def onnx_variant() -> Variant:
                             "decoding": "python (anchors, box coding, NMS: torchvision's)",
                             "input": "RGB 0..1 (B, 3, H, W), any H and W",
                             "dynamic_axes": ["batch", "height", "width"]})
+
+
+def openvino_variant() -> Variant:
+    """The ``openvino-fp32`` variant's entry: the ONNX graph converted, same inputs and
+    outputs, so the same Python decoding follows it."""
+    onnx = onnx_variant()
+    return Variant(name="openvino-fp32", runtime="openvino", precision="fp32",
+                   file=OPENVINO_FILE, options=dict(onnx.options))
 
 
 def output_names(graph: DetectorGraph, levels: int) -> list[str]:
@@ -92,6 +101,17 @@ def export_graph(graph: DetectorGraph, path: Path, size: int) -> dict[str, Any]:
         exporter, opset = "dynamo", ONNX_OPSET
     return {"opset": opset, "exporter": exporter, "input_name": INPUT_NAME,
             "output_names": names, "traced_at": side}
+
+
+def convert_to_openvino(onnx_file: Path, path_xml: Path) -> dict[str, Any]:
+    """OpenVINO IR (``.xml`` + ``.bin``, fp32 weights) from the detector's ONNX file; its
+    dynamic batch, height and width and its output names and order carry over."""
+    ov = require("openvino")
+    with _quiet():
+        converted = ov.convert_model(str(onnx_file))
+        ov.save_model(converted, str(path_xml), compress_to_fp16=False)
+    return {"frontend": "onnx", "compress_to_fp16": False,
+            "openvino": str(ov.__version__).split("-")[0]}
 
 
 def _coarsest_stride(graph: DetectorGraph) -> int:

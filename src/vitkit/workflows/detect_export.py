@@ -1,5 +1,5 @@
-"""`vitkit detect export`: the detector's graph as ONNX, checked against PyTorch and
-recorded in the bundle as the variant ``onnx-fp32``.
+"""`vitkit detect export`: the detector's graph as ONNX (variant ``onnx-fp32``) or OpenVINO IR
+converted from it (``openvino-fp32``), checked against PyTorch and recorded in the bundle.
 
 What exports is :class:`~vitkit.detect.graph.DetectorGraph` (backbone, FPN and, for FCOS
 and RetinaNet, the heads' convolutions), with a dynamic batch, height and width; box decoding
@@ -11,6 +11,7 @@ the graph's outputs, and the boxes and scores after decoding, against ``torch-fp
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,20 @@ from vitkit.compress.export import staged
 from vitkit.data.boxes import scan_detection
 from vitkit.data.files import find_images
 from vitkit.data.images import ImageProblem, load_rgb
-from vitkit.detect.export import export_graph, onnx_variant
+from vitkit.detect.export import (
+    ONNX_FILE,
+    convert_to_openvino,
+    export_graph,
+    onnx_variant,
+    openvino_variant,
+)
 from vitkit.detect.graph import Detection, DetectorGraph
 from vitkit.detect.predict import Detector, load_detector
 from vitkit.errors import VitkitError
 from vitkit.predictor.runtimes import open_runtime
-from vitkit.predictor.variants import REFERENCE_VARIANT, record_variant, variants_dir
+from vitkit.predictor.variants import REFERENCE_VARIANT, list_variants, record_variant
 
-VARIANTS = ("onnx-fp32",)
+VARIANTS = ("onnx-fp32", "openvino-fp32")
 PARITY_IMAGES = 8
 BOX_TOLERANCE = 0.5  # px at the model's input size: boxes this close count as the same
 
@@ -47,12 +54,15 @@ def run_detect_export(bundle: Path | str, variant: str = "onnx-fp32", data: str 
                           f"{', '.join(VARIANTS)}.")
     opened = Bundle.open(bundle)
     reference = load_detector(opened, REFERENCE_VARIANT, "cpu")
-    entry = onnx_variant()
+    entry = onnx_variant() if variant == "onnx-fp32" else openvino_variant()
     assert entry.file is not None
     target = opened.path / entry.file
-    with staged(variants_dir(opened.path)) as folder:
-        options = export_graph(DetectorGraph(reference.model), folder / target.name,
-                               reference.size)
+    graph = DetectorGraph(reference.model)
+    with staged(target.parent) as folder:
+        if variant == "onnx-fp32":
+            options = export_graph(graph, folder / target.name, reference.size)
+        else:
+            options = _openvino_from_onnx(opened, graph, reference.size, folder / target.name)
     entry = entry.model_copy(update={"options": {**entry.options, **options,
                                                  "arch": reference.record.arch}})
     exported = load_detector_with(opened, reference, entry)
@@ -68,6 +78,22 @@ def run_detect_export(bundle: Path | str, variant: str = "onnx-fp32", data: str 
             "runtime": entry.runtime, "parity": parity, "options": entry.options,
             "default_variant": (meta.model_extra or {}).get("default_variant")
             or REFERENCE_VARIANT}
+
+
+def _openvino_from_onnx(bundle: Bundle, graph: DetectorGraph, size: int, path_xml: Path
+                        ) -> dict[str, Any]:
+    """Converts the bundle's ONNX graph when it has one (made from the same weights), else a
+    graph exported on the side for the purpose."""
+    recorded = {v.name: v for v in list_variants(bundle.meta, bundle.path)}.get("onnx-fp32")
+    onnx_file = bundle.path / ONNX_FILE
+    if recorded is not None and recorded.file == ONNX_FILE and onnx_file.is_file():
+        keys = ("opset", "exporter", "input_name", "output_names", "traced_at")
+        return {**{k: recorded.options[k] for k in keys if k in recorded.options},
+                **convert_to_openvino(onnx_file, path_xml)}
+    with tempfile.TemporaryDirectory() as folder:
+        side = Path(folder) / "detector.onnx"
+        options = export_graph(graph, side, size)
+        return {**options, **convert_to_openvino(side, path_xml)}
 
 
 def load_detector_with(bundle: Bundle, reference: Detector, entry: Any) -> Detector:

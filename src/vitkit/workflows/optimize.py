@@ -258,7 +258,8 @@ TASK_RECIPES: dict[str, list[Recipe]] = {
                 Recipe("onnx-fp32", "onnxruntime", "export"),
                 Recipe("openvino-fp32", "openvino", "export")],
     "detect": [Recipe("torch-bf16", "torch", "builtin"),
-               Recipe("onnx-fp32", "onnxruntime", "export")],
+               Recipe("onnx-fp32", "onnxruntime", "export"),
+               Recipe("openvino-fp32", "openvino", "export")],
 }
 
 
