@@ -13,11 +13,13 @@ are what a user gets on a first run.
 Usage: python bench/tasks_real.py [--sets deeppcb,PA_BDP01_TL] [--jsonl out.jsonl]
        [--epochs HEAD:FULL] [--seg-archs unet,fpn] [--det-archs fcos,retinanet]
        [--weights auto,none]   (offline ImageNet weights vs random initialisation)
+       [--keep DIR]   (keep the run folders and bundles there, e.g. for `vitkit bench`)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -79,9 +81,11 @@ def main() -> None:
     parser.add_argument("--det-archs", default="fcos")
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--jsonl", default=None)
+    parser.add_argument("--keep", default=None, help="folder for the runs (default: deleted)")
     args = parser.parse_args()
     epochs = tuple(int(x) for x in args.epochs.split(":")) if args.epochs else None
-    with tempfile.TemporaryDirectory() as folder:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(
+            ) as folder:
         for name in args.sets.split(","):
             for task in args.tasks.split(","):
                 run = segment if task == "segment" else detect
