@@ -32,6 +32,15 @@ def test_a_resumed_run_keeps_its_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"different options \(size\)"):
         run_detect_train(changed, resume=True, progress=False, changed={"data", "out", "size"})
     with pytest.raises(ConfigError, match="--out"):
-        run_detect_train(DetectTrainConfig(data="d"), progress=False)
+        run_detect_train(DetectTrainConfig(data="d", out=""), progress=False)
     with pytest.raises(ConfigError, match="multiple of 32"):
         DetectTrainConfig(data="d", out="o", size=100)
+
+
+def test_augmentation_is_one_key_for_every_task_and_the_old_name_still_reads() -> None:
+    assert DetectTrainConfig(data="d").out == "runs/detect"
+    assert DetectTrainConfig(data="d").augmentation.translate == 0.05
+    new = DetectTrainConfig.model_validate({"data": "d", "augmentation": {"vflip": 0.5}})
+    old = DetectTrainConfig.model_validate({"data": "d", "augment": {"vflip": 0.5}})
+    assert new.augmentation.vflip == old.augmentation.vflip == 0.5
+    assert "augmentation" in new.model_dump() and "augment" not in new.model_dump()

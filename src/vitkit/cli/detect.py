@@ -40,8 +40,8 @@ _VARIANT_HELP = ("Runtime to detect with: torch-fp32, or onnx-fp32 after `vitkit
 @detect_app.command("train")
 def detect_train(
     data: Annotated[str, typer.Argument(help=_DATA_HELP)],
-    out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle.")
-                   ] = None,
+    out: Annotated[str | None, typer.Option(help="Run folder; the bundle goes to OUT/bundle. "
+                                            "(default: runs/detect)")] = None,
     arch: Annotated[str | None, typer.Option(
         help="fcos (anchor-free, default), retinanet or fasterrcnn (two-stage, slowest).")
     ] = None,

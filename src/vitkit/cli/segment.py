@@ -40,7 +40,7 @@ _VARIANT_HELP = ("Variant to run: torch-fp32, or one `vitkit segment export` mad
 def segment_train(
     data: Annotated[str, typer.Argument(help=_DATA_HELP)],
     out: Annotated[str | None, typer.Option(help="Run folder to write; the bundle goes to "
-                                            "OUT/bundle. (default: segment-run)")] = None,
+                                            "OUT/bundle. (default: runs/segment)")] = None,
     arch: Annotated[str | None, typer.Option(help="Decoder: unet, unetplusplus, fpn or "
                                              "deeplabv3plus. (default: unet)")] = None,
     encoder: Annotated[str | None, typer.Option(

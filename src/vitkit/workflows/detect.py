@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 
@@ -70,7 +70,7 @@ class DetectTrainConfig(StagedConfig):
     options (epochs, rates, batch, device, seed) are :class:`StagedConfig`'s."""
 
     data: str = Field("", description="COCO .json, YOLO folder (data.yaml) or MVTec folder")
-    out: str = Field("", description="the run folder (required)")
+    out: str = Field("runs/detect", description="the run folder")
     arch: Arch = DEFAULT_ARCH
     backbone: str = DEFAULT_BACKBONE
     weights: str = Field("auto", description="auto (offline registry, else hub), none, or a "
@@ -81,7 +81,9 @@ class DetectTrainConfig(StagedConfig):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
     mvtec_classes: Literal["single", "per_defect"] = "single"
-    augment: JointAugmentation = Field(default_factory=lambda: DETECTION_AUGMENTATION)
+    augmentation: JointAugmentation = Field(
+        default_factory=lambda: DETECTION_AUGMENTATION,
+        validation_alias=AliasChoices("augmentation", "augment"))  # augment: before 2026-12-08
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -143,7 +145,7 @@ def run_detect_train(config: DetectTrainConfig, resume: bool = False, progress: 
                          f"{config.size} px; {len(classes)} classes: {', '.join(classes)}")
     offset = record.label_offset
     train_set = DetectionDataset(by_split["train"], detection_transform(
-        config.size, train=True, augment=config.augment), config.max_pixels, offset)
+        config.size, train=True, augment=config.augmentation), config.max_pixels, offset)
     val_set = DetectionDataset(by_split["val"], detection_transform(config.size, train=False),
                                config.max_pixels, offset)
 

@@ -69,7 +69,7 @@ class SegmentTrainConfig(StagedConfig):
     """`vitkit segment train`'s options (the staged loop's, plus data, model and size)."""
 
     data: str = ""
-    out: str = "segment-run"
+    out: str = "runs/segment"
     arch: str = Field(DEFAULT_ARCH, description="unet, unetplusplus, fpn or deeplabv3plus")
     encoder: str = Field(DEFAULT_ENCODER, description="tu-<timm name>")
     weights: str = Field("auto", description="auto, none or the encoder's weights file")
