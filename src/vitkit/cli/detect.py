@@ -33,8 +33,9 @@ _DATA_HELP = ("Annotated images: a COCO .json file (images at each file_name bes
               "data.yaml naming the classes, optional train/val/test split folders), or an "
               "MVTec folder (one box per defect region of each mask).")
 _DEVICE_HELP = "auto, cpu or cuda. (default: auto)"
-_VARIANT_HELP = ("Runtime to detect with: torch-fp32, or onnx-fp32 after `vitkit detect "
-                 "export`. (default: the bundle's default, torch-fp32 unless one was chosen)")
+_VARIANT_HELP = ("Runtime to detect with: torch-fp32, or one `vitkit detect export` made "
+                 "(onnx-fp32, openvino-fp32). (default: the bundle's default, torch-fp32 "
+                 "unless one was chosen)")
 
 
 @detect_app.command("train")
@@ -63,6 +64,9 @@ def detect_train(
     lr: Annotated[float | None, typer.Option(help="AdamW peak rate. (default: 0.001)")] = None,
     score_threshold: Annotated[float | None, typer.Option(
         help="Stored as predict's default cut-off. (default: 0.3)")] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        help="Share of the images held out for validation when the data has no val split. "
+             "(default: 0.2)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file with any training option; "
                                                 "flags given here override it.")] = None,
     seed: Annotated[int | None, typer.Option(help="(default: 0)")] = None,
@@ -86,7 +90,7 @@ def detect_train(
     given = {"data": data, "out": out, "arch": arch, "backbone": backbone, "weights": weights,
              "size": size, "head_epochs": head_epochs, "full_epochs": full_epochs,
              "batch_size": batch_size, "lr": lr, "score_threshold": score_threshold,
-             "seed": seed, "device": device}
+             "val_fraction": val_fraction, "seed": seed, "device": device}
     cfg = load_config(DetectTrainConfig, config, given)
     changed = {k for k, v in given.items() if v is not None}
     result = run_detect_train(cfg, resume=resume, progress=not quiet, changed=changed)
