@@ -36,7 +36,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from vitkit.atomic import atomic_path, write_csv_atomic
 from vitkit.backbones import ImageClassifier
 from vitkit.bundle import save_weights
-from vitkit.classify.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.classify.checkpoint import (
+    LAST_CHECKPOINT,
+    last_checkpoint,
+    restore_progress,
+    save_checkpoint,
+)
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.ema import WeightAverage
 from vitkit.classify.features import extract_features
@@ -434,27 +439,20 @@ class Trainer:
                               if (module := self._hook_module()) is not None else None),
                 "ema": self._ema.state_dict() if self._ema is not None else None,
             },
-            self.ckpt_dir / "last.pt",
+            self.ckpt_dir / LAST_CHECKPOINT,
         )
         _write_metrics_csv(self.run_dir / "metrics.csv", state.history)
 
     def _load_resume_state(self, state: _Progress) -> dict[str, Any] | None:
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
-            stderr_console.print(f"no checkpoint in {self.ckpt_dir}; starting from the beginning")
+        checkpoint = last_checkpoint(self.ckpt_dir)
+        if checkpoint is None:
             return None
-        checkpoint = load_checkpoint(path)
         self.model.model.load_state_dict(checkpoint["model"])
         module = self._hook_module()
         if module is not None and checkpoint.get("loss_hook") is not None:
             module.load_state_dict(checkpoint["loss_hook"])
-        for key, value in checkpoint["progress"].items():
-            setattr(state, key, value)
-        stderr_console.print(f"resuming after epoch {state.epoch} "
-                             f"(stage '{self.stages[state.stage_index]}')")
-        if state.stage_epoch >= self.stage_epochs[self.stages[state.stage_index]]:
-            return None
-        return checkpoint
+        going_on = restore_progress(state, checkpoint, self.stages, self.stage_epochs)
+        return checkpoint if going_on else None
 
     def _hook_module(self) -> nn.Module | None:
         module = getattr(self.loss_hook, "trainable", None)

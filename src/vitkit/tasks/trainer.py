@@ -28,7 +28,12 @@ from torch.utils.data import DataLoader
 
 from vitkit.atomic import atomic_path, write_csv_atomic
 from vitkit.bundle import save_weights
-from vitkit.classify.checkpoint import load_checkpoint, save_checkpoint
+from vitkit.classify.checkpoint import (
+    LAST_CHECKPOINT,
+    last_checkpoint,
+    restore_progress,
+    save_checkpoint,
+)
 from vitkit.classify.engine import seed_everything
 from vitkit.classify.schedule import warmup_cosine
 from vitkit.console import make_progress, stderr_console
@@ -298,30 +303,24 @@ class StagedTrainer:
                          "model": self.accelerator.unwrap_model(self.model).state_dict(),
                          "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(),
-                         "stages": list(self.stages)}, self.ckpt_dir / "last.pt")
+                         "stages": list(self.stages)}, self.ckpt_dir / LAST_CHECKPOINT)
         write_csv_atomic(self.run_dir / "metrics.csv", COLUMNS, ([
             f"{row[k]:.6g}" if isinstance(row.get(k), float) else
             ("" if row.get(k) is None else row.get(k)) for k in COLUMNS]
             for row in state.history))
 
     def _resume(self, state: _Progress) -> dict[str, Any] | None:
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
-            stderr_console.print(f"no checkpoint in {self.ckpt_dir}; starting from the beginning")
+        checkpoint = last_checkpoint(self.ckpt_dir)
+        if checkpoint is None:
             return None
-        checkpoint = load_checkpoint(path)
         if checkpoint.get("stages") != list(self.stages):
-            raise ConfigError(f"{path} was written by a run with stages "
-                              f"{checkpoint.get('stages')}, not {list(self.stages)}; resume with "
-                              "the same epochs, or start a new run in another folder.")
+            raise ConfigError(f"{self.ckpt_dir / LAST_CHECKPOINT} was written by a run with "
+                              f"stages {checkpoint.get('stages')}, not {list(self.stages)}; "
+                              "resume with the same epochs, or start a new run in another "
+                              "folder.")
         self.model.load_state_dict(checkpoint["model"])
-        for key, value in checkpoint["progress"].items():
-            setattr(state, key, value)
-        stderr_console.print(f"resuming after epoch {state.epoch} "
-                             f"(stage '{self.stages[state.stage_index]}')")
-        if state.stage_epoch >= self.stage_epochs[self.stages[state.stage_index]]:
-            return None
-        return checkpoint
+        going_on = restore_progress(state, checkpoint, self.stages, self.stage_epochs)
+        return checkpoint if going_on else None
 
     def _log(self, row: EpochRow, improved: bool) -> None:
         if not self.accelerator.is_main_process:
