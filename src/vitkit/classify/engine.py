@@ -84,8 +84,10 @@ class LossHook(Protocol):
     """Replaces the engine's cross-entropy, e.g. with a distillation loss.
 
     A hook with a ``trainable`` attribute (an ``nn.Module`` or None) has parameters of its own
-    (a feature projection): they train with the model in the image stages, and their state
-    goes into the checkpoint so a resumed run continues them too.
+    (a feature projection, a domain classifier): they train with the model in the image stages
+    at ``trainable_lr_scale`` (default 1) times the stage's learning rate, and their state
+    (buffers too) goes into the checkpoint so a resumed run continues them. A hook that adds a
+    term to the usual loss gets that loss from :meth:`Trainer.supervised_loss`.
     """
 
     def __call__(self, outputs: Any, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +209,8 @@ class Trainer:
         self._plan = plan
         hook_module = self._hook_module()
         extra = list(hook_module.parameters()) if hook_module and stage != "head" else []
-        optimizer = make_optimizer(plan, stage_cfg.lr, self.config.weight_decay, extra)
+        optimizer = make_optimizer(plan, stage_cfg.lr, self.config.weight_decay, extra,
+                                   float(getattr(self.loss_hook, "trainable_lr_scale", 1.0)))
         if stage == "head":
             train_loader, val_data = self._cached_feature_loaders(stage_cfg.batch_size)
         else:
@@ -258,7 +261,6 @@ class Trainer:
     def _run_epoch(self, stage, model, optimizer, scheduler, train_loader, val_data,
                    epoch: int, n_stage_epochs: int, stage_epoch: int) -> EpochRecord:
         mixer = self._mixer() if stage != "head" else None
-        soft_loss = SoftTargetCrossEntropy()
         total, correct, loss_sum = 0, 0, 0.0
         start = time.perf_counter()
         description = f"epoch {epoch}/{sum(self.stage_epochs.values())} {stage} " \
@@ -273,15 +275,11 @@ class Trainer:
                     if mixer is not None and len(targets) % 2 == 0:
                         inputs, soft = mixer(inputs, targets)
                     outputs = head(inputs) if stage == "head" else model(inputs)
+                    seen = TrainBatch(stage, inputs, targets, soft, indices)
                     if self.loss_hook is not None:
-                        loss, logits = self.loss_hook(
-                            outputs, TrainBatch(stage, inputs, targets, soft, indices))
-                    elif soft is not None:
-                        logits, loss = outputs, soft_loss(outputs, soft)
+                        loss, logits = self.loss_hook(outputs, seen)
                     else:
-                        logits = outputs
-                        loss = F.cross_entropy(logits, targets, weight=self._class_weights,
-                                               label_smoothing=self.config.label_smoothing)
+                        logits, loss = outputs, self.supervised_loss(outputs, seen)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients and self.config.clip_grad:
                         self.accelerator.clip_grad_norm_(
@@ -318,6 +316,14 @@ class Trainer:
             val_loss=val_loss, val_acc=val_acc,
             images_per_s=total / max(seconds, 1e-9), seconds=seconds,
         )
+
+    def supervised_loss(self, logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """The loss without a hook: cross-entropy to mixup/cutmix's soft targets, else to the
+        labels with the class weights and label smoothing."""
+        if batch.soft_targets is not None:
+            return SoftTargetCrossEntropy()(logits, batch.soft_targets)
+        return F.cross_entropy(logits, batch.targets, weight=self._class_weights,
+                               label_smoothing=self.config.label_smoothing)
 
     @torch.no_grad()
     def _validate(self, stage: str, model, val_data,

@@ -64,12 +64,14 @@ def apply_trainability(model: ImageClassifier, plan: StagePlan) -> None:
 
 
 def make_optimizer(
-    plan: StagePlan, lr: float, weight_decay: float, extra: Sequence[nn.Parameter] = ()
+    plan: StagePlan, lr: float, weight_decay: float, extra: Sequence[nn.Parameter] = (),
+    extra_scale: float = 1.0,
 ) -> torch.optim.AdamW:
     """AdamW with no weight decay on biases and normalisation weights (1-D tensors). ``extra``:
-    parameters outside the model trained at the stage's rate (a distillation projection)."""
+    parameters outside the model (a distillation projection, a domain classifier), trained at
+    ``extra_scale`` times the stage's rate."""
     param_groups: list[dict[str, Any]] = []
-    groups = [*plan.groups, (list(extra), 1.0)] if extra else plan.groups
+    groups = [*plan.groups, (list(extra), extra_scale)] if extra else plan.groups
     for params, scale in groups:
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
