@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vitkit.data.dataset import ImageDataset, make_loader
 from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb
+from vitkit.data.intensity import IntensitySpec, load_image
 from vitkit.data.layouts import (
     Sample,
     ScannedData,
@@ -31,6 +32,7 @@ __all__ = [
     "Augmentation",
     "ImageDataset",
     "ImageProblem",
+    "IntensitySpec",
     "Preprocessing",
     "Sample",
     "ScannedData",
@@ -41,6 +43,7 @@ __all__ = [
     "class_counts",
     "ensure_validation_split",
     "eval_transform",
+    "load_image",
     "load_rgb",
     "make_loader",
     "scan",

@@ -10,19 +10,22 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb
+from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem
+from vitkit.data.intensity import IntensitySpec, load_image
 from vitkit.data.layouts import Sample
 from vitkit.errors import DataError
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Images loaded with :func:`~vitkit.data.images.load_rgb`, transformed, with label index.
+    """Images loaded with :func:`~vitkit.data.intensity.load_image`, transformed, with label
+    index.
 
     Args:
         samples: The samples, normally the usable ones from validation.
         class_to_idx: Class name -> label index.
         transform: Turns an RGB image into a tensor (see :mod:`vitkit.data.transforms`).
         max_pixels: Largest accepted width * height.
+        intensity: Read the images through this spec (windows, CLAHE; DICOM included).
 
     Raises:
         DataError: A sample's label is not in ``class_to_idx``.
@@ -30,7 +33,8 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(self, samples: list[Sample], class_to_idx: dict[str, int],
                  transform: Callable[[Image.Image], torch.Tensor],
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 intensity: IntensitySpec | None = None) -> None:
         unknown = sorted({s.label for s in samples} - class_to_idx.keys())
         if unknown:
             raise DataError(
@@ -42,6 +46,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         self.class_to_idx = dict(class_to_idx)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.intensity = intensity
         self.targets = [class_to_idx[s.label] for s in self.samples]
 
     def __len__(self) -> int:
@@ -50,7 +55,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[i]
         try:
-            image, _ = load_rgb(sample.path, self.max_pixels)
+            image, _ = load_image(sample.path, self.max_pixels, self.intensity)
         except ImageProblem as problem:
             # Validation accepted this file, so it changed since; stop rather than train on
             # a silently different data set.

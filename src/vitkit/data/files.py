@@ -6,6 +6,7 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
+from vitkit.data.dicom import DICOM_SUFFIXES, is_dicom_file
 from vitkit.errors import NothingProcessedError
 
 IMAGE_SUFFIXES = frozenset({
@@ -13,12 +14,13 @@ IMAGE_SUFFIXES = frozenset({
 })
 
 
-def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+def find_images(inputs: Sequence[str], dicom: bool = False) -> tuple[list[Path], list[str]]:
     """Files as given, folders searched recursively for images, globs expanded.
 
     Returns the image paths (as the user typed them, so that symlinked data shows its link
     path; in a stable order, without duplicates of the same file) and the inputs that matched
-    nothing (:func:`why_unmatched` says why).
+    nothing (:func:`why_unmatched` says why). With ``dicom``, folders also give DICOM files:
+    ``.dcm`` / ``.dicom`` and files without an extension that carry the DICOM signature.
     """
     found: list[Path] = []
     unmatched: list[str] = []
@@ -26,8 +28,9 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         path = Path(item)
         if path.is_dir():
             matches = sorted(p for p in path.rglob("*") if p.is_file()
-                             and p.suffix.lower() in IMAGE_SUFFIXES
-                             and not p.name.startswith("."))
+                             and not p.name.startswith(".")
+                             and (p.suffix.lower() in IMAGE_SUFFIXES
+                                  or (dicom and _is_dicom(p))))
         elif path.exists():
             matches = [path]
         elif any(ch in item for ch in "*?["):
@@ -41,6 +44,14 @@ def find_images(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     for path in found:
         unique.setdefault(path.resolve(), path)
     return list(unique.values()), unmatched
+
+
+def _is_dicom(path: Path) -> bool:
+    # Scanners name files IM0001 or by UID (1.2.840.113619.2.1): only names like those are
+    # opened to look for the signature, so a folder of JPEGs costs no extra reads.
+    suffix = path.suffix.lower()
+    return (suffix in DICOM_SUFFIXES or not suffix or suffix[1:].isdigit()) \
+        and is_dicom_file(path)
 
 
 def why_unmatched(item: str) -> str:

@@ -33,7 +33,10 @@ BOMB = "decompression bomb"
 TOO_SMALL = "too small"
 UNSUPPORTED_MODE = "unsupported colour mode"
 
-_HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+DICOM_HINT = ("a DICOM file: it is read through an intensity window, e.g. `vitkit train "
+              "--window soft-tissue`; a model trained without one cannot read it")
+_DICOM_PREAMBLE = 128
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255, 255)
 # EXIF Orientation value -> the transpose that shows the image upright (as ImageOps uses).
@@ -96,7 +99,7 @@ def load_rgb(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Im
             large (possible decompression bomb) or too small.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     return _decode(path, max_pixels)
 
 
@@ -112,16 +115,42 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
     return _decode(io.BytesIO(data), max_pixels)
 
 
-def load_raw(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_raw(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+             conversions: list[str] | None = None) -> Image.Image:
     """:func:`load_rgb`'s checks and decoding (first frame, EXIF orientation) without the colour
-    conversion: a mask keeps its mode, so palette indices and 0/255 grey levels stay as written.
+    conversion: a mask keeps its mode, so palette indices and 0/255 grey levels stay as written;
+    a 16-bit image keeps its depth. What was changed is appended to ``conversions``.
 
     Raises:
         ImageProblem: As :func:`load_rgb`.
     """
     path = Path(path)
-    _check_file(path)
-    return _decode_frame(path, max_pixels, [], rgb=False)
+    check_file(path)
+    return _decode_frame(path, max_pixels, [] if conversions is None else conversions,
+                         rgb=False)
+
+
+def decode_raw(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+               conversions: list[str] | None = None) -> Image.Image:
+    """:func:`load_raw` for bytes already in memory (an upload).
+
+    Raises:
+        ImageProblem: As :func:`decode_rgb`.
+    """
+    if not data:
+        raise _problem(EMPTY_FILE, "0 bytes")
+    return _decode_frame(io.BytesIO(data), max_pixels,
+                         [] if conversions is None else conversions, rgb=False)
+
+
+def to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
+    """The colour conversion :func:`load_rgb` applies (appended to ``conversions``): a
+    loaded image of any mode as 8-bit RGB.
+
+    Raises:
+        ImageProblem: A mode PIL cannot convert to RGB.
+    """
+    return _to_rgb(im, conversions)
 
 
 def _decode(source: Path | io.BytesIO, max_pixels: int) -> tuple[Image.Image, list[str]]:
@@ -132,7 +161,7 @@ def _decode(source: Path | io.BytesIO, max_pixels: int) -> tuple[Image.Image, li
 def _decode_frame(source: Path | io.BytesIO, max_pixels: int, conversions: list[str],
                   rgb: bool) -> Image.Image:
     with _open(source, max_pixels) as im:
-        _check_size(im.size, max_pixels)
+        check_size(im.size, max_pixels)
         try:
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
@@ -142,7 +171,7 @@ def _decode_frame(source: Path | io.BytesIO, max_pixels: int, conversions: list[
         except Image.DecompressionBombError as exc:
             raise _problem(BOMB, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-            raise _problem(TRUNCATED, _short(exc)) from exc
+            raise _problem(TRUNCATED, short_reason(exc)) from exc
         out = _apply_orientation(im, conversions)
         if rgb:
             out = _to_rgb(out, conversions)
@@ -151,7 +180,8 @@ def _decode_frame(source: Path | io.BytesIO, max_pixels: int, conversions: list[
     return out
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Refuses a missing, unreadable, empty or non-regular file before any decoding."""
     try:
         size = path.stat().st_size
     except FileNotFoundError as exc:
@@ -178,18 +208,40 @@ def _open(path: Path | io.BytesIO, max_pixels: int) -> Image.Image:
             limit = f"more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
             raise _problem(BOMB, limit) from exc
         except UnidentifiedImageError as exc:
-            raise ImageProblem(NOT_AN_IMAGE) from exc
+            raise _not_an_image(path) from exc
         except OSError as exc:
             if exc.errno is None:
                 # A plugin's complaint about the bytes ("image file is truncated", "Truncated
                 # File Read"), not the operating system's about reading the file.
-                raise _problem(TRUNCATED, _short(exc)) from exc
-            raise _problem(UNREADABLE, exc.strerror or _short(exc)) from exc
+                raise _problem(TRUNCATED, short_reason(exc)) from exc
+            raise _problem(UNREADABLE, exc.strerror or short_reason(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - plugins raise many types on bad headers
-            raise _problem(TRUNCATED, _short(exc)) from exc
+            raise _problem(TRUNCATED, short_reason(exc)) from exc
 
 
-def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+def has_dicom_magic(head: bytes) -> bool:
+    """Whether ``head`` (a file's first 132 bytes or more) carries the DICOM signature: 128
+    free bytes, then ``DICM``."""
+    return head[_DICOM_PREAMBLE:_DICOM_PREAMBLE + 4] == b"DICM"
+
+
+def _not_an_image(source: Path | io.BytesIO) -> ImageProblem:
+    """The "not an image" problem, with a hint when it is a DICOM file (PIL reads none)."""
+    if isinstance(source, io.BytesIO):
+        dicom = has_dicom_magic(source.getbuffer()[:_DICOM_PREAMBLE + 4].tobytes())
+    else:
+        dicom = source.suffix.lower() in (".dcm", ".dicom")
+        if not dicom:
+            try:
+                with source.open("rb") as handle:
+                    dicom = has_dicom_magic(handle.read(_DICOM_PREAMBLE + 4))
+            except OSError:
+                pass
+    return _problem(NOT_AN_IMAGE, DICOM_HINT) if dicom else ImageProblem(NOT_AN_IMAGE)
+
+
+def check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuses a (width, height) over ``max_pixels`` or with a side under :data:`MIN_SIDE`."""
     width, height = size
     if width * height > max_pixels:
         raise _problem(BOMB, f"{width}x{height} px is more than the {max_pixels:,} pixel limit")
@@ -197,7 +249,8 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise _problem(TOO_SMALL, f"{width}x{height} px, each side needs at least {MIN_SIDE} px")
 
 
-def _short(exc: BaseException, limit: int = 100) -> str:
+def short_reason(exc: BaseException, limit: int = 100) -> str:
+    """An exception's message cut to ``limit`` characters, for a reason's detail."""
     text = str(exc) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -222,7 +275,7 @@ def _to_rgb(im: Image.Image, conversions: list[str]) -> Image.Image:
     has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
     if mode == "RGB" and not has_alpha:
         return im
-    if mode in _HIGH_BIT_DEPTH_MODES:
+    if mode in HIGH_BIT_DEPTH_MODES:
         conversions.append(f"mode {mode}->RGB")
         return _rescale_to_8bit(im).convert("RGB")
     if has_alpha:

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vitkit.atomic import write_csv_atomic
-from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb, reason_kind
+from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, reason_kind
+from vitkit.data.intensity import IntensitySpec, load_image
 from vitkit.data.layouts import Sample
 from vitkit.errors import DataError
 
@@ -69,7 +70,8 @@ def _reason_counts(skipped: list[SkippedImage]) -> str:
 
 
 def validate_samples(samples: list[Sample], max_pixels: int = DEFAULT_MAX_PIXELS,
-                     progress: bool = True, workers: int = 2) -> ValidationReport:
+                     progress: bool = True, workers: int = 2,
+                     intensity: IntensitySpec | None = None) -> ValidationReport:
     """Fully decodes every image and sorts the samples into usable and skipped.
 
     Args:
@@ -77,6 +79,7 @@ def validate_samples(samples: list[Sample], max_pixels: int = DEFAULT_MAX_PIXELS
         max_pixels: Largest accepted width * height (see :func:`~vitkit.data.images.load_rgb`).
         progress: Show a progress bar on stderr.
         workers: Number of threads decoding images.
+        intensity: Read the images through this spec (DICOM included), as the model will.
 
     Returns:
         The report; ``usable`` and ``skipped`` keep the input order.
@@ -85,7 +88,7 @@ def validate_samples(samples: list[Sample], max_pixels: int = DEFAULT_MAX_PIXELS
 
     def check(sample: Sample) -> list[str] | ImageProblem:
         try:
-            return load_rgb(sample.path, max_pixels)[1]
+            return load_image(sample.path, max_pixels, intensity)[1]
         except ImageProblem as problem:
             return problem
 
