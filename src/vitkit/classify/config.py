@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vitkit.classify.progressive import parse_size_range
+from vitkit.data.intensity import IntensitySpec
 from vitkit.data.transforms import Augmentation
 
 
@@ -63,6 +65,63 @@ class TrustConfig(_Strict):
     feature_map: bool = Field(True, description="2-D t-SNE view of val features in the report")
 
 
+class ContinualConfig(_Strict):
+    """`vitkit train NEW_DATA --continue-from BUNDLE`: learn new classes (or more of the old
+    ones) without forgetting the old ones (see :mod:`vitkit.workflows.continual`)."""
+
+    continue_from: str = Field(description="the bundle to continue")
+    replay_ratio: float = Field(0.3, ge=0, lt=1, description="share of each epoch drawn from "
+                                "the exemplar memory")
+    distill_old: bool = Field(False, description="Learning without Forgetting: keep the old "
+                              "classes' logits close to the old model's")
+    distill_weight: float = Field(1.0, ge=0)
+    old_data: str | None = Field(None, description="the old training data: exemplars when "
+                                 "the bundle keeps none, and --compare-joint's old half")
+    old_eval: str | None = Field(None, description="old classes' evaluation images (default: "
+                                 "the old run's validation split when still on disk)")
+    compare_naive: bool = Field(True, description="also fine-tune without memory or "
+                                "distillation, to show what they keep")
+    compare_joint: bool = Field(False, description="also retrain from the pretrained backbone "
+                                "on old + new data (needs the old data)")
+
+
+class DomainAdaptation(_Strict):
+    """`vitkit train DATA --target-domain DIR --domain-adapt dann`: make the features of
+    unlabelled target images look like the source's (see :mod:`vitkit.classify.domain`).
+
+    The knobs' defaults were chosen on one shift and checked on another: see the
+    domain-adaptation guide.
+    """
+
+    method: Literal["none", "dann"] = Field("none", description="dann: domain-adversarial "
+                                            "training (gradient reversal) in the image stages")
+    target: str = Field("", description="folder of unlabelled target-domain images, searched "
+                        "recursively")
+    target_eval: str | None = Field(None, description="labelled target images (class folders "
+                                    "named like the training classes): target accuracy")
+    compare_source_only: bool = Field(False, description="also train the same recipe without "
+                                      "the domain loss (into OUT/source-only) and compare")
+    weight: float = Field(1.0, gt=0, description="weight of the domain loss")
+    lambda_max: float = Field(1.0, gt=0, description="the gradient-reversal strength the "
+                              "schedule 2/(1+exp(-10p))-1 rises to")
+    head_lr_scale: float = Field(10.0, gt=0, description="the domain head's learning rate as a "
+                                 "multiple of the stage's")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of the target images never "
+                           "trained on: they measure the domain accuracy and the shift")
+
+    @model_validator(mode="after")
+    def _target_with_method(self) -> DomainAdaptation:
+        if self.method == "dann" and not self.target:
+            raise ValueError("--domain-adapt dann needs the unlabelled target images: pass "
+                             "--target-domain DIR")
+        if self.method == "none" and (self.target or self.target_eval
+                                      or self.compare_source_only):
+            raise ValueError("target images were given without a method: add --domain-adapt "
+                             "dann (or drop --target-domain, --target-eval and "
+                             "--compare-source-only)")
+        return self
+
+
 class TrainConfig(_Strict):
     """Everything `vitkit train` does; save it with the run to repeat it exactly."""
 
@@ -96,6 +155,20 @@ class TrainConfig(_Strict):
         "keeps; 1: the whole image (defects at the border stay visible); default: the "
         "backbone's own")
     augmentation: Augmentation = Augmentation()
+    intensity: IntensitySpec | None = Field(
+        None, description="medical and hard-contrast images: intensity windows (LEVEL:WIDTH or "
+        "a preset, DICOM in Hounsfield units, 16-bit kept at full depth) and CLAHE, recorded "
+        "in the bundle; None: plain RGB")
+    progressive: str | None = Field(
+        None, description="START:END, e.g. 128:224: the top and full stages train at START px "
+        "first and grow in steps of 16 px to END, the training size (validation, the head "
+        "stage's features and the bundle stay at END); quote it in YAML ('128:224')")
+    grad_checkpointing: bool = Field(
+        False, description="recompute each block's activations in the backward pass instead "
+        "of keeping them: less memory, one more forward per step (top and full stages)")
+    compare_scratch: bool = Field(
+        False, description="also train the same recipe from random weights (OUT/scratch) and "
+        "report the transfer gain (pretrained - scratch) / (1 - scratch)")
     stages: Stages = Stages()
     early_stopping: EarlyStopping | None = EarlyStopping()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -106,12 +179,53 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=0)
     max_pixels: int = Field(50_000_000, gt=0)
     trust: TrustConfig = TrustConfig()
+    domain: DomainAdaptation = DomainAdaptation()
+    memory: int | None = Field(None, ge=0, description="exemplars kept in the bundle for later "
+                               "continual learning (class-balanced); default: none for a new "
+                               "model, 1000 for a continued one")
+    continual: ContinualConfig | None = None
     out: str = "runs/train"
+
+    @field_validator("progressive", mode="before")
+    @classmethod
+    def _size_range(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):  # YAML 1.1 reads an unquoted 128:224 as base 60
+            raise ValueError(f"expected a quoted START:END such as '128:224', got {value!r} "
+                             "(in YAML write progressive: '128:224')")
+        start, end = parse_size_range(value)
+        return f"{start}:{end}"
+
+    @model_validator(mode="after")
+    def _extras_fit_the_run(self) -> TrainConfig:
+        if self.progressive and self.image_size is not None \
+                and parse_size_range(self.progressive)[1] != self.image_size:
+            raise ValueError(f"progressive {self.progressive} must end at image_size "
+                             f"{self.image_size} (the training size): change one of them")
+        if self.compare_scratch and self.weights == "none":
+            raise ValueError("compare_scratch compares pretrained weights with random ones, and "
+                             "this run already starts from random weights (weights: none)")
+        return self
+
+    def training_size(self) -> int | None:
+        """The square input size asked for: ``image_size``, else where ``progressive`` ends."""
+        if self.image_size is None and self.progressive:
+            return parse_size_range(self.progressive)[1]
+        return self.image_size
 
     @model_validator(mode="after")
     def _some_stage(self) -> TrainConfig:
         if self.stage_epochs() == {}:
             raise ValueError("every stage has share 0: give at least one stage a share > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _an_image_stage_to_adapt(self) -> TrainConfig:
+        if self.domain.method != "none" and set(self.stage_epochs()) <= {"head"}:
+            raise ValueError("domain adaptation trains the backbone, which the head stage keeps "
+                             "frozen: give the top or full stage epochs (more --epochs, or "
+                             "stages.full.share > 0)")
         return self
 
     def stage_epochs(self) -> dict[str, int]:
@@ -187,6 +301,22 @@ class DistillConfig(TrainConfig):
         if self.feature_weight > 0 and self.teacher_variant not in (None, "torch-fp32"):
             raise ValueError("feature_weight needs the teacher's embeddings, which only its torch "
                              "model gives: drop teacher_variant (or set feature_weight to 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_domain_adaptation(self) -> DistillConfig:
+        if self.domain.method != "none":
+            raise ValueError("distill does not adapt domains: drop the domain section (train "
+                             "the teacher or the student with --domain-adapt dann)")
+        return self
+
+    @model_validator(mode="after")
+    def _train_only_extras(self) -> DistillConfig:
+        given = [name for name in ("progressive", "compare_scratch") if getattr(self, name)]
+        if given:
+            raise ValueError(f"`vitkit distill` does not take {' or '.join(given)} (options of "
+                             "`vitkit train`: the teacher's logits are computed at the full "
+                             "size, and a scratch comparison is a plain training run)")
         return self
 
     @model_validator(mode="after")

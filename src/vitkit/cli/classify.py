@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,13 +15,14 @@ from vitkit.cli.common import (
     QuietOpt,
     app,
     finish_items,
+    fmt,
     path_width,
     plural,
     print_json,
     short_path,
 )
 from vitkit.console import make_progress, stderr_console
-from vitkit.errors import ImageFailure, VitkitError
+from vitkit.errors import ConfigError, ImageFailure, VitkitError
 
 if TYPE_CHECKING:
     from vitkit.predictor.predict import Prediction  # noqa: F401
@@ -58,6 +59,64 @@ def train(
     calibrate: Annotated[bool | None, typer.Option(
         "--calibrate/--no-calibrate", help="Fit temperature scaling on the validation images "
                                            "into the bundle at the end. (default: on)")] = None,
+    window: Annotated[list[str] | None, typer.Option(
+        help="Intensity window LEVEL:WIDTH in the image's units (Hounsfield units for DICOM CT; "
+             "16-bit PNG/TIFF kept at full depth), or a preset: brain, soft-tissue, lung, bone. "
+             "Repeat for up to 3 windows, one per RGB channel. Reads DICOM files; recorded in "
+             "the bundle, so eval, predict and serve read images the same way. Needs "
+             "pip install 'vitkit[medical]'.",
+        rich_help_panel="Medical and hard-contrast images")] = None,
+    clahe: Annotated[str | None, typer.Option(
+        help="CLAHE after windowing, CLIP:TILES (e.g. 2.0:8: clip limit 2, 8x8 tiles); "
+             "recorded in the bundle.", rich_help_panel="Medical and hard-contrast images")
+    ] = None,
+    continue_from: Annotated[str | None, typer.Option(
+        help="Continual learning: continue this classifier bundle on DATA (new classes extend "
+             "its head; the old ones are rehearsed from the bundle's exemplar memory).",
+        rich_help_panel="Continual learning")] = None,
+    memory: Annotated[int | None, typer.Option(
+        min=0, help="Exemplars (images) kept in the bundle for rehearsal, class-balanced. "
+                    "(default: 1000 with --continue-from, else none)",
+        rich_help_panel="Continual learning")] = None,
+    replay_ratio: Annotated[float | None, typer.Option(
+        help="Share of each epoch drawn from the memory. (default: 0.3)",
+        rich_help_panel="Continual learning")] = None,
+    distill_old: Annotated[bool | None, typer.Option(
+        "--distill-old/--no-distill-old", help="Learning without Forgetting: keep the old "
+                                               "classes' logits close to the old model's. "
+                                               "(default: off)",
+        rich_help_panel="Continual learning")] = None,
+    old_data: Annotated[str | None, typer.Option(
+        help="The old training data: the memory when the bundle keeps none, and the old half "
+             "of --compare-joint.", rich_help_panel="Continual learning")] = None,
+    old_eval: Annotated[str | None, typer.Option(
+        help="Images of the old classes to measure forgetting on. (default: the old run's "
+             "validation split when still on disk)",
+        rich_help_panel="Continual learning")] = None,
+    compare_naive: Annotated[bool | None, typer.Option(
+        "--compare-naive/--no-compare-naive", help="Also fine-tune without memory or "
+        "distillation and report it beside. (default: on)",
+        rich_help_panel="Continual learning")] = None,
+    compare_joint: Annotated[bool | None, typer.Option(
+        "--compare-joint/--no-compare-joint", help="Also retrain from the pretrained backbone "
+        "on old + new data and report it beside (needs the old data). (default: off)",
+        rich_help_panel="Continual learning")] = None,
+    target_domain: Annotated[str | None, typer.Option(
+        help="Folder of unlabelled images from the domain the model will work in (searched "
+             "recursively); with --domain-adapt dann the backbone learns features that do not "
+             "tell them from DATA's.", rich_help_panel="Domain adaptation")] = None,
+    domain_adapt: Annotated[str | None, typer.Option(
+        help="dann: domain-adversarial training (a gradient-reversal layer and a domain "
+             "classifier on the backbone's features) in the image stages. (default: none)",
+        rich_help_panel="Domain adaptation")] = None,
+    target_eval: Annotated[str | None, typer.Option(
+        help="Labelled target-domain images (class folders named like DATA's), never trained "
+             "on: reports the target accuracy.", rich_help_panel="Domain adaptation")] = None,
+    compare_source_only: Annotated[bool | None, typer.Option(
+        "--compare-source-only/--no-compare-source-only",
+        help="Also train the same recipe without the domain loss (into OUT/source-only) and "
+             "report both on the target images. (default: off)",
+        rich_help_panel="Domain adaptation")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -71,14 +130,36 @@ def train(
     from vitkit.config import load_config
     from vitkit.workflows.train import resolve_resume_config, run_training
 
-    given = {"data": data, "model": model, "weights": weights, "epochs": epochs, "out": out,
-             "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
-             "trust": {"ood": ood, "calibrate": calibrate}}
+    given: dict[str, Any] = {
+        "data": data, "model": model, "weights": weights, "epochs": epochs, "out": out,
+        "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+        "trust": {"ood": ood, "calibrate": calibrate}, "memory": memory,
+        "intensity": {"windows": window or None, "clahe": clahe}}
+    continual = {"replay_ratio": replay_ratio, "distill_old": distill_old, "old_data": old_data,
+                 "old_eval": old_eval, "compare_naive": compare_naive,
+                 "compare_joint": compare_joint}
+    if continue_from is not None:
+        given["continual"] = {"continue_from": continue_from, **continual}
+    elif any(v is not None for v in continual.values()):
+        raise ConfigError("--replay-ratio, --distill-old, --old-data, --old-eval and "
+                          "--compare-naive/-joint belong to continual learning: add "
+                          "--continue-from BUNDLE.")
+    given["domain"] = {"method": domain_adapt, "target": target_domain,
+                       "target_eval": target_eval, "compare_source_only": compare_source_only}
     cfg = load_config(TrainConfig, config, given)
     if resume:
         changed = {k for k, v in given.items()
                    if v is not None and not (isinstance(v, dict) and set(v.values()) == {None})}
         cfg = resolve_resume_config(Path(cfg.out), cfg, changed)
+    if cfg.continual is not None:
+        from vitkit.workflows.continual import run_continual_training
+
+        continued = run_continual_training(cfg, resume=resume, progress=not quiet)
+        if json_out:
+            print_json(continued.to_dict())
+        else:
+            print_continual(continued)
+        return
     result = run_training(cfg, resume=resume, progress=not quiet)
     if json_out:
         print_json(result.to_dict())
@@ -88,6 +169,28 @@ def train(
             f"{plural(result.epochs_run, 'epoch')} (best epoch {result.best_epoch})\n"
             f"  bundle: {result.bundle}\n  report: {result.report}"
         )
+
+
+def print_continual(result: Any) -> None:
+    """The continued run's figures beside the comparisons, as a table on stderr."""
+    summary = result.continual
+    table = Table(title=f"continual learning: {len(summary['old_classes'])} old + "
+                        f"{len(summary['new_classes'])} new classes "
+                        f"(old classes measured on {summary['old_eval']})")
+    for column in ("run", "old before", "old after", "new", "average", "forgetting",
+                   "train s"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    names = {"ours": "rehearsal" + (" + LwF" if summary["distill_old"] else ""),
+             "naive": "naive fine-tuning", "joint": "joint retraining"}
+    for key, figures in summary["figures"].items():
+        table.add_row(names.get(key, key), fmt(figures.get("old_accuracy_before")),
+                      fmt(figures.get("old_accuracy")), fmt(figures.get("new_accuracy")),
+                      fmt(figures.get("average_accuracy")), fmt(figures.get("forgetting")),
+                      f"{figures.get('train_seconds', 0):.0f}")
+    stderr_console.print(table)
+    stderr_console.print(f"  bundle: {result.bundle} (memory: "
+                         f"{summary['memory'].get('images', 0)} exemplars)\n"
+                         f"  report: {result.report}", highlight=False)
 
 
 @app.command()
@@ -260,7 +363,7 @@ def predict(
     from vitkit.predictor.predict import Prediction, expand_paths, load
     from vitkit.predictor.tta import TTA_VIEWS, TtaTiming
 
-    files, missing = expand_paths(paths)
+    files, missing = expand_paths(paths, dicom=True)
     require_images(files, [m.path for m in missing])  # before the model loads
     predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
     if variant is None and predictor.variant.name != "torch-fp32" and not quiet:

@@ -45,6 +45,7 @@ from vitkit.data import (
     make_loader,
     train_transform,
 )
+from vitkit.data.intensity import bundle_intensity, require_medical
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.predictor.predict import Predictor, load
@@ -53,10 +54,10 @@ from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,
     _describe_counts,
-    _prepare_data,
     check_head_stage,
     finish_run,
     input_preprocessing,
+    prepare_data,
     refuse_to_overwrite,
     removed_on_user_error,
 )
@@ -119,7 +120,8 @@ class TeacherLoss:
     def fill_cache(self, train_images: ImageDataset, progress: bool = True) -> None:
         """Runs the teacher once over ``train_images`` (in the training set's order)."""
         dataset = ImageDataset(train_images.samples, train_images.class_to_idx,
-                               self.teacher.transform, train_images.max_pixels)
+                               self.teacher.transform, train_images.max_pixels,
+                               train_images.intensity)
         loader = make_loader(dataset, batch_size=self.config.batch_size, shuffle=False, seed=0,
                              num_workers=self.config.num_workers)
         logits, features = [], []
@@ -206,12 +208,13 @@ def run_distill(config: DistillConfig, resume: bool = False,
     refuse_to_overwrite(run_dir, resume)
     opened_teacher = _read_teacher(config.teacher, teacher_bundle)
     teacher_meta = opened_teacher.meta
+    config = _teacher_intensity(config, opened_teacher)
     new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
     with removed_on_user_error(run_dir, new_folder):
-        samples, skipped = _prepare_data(config, run_dir, progress)
+        samples, skipped = prepare_data(config, run_dir, progress)
         classes = sorted({s.label for s in samples})
         columns = _teacher_columns(config.teacher, teacher_meta.labels, classes)
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
@@ -227,12 +230,14 @@ def run_distill(config: DistillConfig, resume: bool = False,
     evaluation_tf = eval_transform(pre)
     training_tf = train_transform(pre, config.augmentation) if config.augment else evaluation_tf
     train_eval_set = ImageDataset(by_split["train"], class_to_idx, evaluation_tf,
-                                  config.max_pixels)
+                                  config.max_pixels, config.intensity)
     trainer = Trainer(
         student, config,
-        train_set=ImageDataset(by_split["train"], class_to_idx, training_tf, config.max_pixels),
+        train_set=ImageDataset(by_split["train"], class_to_idx, training_tf, config.max_pixels,
+                               config.intensity),
         train_eval_set=train_eval_set,
-        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
+        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels,
+                             config.intensity),
         run_dir=run_dir, show_progress=progress,
     )
     teacher = load(opened_teacher, device=str(trainer.device),
@@ -278,6 +283,22 @@ def _read_teacher(path: str, opened: Bundle | None = None) -> Bundle:
         raise ConfigError(f"the teacher {path} is a '{teacher.meta.task}' bundle; distillation "
                           "needs a classifier bundle, such as the one `vitkit train` writes.")
     return teacher
+
+
+def _teacher_intensity(config: DistillConfig, teacher: Bundle) -> DistillConfig:
+    """The config with the teacher's intensity spec: the teacher's logits mean something only
+    on images read as it was trained to read them, so the student reads them the same way."""
+    spec = bundle_intensity(teacher.meta, teacher.path)
+    if config.intensity is None and spec is not None:
+        require_medical()
+        return config.model_copy(update={"intensity": spec})
+    if config.intensity != spec:
+        raise ConfigError(
+            f"the teacher {teacher} reads images through "
+            f"{spec.describe() if spec else 'no intensity window'}, but this run asks for "
+            f"{config.intensity.describe() if config.intensity else 'none'}. A student learns "
+            "from the teacher's view of each image: leave intensity out (the teacher's is used).")
+    return config
 
 
 def _teacher_columns(path: str, teacher_labels: list[str], classes: list[str]) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,11 +38,20 @@ from vitkit.data import (
     validate_samples,
     write_skipped_csv,
 )
+from vitkit.data.exemplars import Exemplar, from_samples, select_exemplars, write_memory
+from vitkit.data.intensity import BUNDLE_KEY as INTENSITY_KEY
+from vitkit.data.intensity import require_medical
 from vitkit.data.layouts import data_fingerprint
 from vitkit.errors import ConfigError, VitkitError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.predictor.predict import load
 from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
+from vitkit.workflows.domain import (
+    attach_dann,
+    finish_adaptation,
+    prepare_target,
+    train_source_only,
+)
 from vitkit.workflows.trust import TrustContext, after_training
 
 CONFIG_FILE = "config.yaml"
@@ -63,6 +73,7 @@ class TrainResult:
     test_accuracy: float | None = None
     stopped_early: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    domain_adaptation: dict[str, Any] | None = None  # --domain-adapt: workflows/domain.py
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,16 +133,22 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     started = time.perf_counter()
     run_dir = Path(config.out)
     check_model_name(config.model)  # seconds before the data is decoded, not minutes after
+    if config.intensity is not None:
+        require_medical()
     refuse_to_overwrite(run_dir, resume)
     new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
     with removed_on_user_error(run_dir, new_folder):
-        samples, skipped = _prepare_data(config, run_dir, progress)
+        samples, skipped = prepare_data(config, run_dir, progress)
     classes = sorted({s.label for s in samples})
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     stderr_console.print(_describe_counts(class_counts(samples)))
+    with removed_on_user_error(run_dir, new_folder):
+        target = prepare_target(config, classes, run_dir, progress)
+    baseline = (train_source_only(config, run_dir, resume, progress, run_training)
+                if target is not None and config.domain.compare_source_only else None)
 
     seed_everything(config.seed)
     created = create(config.model, num_classes=len(classes), weights=config.weights,
@@ -149,19 +166,45 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     trainer = Trainer(
         created.model, config,
         train_set=ImageDataset(by_split["train"], class_to_idx,
-                               train_transform(pre, config.augmentation), config.max_pixels),
+                               train_transform(pre, config.augmentation), config.max_pixels,
+                               config.intensity),
         train_eval_set=ImageDataset(by_split["train"], class_to_idx, evaluation_tf,
-                                    config.max_pixels),
-        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels),
+                                    config.max_pixels, config.intensity),
+        val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels,
+                             config.intensity),
         run_dir=run_dir, show_progress=progress,
     )
+    hook = attach_dann(trainer, config, target, pre) if target is not None else None
     fit = trainer.fit(resume=resume)
     if not trainer.accelerator.is_main_process:
         return TrainResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped), str(run_dir),
                            "", fit.best_epoch, len(by_split["train"]), len(by_split["val"]))
 
-    return finish_run(trainer, fit, created, config, samples, len(skipped), run_dir, started,
-                      progress)
+    result: TrainResult = finish_run(trainer, fit, created, config, samples, len(skipped),
+                                     run_dir, started, progress)
+    if config.memory:  # the first memory, so a later run can continue without the old data
+        train = from_samples(by_split["train"])
+        keep_memory(Path(result.bundle), train, classes, config.memory, config, created)
+    if hook is not None and target is not None:
+        result = finish_adaptation(result, hook, target, baseline, config, by_split, progress)
+    return result
+
+
+MEMORY_SIDE_MARGIN = 1.25  # exemplars keep this much more than the eval resize needs
+
+
+def keep_memory(bundle_dir: Path, candidates: list[Exemplar], classes: list[str],
+                capacity: int, config: TrainConfig, created: CreatedModel) -> dict[str, Any]:
+    """A class-balanced exemplar memory of at most ``capacity`` images drawn from
+    ``candidates``, written into the bundle (``memory/``) and recorded in ``vitkit.json``."""
+    if capacity == 0:
+        return {"images": 0}
+    pre = created.preprocessing
+    max_side = math.ceil(max(pre.input_size) / pre.crop_pct * MEMORY_SIDE_MARGIN)
+    chosen = select_exemplars(candidates, classes, capacity, config.seed)
+    record = write_memory(bundle_dir, chosen, max_side, config.seed, capacity, config.max_pixels)
+    update_meta(bundle_dir, memory=record)
+    return record
 
 
 # Full-stage learning rate and layer decay for transformers when the config leaves them to
@@ -222,12 +265,13 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
                samples: list[Sample], n_skipped: int, run_dir: Path, started: float,
                progress: bool, extra_train: dict[str, Any] | None = None,
                result_type: type[ResultT] = TrainResult,  # type: ignore[assignment]
-               **result_fields: Any) -> ResultT:
+               classes: list[str] | None = None, **result_fields: Any) -> ResultT:
     """After training: the best weights into a bundle, the saved bundle measured on val (and
-    test), eval/predictions/summary JSON, plots and the report. Shared by train and distill;
-    ``extra_train`` adds keys to the bundle's ``train`` record, ``result_fields`` to the
-    result (of ``result_type``)."""
-    classes = sorted({s.label for s in samples})
+    test), eval/predictions/summary JSON, plots and the report. Shared by train, distill and
+    continued training; ``extra_train`` adds keys to the bundle's ``train`` record,
+    ``result_fields`` to the result (of ``result_type``); ``classes`` in the head's order
+    (default: the samples' labels, sorted)."""
+    classes = classes or sorted({s.label for s in samples})
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     model = trainer.accelerator.unwrap_model(trainer.model).cpu()
     load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
@@ -244,6 +288,8 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
             "precision": trainer.precision,
             **(extra_train or {}),
         },
+        **({INTENSITY_KEY: config.intensity.model_dump(mode="json")}
+           if config.intensity is not None else {}),
     )
     bundle_dir = save_bundle(run_dir / "bundle", model.model, meta)
 
@@ -285,13 +331,16 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
     return result
 
 
-def _prepare_data(config: TrainConfig, run_dir: Path, progress: bool):  # noqa: ANN202
+def prepare_data(config: TrainConfig, run_dir: Path, progress: bool):  # noqa: ANN202
     if not config.data:
         raise ConfigError("no data given: pass the image folder (or CSV manifest) as DATA.")
     scanned = scan(config.data)
     samples = ensure_validation_split(scanned, config.val_fraction, config.seed,
                                       config.test_fraction)
-    report = validate_samples(samples, config.max_pixels, progress=progress)
+    if config.intensity is not None:
+        stderr_console.print(f"reading images through {config.intensity.describe()}")
+    report = validate_samples(samples, config.max_pixels, progress=progress,
+                              intensity=config.intensity)
     write_skipped_csv(report.skipped, run_dir / "skipped.csv")
     style = "yellow" if report.skipped else "green"
     stderr_console.print(f"[{style}]{report.summary()}[/]"
