@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vitkit.bundle import BundleMeta
-from vitkit.data import Sample, eval_transform, load_rgb, scan
+from vitkit.data import Sample, eval_transform, load_image, scan
+from vitkit.data.intensity import bundle_intensity
 from vitkit.data.layouts import data_fingerprint, ensure_validation_split
 from vitkit.errors import DataError
 
@@ -98,12 +99,13 @@ def image_batches(samples: Sequence[Sample], meta: BundleMeta, batch_size: int =
     from vitkit.data import ImageProblem, Preprocessing
 
     transform = eval_transform(Preprocessing.model_validate(meta.preprocessing))
+    intensity = bundle_intensity(meta)  # the network's input is read as in training
     index = {label: i for i, label in enumerate(meta.labels)}
     images: list[torch.Tensor] = []
     labels: list[int] = []
     for sample in samples:
         try:
-            image, _ = load_rgb(sample.path)
+            image, _ = load_image(sample.path, intensity=intensity)
         except ImageProblem:
             continue
         images.append(transform(image))

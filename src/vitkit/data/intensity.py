@@ -353,10 +353,11 @@ def decode_upload(data: bytes, specs: Iterable[IntensitySpec],
     rendered = {spec: decode_image(data, max_pixels, spec)[0] for spec in dict.fromkeys(specs)}
     if not rendered:
         return decode_rgb(data, max_pixels)[0]
-    try:
-        image = decode_rgb(data, max_pixels)[0]
-    except ImageProblem:
+    if has_dicom_magic(data[:132]):
+        # not decode_rgb: a DICOM file's preamble may hold a TIFF header PIL would open
         image = next(iter(rendered.values())).copy()
+    else:
+        image = decode_rgb(data, max_pixels)[0]
     image.info[_RENDERED_KEY] = rendered
     return image
 

@@ -54,7 +54,8 @@ def evaluate_samples(
     test-time augmentation views; ``timing`` collects what those views cost.
     """
     class_to_idx = {label: i for i, label in enumerate(predictor.labels)}
-    dataset = ImageDataset(samples, class_to_idx, predictor.transform)
+    dataset = ImageDataset(samples, class_to_idx, predictor.transform,
+                           intensity=predictor.intensity)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0,
                          num_workers=num_workers)
     chunks, targets = [], []

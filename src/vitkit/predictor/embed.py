@@ -45,7 +45,7 @@ def embed_paths(predictor: Predictor, paths: Sequence[Path | str], batch_size: i
     kept: list[str] = []
     skipped: list[ImageFailure] = []
     for batch in readable_batches(list(paths), lambda p: p, predictor.transform, batch_size,
-                                  skipped, progress, description):
+                                  skipped, progress, description, predictor.intensity):
         f, z = embed_batch(model, torch.stack([t for _, t in batch]))
         features.append(f)
         logits.append(z)
@@ -59,7 +59,8 @@ def embed_samples(predictor: Predictor, samples: Sequence[Sample], batch_size: i
     """Embeds validated, labelled samples (labels must be the bundle's classes)."""
     model = predictor.torch_model()
     class_to_idx = {label: i for i, label in enumerate(predictor.labels)}
-    dataset = ImageDataset(list(samples), class_to_idx, predictor.transform)
+    dataset = ImageDataset(list(samples), class_to_idx, predictor.transform,
+                           intensity=predictor.intensity)
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, seed=0,
                          num_workers=num_workers)
     features, logits, targets = [], [], []

@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from PIL import Image
 
 from vitkit.backbones import BackboneSpec, ImageClassifier, rebuild
 from vitkit.bundle import META_FILE, Bundle, BundleMeta, BundleSource, load_weights
 from vitkit.console import make_progress
-from vitkit.data import ImageProblem, eval_transform, load_rgb
+from vitkit.data import ImageProblem, eval_transform
 from vitkit.data.files import find_images, why_unmatched
+from vitkit.data.intensity import (
+    IntensitySpec,
+    bundle_intensity,
+    load_image,
+    rendered_for,
+    require_medical,
+)
 from vitkit.data.transforms import bundle_preprocessing
 from vitkit.errors import BundleError, ImageFailure, VitkitError, first_line
 from vitkit.predictor.runtimes import (
@@ -88,6 +96,9 @@ class Predictor:
         self.labels: list[str] = list(meta.labels)
         self.preprocessing = bundle_preprocessing(meta.preprocessing, source or "")
         self.transform = eval_transform(self.preprocessing)
+        # How images are read (windows, CLAHE; DICOM): None reads plain RGB. Every path that
+        # opens an image for this model passes it on (see vitkit.data.intensity).
+        self.intensity: IntensitySpec | None = bundle_intensity(meta, source or "")
         # Temperature scaling fitted into the bundle (`vitkit calibrate`); 1.0 when none.
         self.temperature = _temperature(meta, source)
         self.tta = "none"  # test-time augmentation of predict_proba: none, flip, flip-scale
@@ -121,6 +132,22 @@ class Predictor:
             load_weights(self.source, model.model)
             self.model = model.eval().to(self.device)
         return self.model
+
+    def load_image(self, path: Path) -> Image.Image:
+        """An image file as this model reads it (through its intensity spec, if any).
+
+        Raises:
+            ImageProblem: The file cannot be read (see :func:`vitkit.data.load_image`).
+        """
+        return load_image(path, intensity=self.intensity)[0]
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """A decoded image (an upload) as the model's input tensor (3, H, W): rendered by the
+        intensity spec when there is one (:func:`vitkit.data.intensity.rendered_for`), then
+        the evaluation transform."""
+        if self.intensity is not None:
+            image = rendered_for(image, self.intensity)
+        return self.transform(image)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes), float32 on the CPU, for a preprocessed batch (B, 3, H, W)."""
@@ -161,7 +188,7 @@ class Predictor:
         pending: list[tuple[Path, torch.Tensor]] = []
         for path in paths:
             try:
-                image, _ = load_rgb(path)
+                image = self.load_image(path)
             except ImageProblem as problem:
                 yield ImageFailure(str(path), problem.reason)
                 continue
@@ -264,6 +291,8 @@ def _load(bundle: Bundle, device: str, variant: str | None, threads: int | None
     # vitkit.json's records first: an edited one fails here, naming the key, before any
     # model is built or file opened.
     bundle_preprocessing(meta.preprocessing, path)
+    if bundle_intensity(meta, path) is not None:
+        require_medical()
     _temperature(meta, path)
     if not meta.labels:
         raise BundleError(f"{path}/{META_FILE} lists no labels; a classifier needs its class "
@@ -317,29 +346,33 @@ def _temperature(meta: BundleMeta, path: Path | None) -> float:
     return float(value)
 
 
-def expand_paths(inputs: Sequence[str]) -> tuple[list[Path], list[ImageFailure]]:
-    """Files as given, folders searched recursively for images, globs expanded.
+def expand_paths(inputs: Sequence[str], dicom: bool = False
+                 ) -> tuple[list[Path], list[ImageFailure]]:
+    """Files as given, folders searched recursively for images (with ``dicom``, DICOM files
+    too), globs expanded.
 
     Returns the image paths (in a stable order, without duplicates) and an error per input that
     matched nothing.
     """
-    found, unmatched = find_images(inputs)
+    found, unmatched = find_images(inputs, dicom)
     return found, [ImageFailure(item, why_unmatched(item)) for item in unmatched]
 
 
 def readable_batches(items: Sequence[Item], path_of: Callable[[Item], Path | str],
                      transform: Callable[[Any], torch.Tensor], batch_size: int,
                      skipped: list[ImageFailure], progress: bool = False,
-                     description: str = "images") -> Iterator[list[tuple[Item, torch.Tensor]]]:
-    """``items`` whose image file loads, transformed, in batches of ``(item, tensor)``; an
-    unreadable or odd file is appended to ``skipped`` and the run goes on."""
+                     description: str = "images", intensity: IntensitySpec | None = None
+                     ) -> Iterator[list[tuple[Item, torch.Tensor]]]:
+    """``items`` whose image file loads (through ``intensity``, a predictor's spec),
+    transformed, in batches of ``(item, tensor)``; an unreadable or odd file is appended to
+    ``skipped`` and the run goes on."""
     pending: list[tuple[Item, torch.Tensor]] = []
     with make_progress(progress) as bar:
         task = bar.add_task(description, total=len(items), stats="") if bar else None
         for item in items:
             path = Path(path_of(item))
             try:
-                image, _ = load_rgb(path)
+                image, _ = load_image(path, intensity=intensity)
                 pending.append((item, transform(image)))
             except ImageProblem as problem:
                 skipped.append(ImageFailure(str(path), problem.reason))

@@ -150,7 +150,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(v1_router(service, guard, max_bytes))
     app.include_router(admin_router(service, guard))
     app.include_router(v2_router(service, max_bytes, bounded_body,
-                                 lambda data, name: decode_image(data, name, limits.max_pixels)))
+                                 lambda data, name: decode_image(data, name, limits.max_pixels,
+                                                                 service.intensity_specs())))
     _with_extra_schemas(app)
     return app
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
 from PIL import Image
 from starlette.exceptions import HTTPException
 
-from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem, decode_rgb
+from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem
+from vitkit.data.intensity import IntensitySpec, decode_upload
 from vitkit.serve.errors import HttpProblem
 from vitkit.serve.schemas import PredictImages, parse
 
@@ -105,9 +107,12 @@ def base64_images(body: PredictImages, max_images: int) -> list[tuple[str, bytes
     return decoded
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, name: str, max_pixels: int,
+                 intensities: Sequence[IntensitySpec] = ()) -> Image.Image:
+    """An uploaded image; with the served models' intensity specs also DICOM and full-depth
+    16-bit files, rendered once per spec (:func:`vitkit.data.intensity.decode_upload`)."""
     try:
-        image, _ = decode_rgb(data, max_pixels)
+        image = decode_upload(data, intensities, max_pixels)
     except ImageProblem as problem:
         status = {BOMB: 413, NOT_AN_IMAGE: 415}.get(problem.kind, 422)
         raise HttpProblem(status, problem.kind, f"{name}: {problem.reason}") from None

@@ -9,6 +9,7 @@ what the service keeps for every model (its name, the bundle's version).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 from vitkit.bundle import Bundle, BundleSource
+from vitkit.data.intensity import IntensitySpec, bundle_intensity
 from vitkit.errors import BundleError
 from vitkit.tasks.base import ServedTask, get_task, task_names
 
@@ -70,6 +72,13 @@ class ServedModel:
     def input_size(self) -> tuple[int, int]:
         """(height, width) of the tensors :meth:`prepare` makes."""
         return self.task.input_size
+
+    @cached_property
+    def intensity(self) -> IntensitySpec | None:
+        """How the bundle reads images (windows, CLAHE), or None: the service decodes uploads
+        for it (DICOM, 16-bit at full depth) before :meth:`prepare`."""
+        return None if self._opened is None else bundle_intensity(self._opened.meta,
+                                                                  self.bundle)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         return self.task.prepare(image)

@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from vitkit.data.intensity import IntensitySpec
 from vitkit.predictor.predict import UNKNOWN
 from vitkit.serve.batcher import MicroBatcher, Overloaded
 from vitkit.serve.config import DEFAULT_ROUTE, ServeConfig
@@ -177,6 +178,13 @@ class Service:
     def ready(self) -> bool:
         """Every configured model is loaded and warmed."""
         return self.loaded.is_set() and not self.load_errors and bool(self.models)
+
+    def intensity_specs(self) -> list[IntensitySpec]:
+        """The distinct intensity specs of the live and candidate models: an upload is decoded
+        once per spec (DICOM and 16-bit files read for them), before routing picks a model."""
+        slots = [*self.slots.values(), *self.updates.candidates.values()]
+        specs = (slot.model.intensity for slot in slots)
+        return list(dict.fromkeys(spec for spec in specs if spec is not None))
 
     def readiness(self) -> dict[str, Any]:
         """``status``: loading, not ready (a model failed to load), degraded (serving, but

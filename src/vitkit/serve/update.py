@@ -201,19 +201,21 @@ def _reference_accuracy(candidate: ServedModel, live: ServedModel, limit: int
     splits = Path(live.bundle).resolve().parent / "splits.csv"
     if not splits.is_file():
         return None
-    from vitkit.data import load_rgb
     from vitkit.data.images import ImageProblem
+    from vitkit.data.intensity import decode_upload
     from vitkit.data.manifest import read_manifest
 
     rows = [r for r in read_manifest(splits) if r.split == "val"][:limit]
+    # read as uploads are: once per intensity spec, so each side sees its own rendering
+    specs = [m.intensity for m in (candidate, live) if m.intensity is not None]
     correct = {"candidate": 0, "live": 0}
     n = 0
     for start in range(0, len(rows), 32):
         images, labels = [], []
         for row in rows[start:start + 32]:
             try:
-                images.append(load_rgb(row.path)[0])
-            except ImageProblem:
+                images.append(decode_upload(Path(row.path).read_bytes(), specs))
+            except (ImageProblem, OSError):
                 continue
             labels.append(row.label)
         if not images:

@@ -78,7 +78,8 @@ def v1_router(service: Service, guard: AdminGuard, max_bytes: int) -> APIRouter:
         payloads = await read_images(request, limits.max_images, max_bytes)
         loop = asyncio.get_running_loop()
         images = await asyncio.gather(*[
-            loop.run_in_executor(service.decoders, decode_image, data, name, limits.max_pixels)
+            loop.run_in_executor(service.decoders, decode_image, data, name, limits.max_pixels,
+                                 service.intensity_specs())
             for name, data in payloads])
         route = request.query_params.get("route")
         try:

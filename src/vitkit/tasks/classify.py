@@ -29,7 +29,7 @@ class ServedClassifier:
         return int(height), int(width)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        return self.predictor.transform(image)
+        return self.predictor.prepare(image)
 
     @torch.no_grad()
     def infer(self, batch: list[torch.Tensor]) -> list[dict[str, Any]]:

@@ -98,10 +98,11 @@ def run_calibrate(bundle: BundleSource, data: str | None = None, out: Path | Non
     if reference is None:
         raise DataError(f"{bundle} does not say where its training images are (or they "
                         "moved); give labelled images: vitkit calibrate BUNDLE DATA.")
-    checked = validate_samples(reference.samples, progress=progress)
+    predictor = load(opened, variant=REFERENCE_VARIANT)
+    checked = validate_samples(reference.samples, progress=progress,
+                               intensity=predictor.intensity)
     if checked.skipped:
         stderr_console.print(f"[yellow]{checked.summary()}[/]")
-    predictor = load(opened, variant=REFERENCE_VARIANT)
     embeddings = embed_samples(predictor, checked.usable, batch_size, 0, progress,
                                "logits (val)")
     assert embeddings.targets is not None  # embed_samples labels what it embeds

@@ -41,7 +41,7 @@ def run_eval(bundle: Path, data: str, batch_size: int = 32, progress: bool = Tru
             f"{data} has classes the model does not know: {', '.join(unknown)}. The bundle "
             f"predicts {', '.join(predictor.labels)}; evaluate on data with those class folders."
         )
-    report = validate_samples(samples, progress=progress)
+    report = validate_samples(samples, progress=progress, intensity=predictor.intensity)
     if report.skipped:
         stderr_console.print(f"[yellow]{report.summary()}[/]")
     if not report.usable:

@@ -165,7 +165,7 @@ def explain_paths(bundle: BundleSource, paths: Sequence[str | Path], method: str
     files: list[Path] = []
     missing: list[ImageFailure] = []
     if method != "filters":
-        files, missing = expand_paths([str(p) for p in paths])
+        files, missing = expand_paths([str(p) for p in paths], dicom=True)
         require_images(files, [m.path for m in missing])
     notes = []
     opened = Bundle.open(bundle)
@@ -216,7 +216,8 @@ def explain_images(predictor: Predictor, items: Sequence[tuple[Path | str, str |
     used_stems: set[str] = set()
     empty_maps = 0
     for pending in readable_batches(list(items), lambda item: item[0], predictor.transform,
-                                    batch_size, result.skipped, progress, "explaining"):
+                                    batch_size, result.skipped, progress, "explaining",
+                                    predictor.intensity):
         images = torch.stack([t for _, t in pending])
         targets = None if target_index is None else torch.full((len(pending),), target_index)
         batch = explainer(images, targets)
@@ -278,7 +279,8 @@ def _feature_views(predictor: Predictor, items: Sequence[tuple[Path | str, str |
                                 "map).")
         used_stems: set[str] = set()
         for pending in readable_batches(list(items), lambda item: item[0], predictor.transform,
-                                        batch_size, result.skipped, progress, "features"):
+                                        batch_size, result.skipped, progress, "features",
+                                        predictor.intensity):
             images = torch.stack([t for _, t in pending])
             _, activations = layer_activations(model, images, name)
             for i, ((path, _true), image) in enumerate(pending):

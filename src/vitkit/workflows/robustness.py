@@ -202,7 +202,7 @@ def _evaluation_samples(data: str, predictor: Predictor, limit: int | None, seed
             f"predicts {', '.join(predictor.labels)}; use data with those class folders.")
     if limit is not None and len(samples) > limit:
         samples = _balanced_subset(samples, limit, seed)
-    report = validate_samples(samples, progress=progress)
+    report = validate_samples(samples, progress=progress, intensity=predictor.intensity)
     if report.skipped:
         stderr_console.print(f"[yellow]{report.summary()}[/]")
     if not report.usable:
@@ -215,7 +215,8 @@ def _load_pixels(samples: list[Sample], predictor: Predictor, batch_size: int) -
     identity = predictor.preprocessing.model_copy(update={"mean": (0.0, 0.0, 0.0),
                                                           "std": (1.0, 1.0, 1.0)})
     class_to_idx = {label: i for i, label in enumerate(predictor.labels)}
-    loader = make_loader(ImageDataset(samples, class_to_idx, eval_transform(identity)),
+    loader = make_loader(ImageDataset(samples, class_to_idx, eval_transform(identity),
+                                      intensity=predictor.intensity),
                          batch_size=batch_size, shuffle=False, seed=0)
     # Kept as uint8 (4x less memory): ToTensor produced exact multiples of 1/255.
     return _Images([((x * 255).round().to(torch.uint8), y) for x, y in loader])
