@@ -45,6 +45,8 @@ from vitkit.classify.checkpoint import (
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.ema import WeightAverage
 from vitkit.classify.features import extract_features
+from vitkit.classify.grad_checkpointing import enable_grad_checkpointing
+from vitkit.classify.progressive import ProgressiveResize
 from vitkit.classify.schedule import apply_trainability, make_optimizer, plan_stage, warmup_cosine
 from vitkit.console import make_progress, stderr_console
 from vitkit.data import ImageDataset, make_loader
@@ -67,6 +69,7 @@ class EpochRecord:
     val_acc: float
     images_per_s: float
     seconds: float
+    image_size: int | None = None  # the training images' side, with progressive resizing
 
 
 @dataclass
@@ -151,9 +154,13 @@ class Trainer:
         run_dir: Path,
         show_progress: bool = True,
         loss_hook: LossHook | None = None,
+        progressive: ProgressiveResize | None = None,
     ) -> None:
         self.config = config
         self.loss_hook = loss_hook
+        self.progressive = progressive
+        if config.grad_checkpointing:
+            enable_grad_checkpointing(model)
         self.train_set, self.train_eval_set, self.val_set = train_set, train_eval_set, val_set
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
@@ -233,9 +240,10 @@ class Trainer:
             epoch_seed = self.config.seed * 100_003 + state.epoch
             seed_everything(epoch_seed)
             if stage != "head":
+                train_set = self.progressive.train_set(self.train_set, stage, state.stage_epoch) \
+                    if self.progressive is not None else self.train_set
                 train_loader = self.accelerator.prepare(
-                    self._image_loader(_Indexed(self.train_set), shuffle=True,
-                                       seed=epoch_seed)
+                    self._image_loader(_Indexed(train_set), shuffle=True, seed=epoch_seed)
                 )
             record = self._run_epoch(stage, model, optimizer, scheduler, train_loader, val_data,
                                      state.epoch + 1, n_epochs, state.stage_epoch + 1)
@@ -315,6 +323,8 @@ class Trainer:
             train_loss=loss_sum / max(1, total), train_acc=correct / max(1, total),
             val_loss=val_loss, val_acc=val_acc,
             images_per_s=total / max(seconds, 1e-9), seconds=seconds,
+            image_size=self.progressive.size(stage, stage_epoch - 1)
+            if self.progressive is not None else None,
         )
 
     def supervised_loss(self, logits: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
@@ -475,7 +485,8 @@ class Trainer:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
             self._writer.add_scalar(key, getattr(record, key), record.epoch)
         self._writer.flush()
-        mark = " [green]best[/]" if improved else ""
+        mark = (f" at {record.image_size} px" if record.image_size else "") \
+            + (" [green]best[/]" if improved else "")
         stderr_console.print(
             f"epoch {record.epoch} ({record.stage}): train loss {record.train_loss:.3f} "
             f"acc {record.train_acc:.3f} | val loss {record.val_loss:.3f} "
@@ -517,6 +528,9 @@ class _ReseededLoader:
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    write_csv_atomic(path, METRIC_COLUMNS, ([
+    # the image_size column only where progressive resizing changed the size
+    columns = METRIC_COLUMNS + (("image_size",) if any(r.get("image_size") for r in history)
+                                else ())
+    write_csv_atomic(path, columns, ([
         f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")
-        for k in METRIC_COLUMNS] for row in history))
+        for k in columns] for row in history))

@@ -117,6 +117,21 @@ def train(
         help="Also train the same recipe without the domain loss (into OUT/source-only) and "
              "report both on the target images. (default: off)",
         rich_help_panel="Domain adaptation")] = None,
+    progressive: Annotated[str | None, typer.Option(
+        help="START:END, e.g. 128:224: the top and full stages train on START px images first "
+             "and grow in steps of 16 px to END, the training size (validation and the bundle "
+             "stay at END; ViT position embeddings are interpolated). (default: off)",
+        rich_help_panel="Training extras")] = None,
+    grad_checkpointing: Annotated[bool | None, typer.Option(
+        "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute each block's activations in the backward pass instead of keeping them: "
+             "less memory for one more forward per step (timm and Hugging Face models that "
+             "support it). (default: off)", rich_help_panel="Training extras")] = None,
+    compare_scratch: Annotated[bool | None, typer.Option(
+        "--compare-scratch/--no-compare-scratch",
+        help="Also train the same recipe from random weights (into OUT/scratch) and report the "
+             "transfer gain (pretrained - scratch) / (1 - scratch). (default: off)",
+        rich_help_panel="Training extras")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -134,7 +149,9 @@ def train(
         "data": data, "model": model, "weights": weights, "epochs": epochs, "out": out,
         "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
         "trust": {"ood": ood, "calibrate": calibrate}, "memory": memory,
-        "intensity": {"windows": window or None, "clahe": clahe}}
+        "intensity": {"windows": window or None, "clahe": clahe},
+        "progressive": progressive, "grad_checkpointing": grad_checkpointing,
+        "compare_scratch": compare_scratch}
     continual = {"replay_ratio": replay_ratio, "distill_old": distill_old, "old_data": old_data,
                  "old_eval": old_eval, "compare_naive": compare_naive,
                  "compare_joint": compare_joint}

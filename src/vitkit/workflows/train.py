@@ -20,9 +20,11 @@ from torch import nn
 
 from vitkit.atomic import write_csv_atomic
 from vitkit.backbones import CreatedModel, check_model_name, create
+from vitkit.backbones.attention import attention_path
 from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.engine import FitResult, Trainer, seed_everything
+from vitkit.classify.progressive import plan_progressive, resizable
 from vitkit.config import dump_config
 from vitkit.console import stderr_console
 from vitkit.data import (
@@ -44,6 +46,7 @@ from vitkit.data.intensity import require_medical
 from vitkit.data.layouts import data_fingerprint
 from vitkit.errors import ConfigError, VitkitError
 from vitkit.evaluate.classification import evaluate_samples
+from vitkit.evaluate.curves import diagnose
 from vitkit.predictor.predict import load
 from vitkit.report import plot_confusion_matrix, plot_learning_curves, write_report
 from vitkit.workflows.domain import (
@@ -52,6 +55,7 @@ from vitkit.workflows.domain import (
     prepare_target,
     train_source_only,
 )
+from vitkit.workflows.scratch import finish_comparison, train_scratch
 from vitkit.workflows.trust import TrustContext, after_training
 
 CONFIG_FILE = "config.yaml"
@@ -74,6 +78,10 @@ class TrainResult:
     stopped_early: list[str] = field(default_factory=list)
     seconds: float = 0.0
     domain_adaptation: dict[str, Any] | None = None  # --domain-adapt: workflows/domain.py
+    # convergence epoch, overfitting onset, best minus last (vitkit.evaluate.curves)
+    learning_curve: dict[str, Any] = field(default_factory=dict)
+    attention: str = ""  # sdpa | eager | mixed | none: the attention path that trained
+    transfer: dict[str, Any] | None = None  # with --compare-scratch (workflows/scratch.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +153,8 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     classes = sorted({s.label for s in samples})
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     stderr_console.print(_describe_counts(class_counts(samples)))
+    scratch = (train_scratch(config, run_dir, resume, progress, run_training)
+               if config.compare_scratch else None)
     with removed_on_user_error(run_dir, new_folder):
         target = prepare_target(config, classes, run_dir, progress)
     baseline = (train_source_only(config, run_dir, resume, progress, run_training)
@@ -163,6 +173,14 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     created.preprocessing = input_preprocessing(created, config)
     pre = created.preprocessing
     evaluation_tf = eval_transform(pre)
+    if config.progressive:
+        created = resizable(created)
+    progressive = plan_progressive(
+        config, created.model, pre.input_size,
+        lambda size: train_transform(pre.model_copy(update={"input_size": (size, size)}),
+                                     config.augmentation))
+    if progressive is not None:
+        stderr_console.print(f"progressive resizing: {progressive.describe()}")
     trainer = Trainer(
         created.model, config,
         train_set=ImageDataset(by_split["train"], class_to_idx,
@@ -172,7 +190,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
                                     config.max_pixels, config.intensity),
         val_set=ImageDataset(by_split["val"], class_to_idx, evaluation_tf, config.max_pixels,
                              config.intensity),
-        run_dir=run_dir, show_progress=progress,
+        run_dir=run_dir, show_progress=progress, progressive=progressive,
     )
     hook = attach_dann(trainer, config, target, pre) if target is not None else None
     fit = trainer.fit(resume=resume)
@@ -182,6 +200,8 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     result: TrainResult = finish_run(trainer, fit, created, config, samples, len(skipped),
                                      run_dir, started, progress)
+    if scratch is not None:
+        result = finish_comparison(result, scratch)
     if config.memory:  # the first memory, so a later run can continue without the old data
         train = from_samples(by_split["train"])
         keep_memory(Path(result.bundle), train, classes, config.memory, config, created)
@@ -227,11 +247,13 @@ def input_preprocessing(created: CreatedModel, config: TrainConfig) -> Preproces
     """The backbone's preprocessing with the config's ``image_size`` and ``crop_pct``."""
     pre = created.preprocessing
     changes: dict[str, Any] = {}
-    if config.image_size is not None and config.image_size != pre.input_size[0]:
+    size = config.training_size()  # image_size, or where --progressive ends
+    if size is not None and size != pre.input_size[0]:
         if created.model.has_fixed_input_size:
             raise ConfigError(f"{config.model} is a transformer with a fixed input size of "
-                              f"{pre.input_size[0]} px; leave image_size out.")
-        changes["input_size"] = (config.image_size, config.image_size)
+                              f"{pre.input_size[0]} px; leave image_size out (and end "
+                              f"--progressive at {pre.input_size[0]}).")
+        changes["input_size"] = (size, size)
     if config.crop_pct is not None:
         changes["crop_pct"] = config.crop_pct
     return pre.model_copy(update=changes) if changes else pre
@@ -275,6 +297,8 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
     by_split = {name: [s for s in samples if s.split == name] for name in ("train", "val", "test")}
     model = trainer.accelerator.unwrap_model(trainer.model).cpu()
     load_model(model.model, str(run_dir / "checkpoints" / "best.safetensors"))
+    curves = diagnose([asdict(r) for r in fit.history]).to_dict()
+    attention = attention_path(model)
     meta = BundleMeta(
         backbone=created.spec.to_dict(),
         labels=classes,
@@ -286,6 +310,8 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
             "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run,
             "precision": trainer.precision,
+            "attention": attention,
+            "learning_curve": curves,
             **(extra_train or {}),
         },
         **({INTENSITY_KEY: config.intensity.model_dump(mode="json")}
@@ -320,11 +346,13 @@ def finish_run(trainer: Trainer, fit: FitResult, created: CreatedModel, config: 
         report=str(run_dir / "report.html"), best_epoch=fit.best_epoch,
         train_images=len(by_split["train"]), val_images=len(by_split["val"]),
         test_accuracy=test_accuracy, stopped_early=fit.stopped_early,
-        seconds=round(time.perf_counter() - started, 1), **result_fields,
+        seconds=round(time.perf_counter() - started, 1), learning_curve=curves,
+        attention=attention, **result_fields,
     )
     write_json_atomic(run_dir / "summary.json", {
         **result.to_dict(), "model": config.model, "data": config.data, "classes": classes,
         "precision": trainer.precision,
+        "grad_checkpointing": config.grad_checkpointing, "progressive": config.progressive,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     write_report(run_dir)
