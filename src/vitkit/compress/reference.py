@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from vitkit.bundle import BundleMeta
-from vitkit.data import Sample, eval_transform, load_image, scan
+from vitkit.data import (
+    DEFAULT_MAX_PIXELS,
+    Sample,
+    eval_transform,
+    load_image,
+    scan,
+    validate_samples,
+)
 from vitkit.data.intensity import bundle_intensity
 from vitkit.data.layouts import data_fingerprint, ensure_validation_split
 from vitkit.errors import DataError
@@ -54,7 +61,7 @@ def reference_images(meta: BundleMeta, data: str | None = None, split: str = "va
                                       int(config.get("seed", 0)),
                                       float(config.get("test_fraction", 0.0)))
     if data is None:
-        _check_fingerprint(meta, samples, str(source))
+        samples = _as_trained(meta, samples, str(source))
     chosen = [s for s in samples if s.split == split] or (
         samples if data is not None and split == "val" else [])
     known = set(meta.labels)
@@ -69,13 +76,21 @@ def reference_images(meta: BundleMeta, data: str | None = None, split: str = "va
     return ReferenceImages(chosen, f"{source} ({split}, {len(chosen)} images)")
 
 
-def _check_fingerprint(meta: BundleMeta, samples: list[Sample], source: str) -> None:
-
+def _as_trained(meta: BundleMeta, samples: list[Sample], source: str) -> list[Sample]:
+    """The samples as training used them. Its fingerprint covers the usable images only, so
+    when the folder holds files training skipped (a broken file, a DICOM without pixels),
+    those are found by decoding once and dropped; any other difference is an error."""
     recorded = meta.train.get("data_fingerprint")
-    if recorded and recorded != data_fingerprint(samples):
+    if not recorded or recorded == data_fingerprint(samples):
+        return samples
+    max_pixels = (meta.train.get("config") or {}).get("max_pixels") or DEFAULT_MAX_PIXELS
+    usable = validate_samples(samples, int(max_pixels), progress=False,
+                              intensity=bundle_intensity(meta)).usable
+    if recorded != data_fingerprint(usable):
         raise DataError(f"{source} changed since the bundle was trained (its fingerprint "
                         "differs), so its validation split is not the one the bundle was "
                         "measured on; pass --data with the validation images to use.")
+    return usable
 
 
 def _balanced_subset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
