@@ -254,6 +254,10 @@ class DannLoss:
         source = self._take_features()
         step, strength = self.trainable.step, self.strength
         images = self.targets.batch(step)[: len(source)].to(source.device)
+        size = tuple(batch.inputs.shape[-2:])
+        if tuple(images.shape[-2:]) != size:  # progressive resizing shrank the source batch
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                                   antialias=True)
         with self.autocast():
             self.model(images)
         target = self._take_features()

@@ -101,12 +101,14 @@ def prepare_target(config: TrainConfig, classes: Sequence[str], run_dir: Path,
                               progress=progress)
     usable, skipped = report.usable, list(report.skipped)
     if len(usable) < MIN_TARGET_IMAGES:
-        found = f"{len(paths)} image file{'' if len(paths) == 1 else 's'}"
+        found = (f"{len(paths)} image file{'' if len(paths) == 1 else 's'}, {len(usable)} of "
+                 "them readable" if paths else "no images (searched recursively for .jpg, "
+                 ".png, .tif, …)")
         raise DataError(
-            f"--target-domain {domain.target} holds {found}, {len(usable)} of them readable; "
-            f"domain adaptation needs at least {MIN_TARGET_IMAGES} (a share is held out to "
-            "measure it). Point it at the folder of unlabelled images from the domain the "
-            "model will see (any layout: it is searched recursively).")
+            f"--target-domain {domain.target} holds {found}; domain adaptation needs at least "
+            f"{MIN_TARGET_IMAGES} readable images (a share is held out to measure it). Point "
+            "it at the folder of unlabelled images from the domain the model will work in "
+            "(any layout: it is searched recursively).")
     adapt, held_out = _hold_out(usable, domain, config.seed)
     evaluation: list[Sample] = []
     split = None
