@@ -31,6 +31,7 @@ from vitkit.report._inputs import (
     read_run,
 )
 from vitkit.report._style import CSS
+from vitkit.report.domain import render_domain_adaptation
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
 from vitkit.report.trust import render_trust
 from vitkit.version import __version__
@@ -110,6 +111,7 @@ def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS
             _training(run),
             _evaluation(run),
             _test_evaluation(run),
+            render_domain_adaptation(run.run_dir),
             _predictions(run, max_predictions),
             render_trust(run),
             _skipped(run),
