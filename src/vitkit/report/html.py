@@ -31,6 +31,7 @@ from vitkit.report._inputs import (
     read_run,
 )
 from vitkit.report._style import CSS
+from vitkit.report.curves import render_learning_curve
 from vitkit.report.domain import render_domain_adaptation
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
 from vitkit.report.trust import render_trust
@@ -48,6 +49,7 @@ _METRIC_COLUMNS = {
     "val_acc": ("Val acc", fmt.percent),
     "images_per_s": ("Images/s", lambda v: fmt.decimal(v, 1)),
     "seconds": ("Time", fmt.duration),
+    "image_size": ("Size (px)", fmt.integer),
 }
 
 
@@ -109,6 +111,7 @@ def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS
             _overview(run),
             _run_details(run),
             _training(run),
+            render_learning_curve(run),
             _evaluation(run),
             _test_evaluation(run),
             render_domain_adaptation(run.run_dir),
@@ -251,6 +254,9 @@ def _run_details(run: RunInputs) -> str:
         ("Best epoch", fmt.integer(s["best_epoch"]) if "best_epoch" in s else None),
         ("Skipped files", fmt.integer(s["skipped"]) if "skipped" in s else None),
         ("Training time", fmt.duration(s["seconds"]) if "seconds" in s else None),
+        ("Attention", s.get("attention")),  # sdpa (fused), eager, mixed or none (a CNN)
+        ("Progressive resizing", s.get("progressive")),
+        ("Gradient checkpointing", "on" if s.get("grad_checkpointing") else None),
         ("Created", fmt.timestamp(s["created"]) if "created" in s else None),
     ]
     cells = "".join(
