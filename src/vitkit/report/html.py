@@ -31,6 +31,7 @@ from vitkit.report._inputs import (
     read_run,
 )
 from vitkit.report._style import CSS
+from vitkit.report.continual import render_continual
 from vitkit.report.curves import render_learning_curve
 from vitkit.report.domain import render_domain_adaptation
 from vitkit.report.plots import render_confusion_matrix, render_learning_curves
@@ -115,6 +116,7 @@ def render_report(run: RunInputs, max_predictions: int = DEFAULT_MAX_PREDICTIONS
             _evaluation(run),
             _test_evaluation(run),
             render_domain_adaptation(run.run_dir),
+            render_continual(run.run_dir),
             _predictions(run, max_predictions),
             render_trust(run),
             _skipped(run),

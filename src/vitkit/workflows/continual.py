@@ -53,6 +53,8 @@ from vitkit.data.transforms import bundle_preprocessing
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.predictor.predict import load
+from vitkit.report import write_report
+from vitkit.report.continual import RECORD as CONTINUAL_RECORD
 from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,
@@ -64,7 +66,6 @@ from vitkit.workflows.train import (
 )
 
 DEFAULT_MEMORY = 1000  # the guide's buffer size
-CONTINUAL_FILE = "continual.json"
 
 
 @dataclass
@@ -143,9 +144,10 @@ def run_continual_training(config: TrainConfig, resume: bool = False, progress: 
         "old_eval": old_eval_source, "old_eval_images": len(old_eval),
         "figures": figures,
     }
-    write_json_atomic(run_dir / CONTINUAL_FILE, summary)
+    write_json_atomic(run_dir / CONTINUAL_RECORD, summary)
     result.continual = summary
     write_json_atomic(run_dir / "summary.json", {**result.to_dict(), "classes": classes})
+    write_report(run_dir)  # again: now with the continual-learning section
     return result
 
 
