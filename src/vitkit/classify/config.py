@@ -104,8 +104,8 @@ class DomainAdaptation(_Strict):
     weight: float = Field(1.0, gt=0, description="weight of the domain loss")
     lambda_max: float = Field(1.0, gt=0, description="the gradient-reversal strength the "
                               "schedule 2/(1+exp(-10p))-1 rises to")
-    head_lr_scale: float = Field(10.0, gt=0, description="the domain head's learning rate as a "
-                                 "multiple of the stage's")
+    head_lr_scale: float = Field(1.0, gt=0, description="the domain head's learning rate as a "
+                                 "multiple of the stage's (AdamW; the class head's is 1 too)")
     holdout: float = Field(0.2, gt=0, lt=1, description="share of the target images never "
                            "trained on: they measure the domain accuracy and the shift")
 
