@@ -19,7 +19,7 @@ from vitkit.data.intensity import IntensitySpec, decode_upload
 from vitkit.serve.errors import HttpProblem
 from vitkit.serve.schemas import PredictImages, parse
 
-RAW_IMAGE_TYPES = ("image/",)
+RAW_IMAGE_TYPES = ("image/", "application/dicom")  # DICOM: read by models with a window
 JSON_BODY_BYTES = 1024 * 1024  # feedback and admin bodies are small
 
 

@@ -33,7 +33,7 @@ def run_drift(bundle: Path, new_data: str, batch_size: int = 32, progress: bool 
               ) -> dict[str, Any]:
     """The `vitkit drift --json` document (:class:`vitkit.ood.drift.DriftReport`)."""
     predictor = load(bundle, variant=REFERENCE_VARIANT)
-    paths, missing = expand_paths([new_data])
+    paths, missing = expand_paths([new_data], dicom=True)
     if missing or not paths:
         raise DataError(f"{new_data} holds no images; give a folder (searched recursively), "
                         "an image file or a glob.")

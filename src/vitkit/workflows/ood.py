@@ -235,7 +235,7 @@ def run_ood_eval(bundle: Path, in_data: str, out_dir: str, batch_size: int = 32,
         raise DataError("ood eval fits every method on the bundle's training images, which "
                         "are not available here; pass the training folder as --in.")
     in_paths, in_split = _in_distribution_paths(predictor, in_data)
-    out_paths, missing = expand_paths([out_dir])
+    out_paths, missing = expand_paths([out_dir], dicom=True)
     if missing or not out_paths:
         raise DataError(f"{out_dir} holds no images; give a folder of out-of-distribution "
                         "images (searched recursively).")
