@@ -136,13 +136,14 @@ def test_impossible_plans_are_refused_before_training() -> None:
         return train_transform(_pre(size), Augmentation())
 
     with pytest.raises(ConfigError, match="cannot run at 96 px"):
-        plan_progressive(config, created.model, (160, 160), transform)  # not made resizable
+        plan_progressive(config.progressive, config.stage_epochs(), created.model, (160, 160),
+                         transform)  # not made resizable
     model = resizable(created).model
-    plan = plan_progressive(config, model, (160, 160), transform)
+    plan = plan_progressive("96:160", config.stage_epochs(), model, (160, 160), transform)
     assert plan is not None and plan.sizes == {"full": (96, 160)}
     with pytest.raises(ConfigError, match="ends at 192 px but the model trains at 160"):
-        plan_progressive(TrainConfig(progressive="96:192"), model, (160, 160), transform)
-    assert plan_progressive(TrainConfig(), model, (160, 160), transform) is None
+        plan_progressive("96:192", config.stage_epochs(), model, (160, 160), transform)
+    assert plan_progressive(None, config.stage_epochs(), model, (160, 160), transform) is None
 
 
 class _Killed(Exception):

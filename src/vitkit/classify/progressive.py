@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -37,9 +36,6 @@ from vitkit.backbones.factory import BackboneSpec, rebuild
 from vitkit.data import ImageDataset
 from vitkit.data.transforms import MAX_INPUT_SIDE
 from vitkit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from vitkit.classify.config import TrainConfig
 
 STEP = 16
 MIN_SIZE = 32
@@ -141,18 +137,20 @@ def patch_multiple(model: ImageClassifier) -> int:
     return int(patch[0]) if isinstance(patch, tuple | list) else int(patch)
 
 
-def plan_progressive(config: TrainConfig, model: ImageClassifier, input_size: tuple[int, int],
+def plan_progressive(size_range: str | None, stage_epochs: Mapping[str, int],
+                     model: ImageClassifier, input_size: tuple[int, int],
                      transform_at: Callable[[int], Transform]) -> ProgressiveResize | None:
-    """The run's :class:`ProgressiveResize`, or None without ``config.progressive``; every size
-    is tried once on ``model`` so an impossible one fails now, not in the middle of training.
+    """The run's :class:`ProgressiveResize` for the config's ``progressive`` (``size_range``)
+    and ``stage_epochs()``, or None without one; every size is tried once on ``model`` so an
+    impossible one fails now, not in the middle of training.
 
     Raises:
         ConfigError: No image-stage epochs, an END other than the (square) training size
             ``input_size``, or a model that cannot run at one of the sizes.
     """
-    if config.progressive is None:
+    if size_range is None:
         return None
-    start, wanted_end = parse_size_range(config.progressive)
+    start, wanted_end = parse_size_range(size_range)
     end = input_size[0]
     if input_size[1] != end:
         raise ConfigError(f"--progressive grows square images, and the model trains at "
@@ -164,7 +162,7 @@ def plan_progressive(config: TrainConfig, model: ImageClassifier, input_size: tu
     if end % multiple:
         raise ConfigError(f"the training size {end} px is not a multiple of the ViT's patch "
                           f"({multiple} px); choose image_size {end - end % multiple}.")
-    sizes = stage_sizes(start, end, config.stage_epochs(), multiple)
+    sizes = stage_sizes(start, end, stage_epochs, multiple)
     for size in sorted({s for stage in sizes.values() for s in stage}):
         _check_runs_at(model, size)
     return ProgressiveResize(sizes, end, transform_at)

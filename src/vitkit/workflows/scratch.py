@@ -15,7 +15,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from vitkit.bundle import Bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig, TrustConfig
@@ -23,8 +23,20 @@ from vitkit.console import stderr_console
 from vitkit.evaluate.curves import transfer_gain
 from vitkit.report import write_report
 
-if TYPE_CHECKING:
-    from vitkit.workflows.train import TrainResult
+
+class RunResult(Protocol):
+    """What the comparison reads of a training run's result (:class:`TrainResult`; this
+    module is below the one that defines it)."""
+
+    bundle: str
+    run_dir: str
+    val_accuracy: float
+    test_accuracy: float | None
+    best_epoch: int
+    learning_curve: dict[str, Any]
+
+
+ResultT = TypeVar("ResultT", bound=RunResult)
 
 SCRATCH_DIR = "scratch"
 NO_TRUST = TrustConfig(ood=False, calibrate=False, explain_examples=0, feature_map=False)
@@ -37,25 +49,18 @@ def scratch_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
 
 
 def train_scratch(config: TrainConfig, run_dir: Path, resume: bool, progress: bool,
-                  run: Callable[..., TrainResult]) -> TrainResult:
-    """Trains the scratch run (``run`` is :func:`~vitkit.workflows.train.run_training`),
-    resumes it, or with ``resume`` and a finished one there, reads its result."""
-    from vitkit.workflows.train import TrainResult  # the module that calls this one
-
+                  run: Callable[..., ResultT]) -> ResultT:
+    """Trains the scratch run (``run`` is :func:`~vitkit.workflows.train.run_training`), or
+    with ``resume`` continues it (a finished one only writes its bundle and report again)."""
     scratch = scratch_config(config, run_dir)
-    summary = Path(scratch.out) / "summary.json"
-    if resume and summary.is_file():
-        saved = json.loads(summary.read_text())
-        names = {f.name for f in dataclasses.fields(TrainResult)}
-        return TrainResult(**{k: v for k, v in saved.items() if k in names})
     stderr_console.print(f"[bold]from scratch[/] (the same recipe from random weights) -> "
                          f"{scratch.out}")
-    result = run(scratch, resume=resume, progress=progress)
+    result = run(scratch, resume=resume and Path(scratch.out).exists(), progress=progress)
     stderr_console.print("[bold]from the pretrained weights[/]")
     return result
 
 
-def transfer_record(pretrained: TrainResult, scratch: TrainResult) -> dict[str, Any]:
+def transfer_record(pretrained: RunResult, scratch: RunResult) -> dict[str, Any]:
     """Both accuracies (validation, and test when the run has a test split) and the gains."""
     record: dict[str, Any] = {
         "pretrained_accuracy": pretrained.val_accuracy,
@@ -72,7 +77,7 @@ def transfer_record(pretrained: TrainResult, scratch: TrainResult) -> dict[str, 
     return record
 
 
-def finish_comparison(result: TrainResult, scratch: TrainResult) -> TrainResult:
+def finish_comparison(result: ResultT, scratch: RunResult) -> ResultT:
     """Writes the transfer record into the run's summary, bundle and report; returns
     ``result`` with it."""
     record = transfer_record(result, scratch)
@@ -86,4 +91,4 @@ def finish_comparison(result: TrainResult, scratch: TrainResult) -> TrainResult:
         f"transfer: val accuracy {record['pretrained_accuracy']:.3f} pretrained vs "
         f"{record['scratch_accuracy']:.3f} from scratch; gain {record['gain']:.3f} (the share "
         "of the scratch model's errors the pretrained weights remove)")
-    return dataclasses.replace(result, transfer=record)
+    return dataclasses.replace(result, transfer=record)  # type: ignore[type-var]

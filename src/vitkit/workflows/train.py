@@ -176,7 +176,7 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     if config.progressive:
         created = resizable(created)
     progressive = plan_progressive(
-        config, created.model, pre.input_size,
+        config.progressive, config.stage_epochs(), created.model, pre.input_size,
         lambda size: train_transform(pre.model_copy(update={"input_size": (size, size)}),
                                      config.augmentation))
     if progressive is not None:
