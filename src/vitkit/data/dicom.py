@@ -10,10 +10,12 @@ file is read. Everything that makes a file unusable raises
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -89,44 +91,66 @@ def read_dicom(source: Path | bytes, max_pixels: int) -> DicomPixels:
         ConfigError: pydicom is not installed.
     """
     pydicom = require_pydicom()
-    data = source if isinstance(source, bytes) else _read_bytes(source)
+    with _binary(source) as handle:
+        magic = has_dicom_magic(handle.read(_HEAD_BYTES))
+        handle.seek(0)
+        try:
+            # force: a file named .dcm without the 128-byte preamble (older writers) still
+            # reads; defer_size: the pixel data stays on disk until a frame is decoded
+            dataset = pydicom.dcmread(handle, force=not magic, defer_size="64 KB")
+            keyword = next((k for k in _PIXEL_KEYWORDS if k in dataset), None)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
+            raise ImageProblem(f"{TRUNCATED} (DICOM: {short_reason(exc)})") from exc
+        if keyword is None:
+            raise ImageProblem(f"{NO_PIXEL_DATA} (a DICOM file without an image, e.g. a "
+                               "structured report or a series header)")
+        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if photometric not in _GREYSCALE:
+            raise ImageProblem(f"{COLOUR_DICOM} (PhotometricInterpretation {photometric}; "
+                               "windows apply to greyscale images: CT, MR, CR, DX)")
+        try:
+            rows, columns = int(dataset.Rows), int(dataset.Columns)
+            frames = int(dataset.get("NumberOfFrames") or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ImageProblem(f"{TRUNCATED} (DICOM: no valid Rows/Columns)") from exc
+        check_size((columns, rows), max_pixels)
+        index = 0 if frames > 1 else None
+        try:
+            # from the file itself, pydicom reads just the frame asked for, not a whole
+            # multi-frame volume
+            handle.seek(0)
+            stored = pydicom.pixels.pixel_array(handle if magic else dataset, index=index)
+        except Exception:  # noqa: BLE001 - missing plugins, short data, bad encodings
+            stored = _decoded_or_why(pydicom, dataset, index)
+        if stored.ndim != 2:
+            raise ImageProblem(f"{COLOUR_DICOM} (pixel array of shape {stored.shape})")
+        values = _modality_values(pydicom, stored, dataset)  # a deferred LUT reads the file
+    conversions = [f"first frame of {frames}"] if frames > 1 else []
+    return DicomPixels(values, photometric == "MONOCHROME1", conversions)
+
+
+def _decoded_or_why(pydicom: ModuleType, dataset: Any, index: int | None) -> np.ndarray:
+    """The frame decoded from the whole dataset, or why not in pydicom's words: read that way
+    it says what is wrong ("less than expected", the plugins that would decode it), where
+    the frame-by-frame reading only fails to reshape."""
     try:
-        # force: a file named .dcm without the 128-byte preamble (older writers) still reads
-        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_dicom_magic(data))
-        keyword = next((k for k in _PIXEL_KEYWORDS if k in dataset), None)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
-        raise ImageProblem(f"{TRUNCATED} (DICOM: {short_reason(exc)})") from exc
-    if keyword is None:
-        raise ImageProblem(f"{NO_PIXEL_DATA} (a DICOM file without an image, e.g. a "
-                           "structured report or a series header)")
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric not in _GREYSCALE:
-        raise ImageProblem(f"{COLOUR_DICOM} (PhotometricInterpretation {photometric}; "
-                           "windows apply to greyscale images: CT, MR, CR, DX)")
-    try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        frames = int(dataset.get("NumberOfFrames") or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImageProblem(f"{TRUNCATED} (DICOM: no valid Rows/Columns)") from exc
-    check_size((columns, rows), max_pixels)
-    try:
-        stored = pydicom.pixels.pixel_array(dataset, index=0 if frames > 1 else None)
+        return pydicom.pixels.pixel_array(dataset, index=index)
     except Exception as exc:  # noqa: BLE001 - missing plugins, short data, bad encodings
-        # pydicom's message names the plugins that would decode it: keep all its lines
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageProblem(f"{UNDECODABLE} ({detail[:300]})") from exc
-    if stored.ndim != 2:
-        raise ImageProblem(f"{COLOUR_DICOM} (pixel array of shape {stored.shape})")
-    conversions = [f"first frame of {frames}"] if frames > 1 else []
-    return DicomPixels(_modality_values(pydicom, stored, dataset),
-                       photometric == "MONOCHROME1", conversions)
 
 
-def _read_bytes(path: Path) -> bytes:
+@contextmanager
+def _binary(source: Path | bytes) -> Iterator[BinaryIO]:
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+        return
     try:
-        return path.read_bytes()
+        handle = source.open("rb")
     except OSError as exc:
         raise ImageProblem(f"unreadable ({exc.strerror or type(exc).__name__})") from exc
+    with handle:
+        yield handle
 
 
 def _modality_values(pydicom: ModuleType, stored: np.ndarray, dataset: Any) -> np.ndarray:
