@@ -35,7 +35,8 @@ LAYERS: list[set[str]] = [  # lowest first; a package may import its own layer a
     {"data", "bundle"},  # files in: image folders, layouts, transforms; the bundle's files
     {"backbones", "ood"},  # timm / Hugging Face / local weights; OOD scores (pure math + fit)
     {"predictor"},  # one bundle, any runtime: below everything that predicts
-    {"evaluate", "anomaly", "explain", "compress", "segment", "detect"},  # metrics; task models
+    {"evaluate", "anomaly", "explain", "compress", "segment", "detect",  # metrics; task models
+     "fusion"},
     {"report"},  # HTML pages and PNG plots
     {"classify", "benchmark", "tasks"},  # training engines; `vitkit bench`; the task plug-ins
     {"workflows"},  # end-to-end jobs behind the verbs: the only layer that ties the others

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[str, typer.Argument(help="Image folder (class-per-folder, or train/ val/ "
-                                        "[test/] splits) or a CSV manifest path,label[,split].")],
+                                        "[test/] splits) or a CSV manifest path,label[,split]; "
+                                        "an image,audio,label CSV trains an image + audio "
+                                        "model (docs: guides/fusion).")],
     model: Annotated[str | None, typer.Option(
         help="timm name, hf:<org>/<model>, or a local Hugging Face folder. "
              "(default: efficientnet_lite2)")] = None,
@@ -141,6 +144,12 @@ def train(
     with layer-wise learning-rate decay. Every epoch is checkpointed; --resume continues a
     killed run. Bad images are skipped and listed in OUT/skipped.csv.
     """
+    from vitkit.data.paired import is_paired_manifest
+
+    if is_paired_manifest(data):
+        from vitkit.cli.fusion import train_fusion
+
+        return train_fusion(ctx)
     from vitkit.classify.config import TrainConfig
     from vitkit.config import load_config
     from vitkit.workflows.train import resolve_resume_config, run_training
@@ -287,6 +296,7 @@ def distill(
 
 @app.command(name="eval")
 def eval_(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `vitkit train`.")],
     data: Annotated[str, typer.Argument(help="Labelled images: uses test/ if present, else "
                                         "val/, else every image.")],
@@ -309,10 +319,18 @@ def eval_(
         help="Test-time augmentation: none, flip (2 views) or flip-scale (4 views: also "
              "0.875x and 1.125x zooms); probabilities are averaged and the cost is reported. "
              "(default: none)")] = "none",
+    modality: Annotated[str | None, typer.Option(
+        help="Image + audio bundles: both (every input a row has), image or audio (that input "
+             "alone). (default: both)")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix, ECE."""
+    from vitkit.cli.fusion import eval_fusion, is_fusion_bundle, refuse_for_other_bundles
+
+    if is_fusion_bundle(bundle):
+        return eval_fusion(ctx)
+    refuse_for_other_bundles(modality=modality)
     from vitkit.data.groups import read_group_csv
     from vitkit.workflows.evaluate import run_eval
     from vitkit.workflows.fairness import print_fairness, write_fairness
@@ -348,9 +366,11 @@ def eval_(
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders (searched "
-                                               "recursively) or globs such as 'imgs/*.jpg'.")],
+    paths: Annotated[list[str] | None, typer.Argument(
+        help="Image files, folders (searched recursively) or globs such as 'imgs/*.jpg'; for "
+             "an image + audio bundle, one image,audio CSV manifest.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write a CSV file.")] = None,
@@ -365,6 +385,10 @@ def predict(
         "--no-ood", help="Always name a class, even for images the bundle's OOD detector "
                          "finds unlike the training data (otherwise labelled 'unknown').")
     ] = False,
+    image: Annotated[Path | None, typer.Option(
+        help="Image + audio bundles: the example's image (alone, or with --audio).")] = None,
+    audio: Annotated[Path | None, typer.Option(
+        help="Image + audio bundles: the example's recording, a PCM WAV file.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -376,11 +400,16 @@ def predict(
     Exit code 0 when at least one image was classified (failures are counted on stderr and
     listed as rows with an error); 2 when none could be (missing paths, empty folders,
     unreadable files)."""
+    from vitkit.cli.fusion import is_fusion_bundle, predict_fusion, refuse_for_other_bundles
+
+    if is_fusion_bundle(bundle):
+        return predict_fusion(ctx)
+    refuse_for_other_bundles(image=image, audio=audio)
     from vitkit.data.files import require_images
     from vitkit.predictor.predict import Prediction, expand_paths, load
     from vitkit.predictor.tta import TTA_VIEWS, TtaTiming
 
-    files, missing = expand_paths(paths, dicom=True)
+    files, missing = expand_paths(paths or [], dicom=True)
     require_images(files, [m.path for m in missing])  # before the model loads
     predictor = load(bundle, variant=variant, tta=tta, ood=not no_ood)
     if variant is None and predictor.variant.name != "torch-fp32" and not quiet:

@@ -1,4 +1,4 @@
-"""What a task is: the one interface classify, anomaly, segment and detect provide.
+"""What a task is: the one interface classify, anomaly, segment, detect and fusion provide.
 
 The doors (serve, bench, optimize, the report) ask a bundle's task — ``get_task(meta.task)``
 — instead of testing ``if task == ...`` at every layer. A task module provides:
@@ -21,14 +21,30 @@ A fifth task adds a module here (and its package below): see the Design page, "A
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
 from vitkit.bundle import Bundle
+from vitkit.data.audio import Waveform
 from vitkit.errors import BundleError
 from vitkit.predictor.runtimes import Runtime
+
+
+@dataclass(frozen=True)
+class PairedUpload:
+    """An image and/or a recording sent as one example (v1 multipart fields ``image`` and
+    ``audio``): what a task that takes audio (:class:`PairedServedTask`) prepares instead of a
+    bare image. At least one of the two is there."""
+
+    image: Image.Image | None
+    audio: Waveform | None
+
+
+ServedInput = Image.Image | PairedUpload
+"""What the service hands a model to prepare: a decoded image, or a paired example."""
 
 
 class ServedTask(Protocol):
@@ -63,6 +79,15 @@ class ServedTask(Protocol):
     def drift_reference(self) -> tuple[Any, float] | None:
         """(the reference sample the drift monitor compares with, the expected share of
         "unknown" answers), or None when the model has none."""
+        ...
+
+
+class PairedServedTask(ServedTask, Protocol):
+    """A served task that also takes audio (the image + audio task): the service gives it
+    :class:`PairedUpload` examples, and refuses them for a task without ``prepare_pair``."""
+
+    def prepare_pair(self, pair: PairedUpload) -> Any:
+        """A paired example as the model's input (runs in the decoding threads)."""
         ...
 
 
@@ -107,6 +132,7 @@ _MODULES = {
     "anomaly": "vitkit.tasks.anomaly",
     "segment": "vitkit.tasks.segment",
     "detect": "vitkit.tasks.detect",
+    "fusion": "vitkit.tasks.fusion",
 }
 
 
