@@ -16,14 +16,13 @@ Around the usual training run (:func:`vitkit.workflows.train.run_training`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from torch import nn
 
@@ -56,9 +55,6 @@ from vitkit.predictor.variants import REFERENCE_VARIANT
 from vitkit.report import write_report
 from vitkit.workflows.evaluate import select_eval_split
 from vitkit.workflows.ood import backbone_family, training_set
-
-if TYPE_CHECKING:
-    from vitkit.workflows.train import TrainResult
 
 TARGET_SKIPPED = "target_skipped.csv"
 RECORD_FILE = "domain_adaptation.json"
@@ -148,23 +144,41 @@ def source_only_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
                                      "out": str(run_dir / SOURCE_ONLY_DIR)})
 
 
-def train_source_only(config: TrainConfig, run_dir: Path, resume: bool, progress: bool,
-                      run: Callable[..., TrainResult]) -> TrainResult:
-    """Trains (``run`` is :func:`~vitkit.workflows.train.run_training`), resumes, or with
-    ``resume`` and a finished run there, reads the source-only baseline."""
-    from vitkit.workflows.train import TrainResult  # the module that calls this one
+class RunResult(Protocol):
+    """What this module reads from (and adds to) a training run's result."""
 
+    bundle: str
+    run_dir: str
+    val_accuracy: float
+    domain_adaptation: dict[str, Any] | None
+
+
+ResultT = TypeVar("ResultT", bound=RunResult)
+
+
+@dataclass
+class Baseline:
+    """The finished source-only run."""
+
+    run_dir: str
+    bundle: str
+    val_accuracy: float
+
+
+def train_source_only(config: TrainConfig, run_dir: Path, resume: bool, progress: bool,
+                      run: Callable[..., Any]) -> Baseline:
+    """Trains the source-only baseline with ``run`` (:func:`~vitkit.workflows.train.
+    run_training`, passed in: that module calls this one), resumes it, or, with ``resume``
+    and a finished run there, reads it."""
     baseline = source_only_config(config, run_dir)
     summary = Path(baseline.out) / "summary.json"
-    if resume and summary.is_file():
-        saved = json.loads(summary.read_text())
-        names = {f.name for f in dataclasses.fields(TrainResult)}
-        return TrainResult(**{k: v for k, v in saved.items() if k in names})
-    stderr_console.print(f"[bold]source-only baseline[/] (the same recipe without the domain "
-                         f"loss) -> {baseline.out}")
-    result = run(baseline, resume=resume, progress=progress)
-    stderr_console.print("[bold]domain-adversarial run[/]")
-    return result
+    if not (resume and summary.is_file()):
+        stderr_console.print(f"[bold]source-only baseline[/] (the same recipe without the "
+                             f"domain loss) -> {baseline.out}")
+        run(baseline, resume=resume, progress=progress)
+        stderr_console.print("[bold]domain-adversarial run[/]")
+    saved = json.loads(summary.read_text())
+    return Baseline(str(saved["run_dir"]), str(saved["bundle"]), float(saved["val_accuracy"]))
 
 
 def attach_dann(trainer: Trainer, config: TrainConfig, target: TargetImages,
@@ -250,7 +264,7 @@ def _fit_ood(predictor: Predictor, train_samples: list[Sample], val: Embeddings,
 
 
 def adaptation_record(config: TrainConfig, target: TargetImages, adapted: OnTarget,
-                      before: OnTarget | None, baseline: TrainResult | None,
+                      before: OnTarget | None, baseline: Baseline | None,
                       adapted_steps: int) -> dict[str, Any]:
     """The ``domain_adaptation`` document (see docs/reference/json.md)."""
     domain = config.domain
@@ -284,9 +298,9 @@ def adaptation_record(config: TrainConfig, target: TargetImages, adapted: OnTarg
     }
 
 
-def finish_adaptation(result: TrainResult, hook: DannLoss, target: TargetImages,
-                      baseline: TrainResult | None, config: TrainConfig,
-                      by_split: dict[str, list[Sample]], progress: bool = True) -> TrainResult:
+def finish_adaptation(result: ResultT, hook: DannLoss, target: TargetImages,
+                      baseline: Baseline | None, config: TrainConfig,
+                      by_split: dict[str, list[Sample]], progress: bool = True) -> ResultT:
     """Measures the adapted bundle (and the source-only one), writes the record everywhere it
     belongs and returns ``result`` with it."""
     hook.log()
@@ -307,7 +321,8 @@ def finish_adaptation(result: TrainResult, hook: DannLoss, target: TargetImages,
     update_meta(result.bundle, train={**bundle.meta.train, "domain_adaptation": record})
     write_report(run_dir)
     _say(record)
-    return dataclasses.replace(result, domain_adaptation=record)
+    result.domain_adaptation = record
+    return result
 
 
 def _say(record: dict[str, Any]) -> None:
