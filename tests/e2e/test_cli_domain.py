@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from PIL import ImageOps
+from tests.conftest import ImageGen
 from tests.e2e.cli import run_cli
 
 from vitkit.workflows.evaluate import run_eval
@@ -32,7 +33,7 @@ def json_out(result: subprocess.CompletedProcess[str]) -> Any:
 @pytest.mark.slow
 def test_dann_with_a_source_only_baseline_through_the_cli(tmp_path: Path,
                                                            tiny_image_folder: Path,
-                                                           imagegen: type) -> None:
+                                                           imagegen: type[ImageGen]) -> None:
     unlabelled, labelled = tmp_path / "target", tmp_path / "target-eval"
     for i in range(6):
         for label in CLASSES:
