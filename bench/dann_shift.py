@@ -21,7 +21,7 @@ Per shift and seed one JSON line; then per shift the means, DANN minus source-on
 seeds DANN won. Usage:
 
     python bench/dann_shift.py [--shifts digits-textures,hymenoptera-gray] [--seeds 0,1,2]
-        [--epochs 6] [--per-class N] [--model efficientnet_lite0] [--weight 1]
+        [--epochs 8] [--per-class N] [--model efficientnet_lite0] [--weight 1]
         [--lambda-max 1] [--head-lr-scale 1] [--sweep weight=0.3,1;head_lr_scale=1,10]
         [--jsonl out.jsonl]
 """
@@ -197,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shifts", default="digits-textures,hymenoptera-gray")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--per-class", type=int, default=None,
                         help="at most this many images per class and part (a quick check)")
     parser.add_argument("--model", default="efficientnet_lite0")
