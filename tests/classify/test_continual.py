@@ -117,3 +117,28 @@ def test_lwf_adds_nothing_while_the_old_classes_answer_as_before() -> None:
         teacher = F.softmax(old(images) / 2, dim=1)
     kl = (teacher * (teacher.log() - F.log_softmax(logits[:, :3] / 2, dim=1))).sum(1).mean()
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets) + 4 * kl)
+
+
+def test_a_windowed_models_memory_is_kept_rendered_and_read_back_as_it_is(
+        tmp_path: Path) -> None:
+    """16-bit images through a window 1000:2000 (500..1500 → 0..255): the memory keeps the
+    rendering, lossless, and says it was rendered so no one windows it twice."""
+    import numpy as np
+
+    from vitkit.data.intensity import IntensitySpec
+
+    raw = tmp_path / "ct16.png"
+    Image.fromarray(np.full((20, 30), 1000, dtype=np.uint16)).save(raw)  # the window's middle
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec = IntensitySpec(windows=["1000:2000"])
+    record = write_memory(bundle, [Exemplar(raw, "a")], max_side=64, seed=0, capacity=1,
+                          max_pixels=10**6, intensity=spec)
+    assert record["rendered"] == spec.model_dump(mode="json")
+    (kept,) = read_memory(bundle, record)
+    assert kept.rendered and kept.path.suffix == ".png"
+    assert np.asarray(Image.open(kept.path).convert("RGB")).mean() == pytest.approx(127.5, abs=1)
+    again = write_memory(bundle, [kept], max_side=64, seed=0, capacity=1, max_pixels=10**6,
+                         intensity=spec)  # a rendered exemplar is copied, not windowed again
+    (copy,) = read_memory(bundle, again)
+    assert np.asarray(Image.open(copy.path)).mean() == pytest.approx(127.5, abs=1)

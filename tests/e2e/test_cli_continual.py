@@ -14,7 +14,7 @@ from tests.e2e.cli import run_cli
 
 from vitkit.bundle import read_meta
 
-FAST = ["--epochs", "2", "--batch-size", "8", "--no-ood", "--no-calibrate", "--quiet"]
+FAST = ["--epochs", "2", "--batch-size", "8", "--quiet"]
 
 
 def _json(result) -> dict:  # noqa: ANN001
@@ -25,16 +25,20 @@ def _json(result) -> dict:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_continue_a_bundle_with_new_classes(tmp_path: Path) -> None:
+    quick = tmp_path / "quick.yaml"  # no trust steps: the continual figures are the subject
+    quick.write_text("trust: {ood: false, calibrate: false, explain_examples: 0, "
+                     "feature_map: false}\nnum_workers: 0\n")
+    fast = [*FAST, "--config", quick]
     old_data = make_image_folder(tmp_path / "old", ("red", "green"), per_class=8)
     new_data = make_image_folder(tmp_path / "new", ("blue", "yellow"), per_class=8, seed=1)
     first = _json(run_cli("train", old_data, "--model", "test_resnet", "--weights", "none",
-                          "--out", tmp_path / "first", "--memory", "6", "--json", *FAST))
+                          "--out", tmp_path / "first", "--memory", "6", "--json", *fast))
     memory = (read_meta(first["bundle"]).model_extra or {})["memory"]
     assert memory["images"] == 6 and memory["per_class"] == {"green": 3, "red": 3}
 
     continued = _json(run_cli("train", new_data, "--continue-from", first["bundle"],
                               "--out", tmp_path / "second", "--memory", "8", "--distill-old",
-                              "--json", *FAST))
+                              "--json", *fast))
     meta = read_meta(continued["bundle"])
     assert meta.labels == ["green", "red", "blue", "yellow"]  # the old head's order kept
     summary = continued["continual"]
@@ -60,9 +64,9 @@ def test_continue_a_bundle_with_new_classes(tmp_path: Path) -> None:
 
     # a bundle without a memory and no old data: nothing to rehearse with
     bare = _json(run_cli("train", old_data, "--model", "test_resnet", "--weights", "none",
-                         "--out", tmp_path / "bare", "--json", *FAST))
+                         "--out", tmp_path / "bare", "--json", *fast))
     refused = run_cli("train", new_data, "--continue-from", bare["bundle"], "--out",
-                      tmp_path / "third", *FAST)
+                      tmp_path / "third", *fast)
     assert refused.returncode == 2 and "--old-data" in " ".join(refused.stderr.split())
-    stray = run_cli("train", new_data, "--replay-ratio", "0.5", "--out", tmp_path / "4", *FAST)
+    stray = run_cli("train", new_data, "--replay-ratio", "0.5", "--out", tmp_path / "4", *fast)
     assert stray.returncode == 2 and "--continue-from" in " ".join(stray.stderr.split())

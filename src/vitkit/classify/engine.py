@@ -149,7 +149,7 @@ class Trainer:
         model: ImageClassifier,
         config: TrainConfig,
         train_set: ImageDataset,
-        train_eval_set: ImageDataset,
+        train_eval_set: Dataset,
         val_set: ImageDataset,
         run_dir: Path,
         show_progress: bool = True,
@@ -409,7 +409,7 @@ class Trainer:
             tensors = {}
             with make_progress(self.show_progress) as bar:
                 for name, dataset in (("train", self.train_eval_set), ("val", self.val_set)):
-                    task = bar.add_task(f"caching {name} features", total=len(dataset),
+                    task = bar.add_task(f"caching {name} features", total=len(dataset),  # type: ignore[arg-type]
                                         stats="") if bar else None
                     step = (lambda n, t=task: bar.update(t, advance=n)) if bar else None
                     loader = self._image_loader(dataset, shuffle=False, seed=0)

@@ -7,6 +7,10 @@ stale with it. ``BUNDLE/memory/memory.json`` lists ``{"file", "label"}`` per ima
 memory was chosen; the files sit beside it. Selection is class-balanced: each class gets an
 equal share of the capacity (the remainder to the first classes), drawn at random with a
 seed, like a class-wise reservoir over the data seen so far.
+
+A bundle that reads its images through an intensity spec (CT windows, CLAHE: see
+:mod:`vitkit.data.intensity`) keeps its exemplars as rendered by it, lossless (PNG), and the
+record says so (``rendered``): they are read back as they are, never windowed twice.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PIL import Image
 
 from vitkit.bundle import bundle_file
 from vitkit.data.images import ImageProblem, load_rgb
+from vitkit.data.intensity import IntensitySpec, load_image
 from vitkit.data.layouts import Sample
 from vitkit.errors import BundleError
 
@@ -36,10 +41,12 @@ JPEG_QUALITY = 90
 
 @dataclass(frozen=True)
 class Exemplar:
-    """One remembered image: its file and its class."""
+    """One remembered image: its file, its class, and whether the file is already rendered
+    through the bundle's intensity spec (a memory image of a windowed model)."""
 
     path: Path
     label: str
+    rendered: bool = False
 
 
 def class_quotas(labels: Sequence[str], capacity: int) -> dict[str, int]:
@@ -75,10 +82,12 @@ def from_samples(samples: Sequence[Sample]) -> list[Exemplar]:
 
 
 def write_memory(bundle: Path, exemplars: Sequence[Exemplar], max_side: int, seed: int,
-                 capacity: int, max_pixels: int) -> dict[str, Any]:
+                 capacity: int, max_pixels: int, intensity: IntensitySpec | None = None
+                 ) -> dict[str, Any]:
     """Re-encodes ``exemplars`` into ``bundle/memory/`` (replacing any memory there as a whole,
     never leaving half of one) and returns the record for ``vitkit.json``: ``{"dir",
-    "images", "per_class", "capacity", "max_side", "selection", "seed", "skipped"}``.
+    "images", "per_class", "capacity", "max_side", "selection", "seed", "skipped"}`` (and
+    ``rendered``, the spec, when ``intensity`` rendered them).
 
     An image that cannot be decoded any more is left out and counted in ``skipped``.
     """
@@ -89,13 +98,18 @@ def write_memory(bundle: Path, exemplars: Sequence[Exemplar], max_side: int, see
     try:
         for number, item in enumerate(exemplars):
             try:
-                image, _ = load_rgb(item.path, max_pixels)
+                image, _ = (load_rgb(item.path, max_pixels) if item.rendered
+                            else load_image(item.path, max_pixels, intensity))
             except ImageProblem:
                 skipped += 1
                 continue
             image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-            name = f"{number:05d}.jpg"
-            image.save(staging / name, format="JPEG", quality=JPEG_QUALITY)
+            if intensity is None:
+                name = f"{number:05d}.jpg"
+                image.save(staging / name, format="JPEG", quality=JPEG_QUALITY)
+            else:  # windowed values: no lossy re-encoding on top
+                name = f"{number:05d}.png"
+                image.save(staging / name, format="PNG")
             index.append({"file": name, "label": item.label})
         (staging / MEMORY_INDEX).write_text(json.dumps({"images": index}, indent=1) + "\n")
         target = bundle / MEMORY_DIR
@@ -109,9 +123,13 @@ def write_memory(bundle: Path, exemplars: Sequence[Exemplar], max_side: int, see
     per_class: dict[str, int] = defaultdict(int)
     for entry in index:
         per_class[entry["label"]] += 1
-    return {"dir": MEMORY_DIR, "images": len(index), "per_class": dict(per_class),
-            "capacity": capacity, "max_side": max_side, "selection": "class-balanced random",
-            "seed": seed, "skipped": skipped}
+    record: dict[str, Any] = {
+        "dir": MEMORY_DIR, "images": len(index), "per_class": dict(per_class),
+        "capacity": capacity, "max_side": max_side, "selection": "class-balanced random",
+        "seed": seed, "skipped": skipped}
+    if intensity is not None:
+        record["rendered"] = intensity.model_dump(mode="json")
+    return record
 
 
 def read_memory(bundle: Path, record: dict[str, Any] | None) -> list[Exemplar]:
@@ -131,5 +149,6 @@ def read_memory(bundle: Path, record: dict[str, Any] | None) -> list[Exemplar]:
                           "Continue from a copy of the bundle, or give the old data with "
                           "--old-data.") from exc
     relative = Path(record.get("dir", MEMORY_DIR))
+    rendered = bool(record.get("rendered"))
     return [Exemplar(bundle_file(bundle, str(relative / str(e["file"])), "exemplar"),
-                     str(e["label"])) for e in entries]
+                     str(e["label"]), rendered) for e in entries]

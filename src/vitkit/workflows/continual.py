@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, load_model
+from torch.utils.data import ConcatDataset
 
 from vitkit.backbones.factory import BackboneSpec, CreatedModel, create, rebuild
 from vitkit.bundle import WEIGHTS_FILE, Bundle, BundleMeta, save_bundle, write_json_atomic
@@ -59,6 +60,7 @@ from vitkit.workflows.train import (
     CONFIG_FILE,
     TrainResult,
     finish_run,
+    inherit_intensity,
     keep_memory,
     prepare_data,
     refuse_to_overwrite,
@@ -94,6 +96,8 @@ def run_continual_training(config: TrainConfig, resume: bool = False, progress: 
     options = config.continual
     run_dir = Path(config.out)
     old = _read_old(options)
+    config = inherit_intensity(config, old.bundle, "A continued model reads its images as its "
+                               "weights were trained to")
     refuse_to_overwrite(run_dir, resume)
     new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,7 @@ def run_continual_training(config: TrainConfig, resume: bool = False, progress: 
     new_classes = sorted({s.label for s in samples} - set(old.labels))
     classes = old.labels + new_classes
     memory_samples = [Sample(e.path, e.label, "train") for e in exemplars]
+    rendered = any(e.rendered for e in exemplars)  # already through the bundle's spec
     stderr_console.print(
         f"continuing {old.bundle.path} ({len(old.labels)} classes) with "
         f"{len(new_classes)} new: {', '.join(new_classes) or 'none'}; memory "
@@ -114,7 +119,8 @@ def run_continual_training(config: TrainConfig, resume: bool = False, progress: 
 
     fit_started = time.perf_counter()
     trainer, created = _trainer(config, old, classes, samples, memory_samples, old_eval,
-                                run_dir, progress, replay=True, distill=options.distill_old)
+                                run_dir, progress, replay=True, distill=options.distill_old,
+                                rendered_memory=rendered)
     fit = trainer.fit(resume=resume)
     if not trainer.accelerator.is_main_process:
         return ContinualResult("", fit.best_val_accuracy, fit.epochs_run, len(skipped),
@@ -181,7 +187,8 @@ def _exemplars_from_old_data(options: ContinualConfig, old: _Old, config: TrainC
 def _old_data_samples(source: str, old: _Old, config: TrainConfig) -> list[Sample]:
     scanned = scan(source)
     samples = ensure_validation_split(scanned, config.val_fraction, config.seed)
-    report = validate_samples(samples, config.max_pixels, progress=False)
+    report = validate_samples(samples, config.max_pixels, progress=False,
+                              intensity=config.intensity)
     unknown = sorted({s.label for s in report.usable} - set(old.labels))
     if unknown:
         raise DataError(f"{source} holds classes the continued model never had "
@@ -196,7 +203,8 @@ def _old_eval(options: ContinualConfig, old: _Old, config: TrainConfig
     if options.old_eval:
         scanned = scan(options.old_eval)
         report = validate_samples(ensure_validation_split(scanned, 0.5, config.seed),
-                                  config.max_pixels, progress=False)
+                                  config.max_pixels, progress=False,
+                                  intensity=config.intensity)
         samples = [Sample(s.path, s.label, "val") for s in report.usable]
         _check_old_labels(samples, old, "--old-eval")
         return samples, f"--old-eval {options.old_eval}"
@@ -206,7 +214,8 @@ def _old_eval(options: ContinualConfig, old: _Old, config: TrainConfig
             rows = [r for r in csv.DictReader(handle) if r.get("split") == "val"]
         paths = [Sample(Path(r["path"]), r["label"], "val") for r in rows]
         if paths and all(s.path.is_file() for s in paths):
-            usable = validate_samples(paths, config.max_pixels, progress=False).usable
+            usable = validate_samples(paths, config.max_pixels, progress=False,
+                                      intensity=config.intensity).usable
             kept = [s for s in usable if s.label in old.labels]
             return kept, f"the old run's validation split ({splits})"
     if options.old_data:
@@ -227,9 +236,10 @@ def _check_old_labels(samples: list[Sample], old: _Old, option: str) -> None:
 
 def _trainer(config: TrainConfig, old: _Old, classes: list[str], samples: list[Sample],
              memory: list[Sample], old_eval: list[Sample], run_dir: Path, progress: bool,
-             replay: bool, distill: bool) -> tuple[Trainer, CreatedModel]:
+             replay: bool, distill: bool, rendered_memory: bool = False
+             ) -> tuple[Trainer, CreatedModel]:
     """The engine on the continued model: new images (+ rehearsal), val = new val + old
-    eval."""
+    eval. ``rendered_memory``: the memory's files are already rendered through the spec."""
     seed_everything(config.seed)
     model = rebuild(old.spec, len(classes))
     load_with_grown_head(model, old.state)
@@ -239,12 +249,14 @@ def _trainer(config: TrainConfig, old: _Old, classes: list[str], samples: list[S
     train_tf, eval_tf = train_transform(pre, config.augmentation), eval_transform(pre)
     train = [s for s in samples if s.split == "train"]
     val = [s for s in samples if s.split == "val"] + old_eval
-    new_set = ImageDataset(train, class_to_idx, train_tf, config.max_pixels)
+    spec = config.intensity
+    memory_spec = None if rendered_memory else spec
+    new_set = ImageDataset(train, class_to_idx, train_tf, config.max_pixels, spec)
     train_set: Any = new_set
     replayed = memory if replay else []
     if replayed and config.continual is not None:
         train_set = ReplayDataset(new_set, ImageDataset(replayed, class_to_idx, train_tf,
-                                                        config.max_pixels),
+                                                        config.max_pixels, memory_spec),
                                   config.continual.replay_ratio)
     hook = None
     if distill:
@@ -252,10 +264,13 @@ def _trainer(config: TrainConfig, old: _Old, classes: list[str], samples: list[S
         old_model.model.load_state_dict(old.state)
         weight = config.continual.distill_weight if config.continual else 1.0
         hook = LwFHook(old_model, len(old.labels), weight, label_smoothing=config.label_smoothing)
+    cached = (ImageDataset(train, class_to_idx, eval_tf, config.max_pixels, spec)
+              if not replayed else ConcatDataset([
+                  ImageDataset(train, class_to_idx, eval_tf, config.max_pixels, spec),
+                  ImageDataset(replayed, class_to_idx, eval_tf, config.max_pixels, memory_spec)]))
     trainer = Trainer(
-        model, config, train_set=train_set,
-        train_eval_set=ImageDataset(train + replayed, class_to_idx, eval_tf, config.max_pixels),
-        val_set=ImageDataset(val, class_to_idx, eval_tf, config.max_pixels),
+        model, config, train_set=train_set, train_eval_set=cached,
+        val_set=ImageDataset(val, class_to_idx, eval_tf, config.max_pixels, spec),
         run_dir=run_dir, show_progress=progress, loss_hook=hook)
     return trainer, created
 
@@ -338,12 +353,14 @@ def _compare_joint(config: TrainConfig, old: _Old, classes: list[str], samples: 
     class_to_idx = {c: i for i, c in enumerate(classes)}
     train = old_train + [s for s in samples if s.split == "train"]
     val = [s for s in samples if s.split == "val"] + old_eval
+    spec = config.intensity
     trainer = Trainer(
         created.model, config,
         train_set=ImageDataset(train, class_to_idx, train_transform(pre, config.augmentation),
-                               config.max_pixels),
-        train_eval_set=ImageDataset(train, class_to_idx, eval_transform(pre), config.max_pixels),
-        val_set=ImageDataset(val, class_to_idx, eval_transform(pre), config.max_pixels),
+                               config.max_pixels, spec),
+        train_eval_set=ImageDataset(train, class_to_idx, eval_transform(pre), config.max_pixels,
+                                    spec),
+        val_set=ImageDataset(val, class_to_idx, eval_transform(pre), config.max_pixels, spec),
         run_dir=folder, show_progress=progress)
     trainer.fit(resume=resume and (folder / "checkpoints" / "last.pt").is_file())
     seconds = time.perf_counter() - started

@@ -45,7 +45,6 @@ from vitkit.data import (
     make_loader,
     train_transform,
 )
-from vitkit.data.intensity import bundle_intensity, require_medical
 from vitkit.errors import ConfigError, DataError
 from vitkit.evaluate.classification import evaluate_samples
 from vitkit.predictor.predict import Predictor, load
@@ -56,6 +55,7 @@ from vitkit.workflows.train import (
     _describe_counts,
     check_head_stage,
     finish_run,
+    inherit_intensity,
     input_preprocessing,
     prepare_data,
     refuse_to_overwrite,
@@ -208,7 +208,8 @@ def run_distill(config: DistillConfig, resume: bool = False,
     refuse_to_overwrite(run_dir, resume)
     opened_teacher = _read_teacher(config.teacher, teacher_bundle)
     teacher_meta = opened_teacher.meta
-    config = _teacher_intensity(config, opened_teacher)
+    config = inherit_intensity(config, opened_teacher, "A student learns from the teacher's "
+                               "view of each image")
     new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
@@ -283,22 +284,6 @@ def _read_teacher(path: str, opened: Bundle | None = None) -> Bundle:
         raise ConfigError(f"the teacher {path} is a '{teacher.meta.task}' bundle; distillation "
                           "needs a classifier bundle, such as the one `vitkit train` writes.")
     return teacher
-
-
-def _teacher_intensity(config: DistillConfig, teacher: Bundle) -> DistillConfig:
-    """The config with the teacher's intensity spec: the teacher's logits mean something only
-    on images read as it was trained to read them, so the student reads them the same way."""
-    spec = bundle_intensity(teacher.meta, teacher.path)
-    if config.intensity is None and spec is not None:
-        require_medical()
-        return config.model_copy(update={"intensity": spec})
-    if config.intensity != spec:
-        raise ConfigError(
-            f"the teacher {teacher} reads images through "
-            f"{spec.describe() if spec else 'no intensity window'}, but this run asks for "
-            f"{config.intensity.describe() if config.intensity else 'none'}. A student learns "
-            "from the teacher's view of each image: leave intensity out (the teacher's is used).")
-    return config
 
 
 def _teacher_columns(path: str, teacher_labels: list[str], classes: list[str]) -> list[int]:

@@ -21,7 +21,7 @@ from torch import nn
 from vitkit.atomic import write_csv_atomic
 from vitkit.backbones import CreatedModel, check_model_name, create
 from vitkit.backbones.attention import attention_path
-from vitkit.bundle import BundleMeta, save_bundle, update_meta, write_json_atomic
+from vitkit.bundle import Bundle, BundleMeta, save_bundle, update_meta, write_json_atomic
 from vitkit.classify.config import TrainConfig
 from vitkit.classify.engine import FitResult, Trainer, seed_everything
 from vitkit.classify.progressive import plan_progressive, resizable
@@ -42,7 +42,7 @@ from vitkit.data import (
 )
 from vitkit.data.exemplars import Exemplar, from_samples, select_exemplars, write_memory
 from vitkit.data.intensity import BUNDLE_KEY as INTENSITY_KEY
-from vitkit.data.intensity import require_medical
+from vitkit.data.intensity import bundle_intensity, require_medical
 from vitkit.data.layouts import data_fingerprint
 from vitkit.errors import ConfigError, VitkitError
 from vitkit.evaluate.classification import evaluate_samples
@@ -210,6 +210,23 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     return result
 
 
+def inherit_intensity(config: ConfigT, bundle: Bundle, why: str) -> ConfigT:
+    """The config with ``bundle``'s intensity spec (CT windows, CLAHE): a run that builds on a
+    bundle's view of the images (a teacher's logits, a continued model's weights) must read
+    them the same way; a different spec given for the run is an error that says ``why``."""
+    spec = bundle_intensity(bundle.meta, bundle.path)
+    if config.intensity is None and spec is not None:
+        require_medical()
+        return config.model_copy(update={"intensity": spec})
+    if config.intensity != spec:
+        raise ConfigError(
+            f"{bundle.path} reads images through "
+            f"{spec.describe() if spec else 'no intensity window'}, but this run asks for "
+            f"{config.intensity.describe() if config.intensity else 'none'}. {why}: leave "
+            "--window and --clahe out (the bundle's are used).")
+    return config
+
+
 MEMORY_SIDE_MARGIN = 1.25  # exemplars keep this much more than the eval resize needs
 
 
@@ -222,7 +239,8 @@ def keep_memory(bundle_dir: Path, candidates: list[Exemplar], classes: list[str]
     pre = created.preprocessing
     max_side = math.ceil(max(pre.input_size) / pre.crop_pct * MEMORY_SIDE_MARGIN)
     chosen = select_exemplars(candidates, classes, capacity, config.seed)
-    record = write_memory(bundle_dir, chosen, max_side, config.seed, capacity, config.max_pixels)
+    record = write_memory(bundle_dir, chosen, max_side, config.seed, capacity, config.max_pixels,
+                          config.intensity)
     update_meta(bundle_dir, memory=record)
     return record
 
