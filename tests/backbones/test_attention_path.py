@@ -3,6 +3,8 @@ switches it off only while it records."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from vitkit.backbones import create
@@ -33,4 +35,12 @@ def test_rollout_leaves_fused_attention_on_after_recording() -> None:
         with torch.no_grad():
             vit(torch.randn(1, 3, 64, 64))
     assert len(recorder.maps) == len(attention_modules(vit))
+    assert attention_path(vit) == "sdpa"
+
+
+def test_a_hugging_face_vit_reports_its_attention_implementation(tiny_hf_folder: Path) -> None:
+    vit = create(str(tiny_hf_folder), num_classes=3, weights="none").model.eval()
+    assert attention_path(vit) == "sdpa"  # transformers' default for ViT
+    with capture_attention(vit):
+        assert attention_path(vit) == "eager"
     assert attention_path(vit) == "sdpa"

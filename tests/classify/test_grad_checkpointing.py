@@ -4,6 +4,7 @@ batch-norm statistics as a run without it, on tiny timm models."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,17 @@ def test_re_entrant_checkpoints_are_refused() -> None:
             enable_grad_checkpointing(model)
     finally:
         set_reentrant_ckpt(False)
+
+
+def test_a_hugging_face_vit_uses_its_own_checkpointing(tiny_hf_folder: Path) -> None:
+    torch.manual_seed(0)
+    plain = create(str(tiny_hf_folder), num_classes=3, weights="none").model.train()
+    checkpointed = copy.deepcopy(plain)
+    enable_grad_checkpointing(checkpointed)
+    inner = checkpointed.model
+    assert getattr(inner, "is_activation_checkpointing", None) \
+        or inner.is_gradient_checkpointing  # transformers < 5
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    assert _step(checkpointed, images, labels) == pytest.approx(_step(plain, images, labels),
+                                                                rel=1e-6)
+    assert _assert_same_gradients(plain, checkpointed) > 0

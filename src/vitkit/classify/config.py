@@ -206,6 +206,11 @@ class TrainConfig(_Strict):
         if self.compare_scratch and self.weights == "none":
             raise ValueError("compare_scratch compares pretrained weights with random ones, and "
                              "this run already starts from random weights (weights: none)")
+        extras = [n for n in ("progressive", "compare_scratch") if getattr(self, n)]
+        if extras and self.continual is not None:
+            raise ValueError(f"continuing a bundle (continual learning) does not take "
+                             f"{' or '.join(extras)}: drop {'it' if len(extras) == 1 else 'them'}, "
+                             "or train a new model")
         return self
 
     def training_size(self) -> int | None:

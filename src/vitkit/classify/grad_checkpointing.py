@@ -6,7 +6,8 @@ are needed: less peak memory for one more forward per step (``bench/train_extras
 measures both). The model's own mechanism is used: timm's ``set_grad_checkpointing`` (ViT,
 DeiT, EVA, Swin, ConvNeXt, EfficientNet, MobileNetV3/V4, ResNet, RegNet, DenseNet, …; timm
 refuses it for a few older families such as VGG, Inception, Xception-65 or CSPNet), or
-Hugging Face's ``gradient_checkpointing_enable``.
+Hugging Face's ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` before
+transformers 5).
 
 It matters in the ``top`` and ``full`` stages, which run the backbone on images; the ``head``
 stage trains on cached features and never runs the backbone.
@@ -90,8 +91,12 @@ def enable_grad_checkpointing(model: ImageClassifier) -> None:
         if not getattr(inner, "supports_gradient_checkpointing", False):
             raise ConfigError(f"--grad-checkpointing: the Hugging Face model {name} does not "
                               "support gradient checkpointing; train without it.")
-        inner.gradient_checkpointing_enable(  # type: ignore[operator,unused-ignore]
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        newer = getattr(inner, "activation_checkpointing_enable", None)  # transformers >= 5
+        if callable(newer):
+            newer(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(  # type: ignore[operator,unused-ignore]
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         from timm.layers import use_reentrant_ckpt
 

@@ -43,9 +43,12 @@ NO_TRUST = TrustConfig(ood=False, calibrate=False, explain_examples=0, feature_m
 
 
 def scratch_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The run's recipe from random weights, into ``run_dir/scratch``."""
+    """The run's recipe from random weights, into ``run_dir/scratch``; no comparison runs of
+    its own (neither from scratch nor a domain adaptation's source-only baseline)."""
+    domain = config.domain.model_copy(update={"compare_source_only": False})
     return config.model_copy(update={"weights": "none", "compare_scratch": False,
-                                     "trust": NO_TRUST, "out": str(run_dir / SCRATCH_DIR)})
+                                     "domain": domain, "trust": NO_TRUST,
+                                     "out": str(run_dir / SCRATCH_DIR)})
 
 
 def train_scratch(config: TrainConfig, run_dir: Path, resume: bool, progress: bool,
