@@ -94,7 +94,7 @@ def prepare_target(config: TrainConfig, classes: Sequence[str], run_dir: Path,
                         "unlabelled target-domain images (searched recursively).")
     paths, _ = expand_paths([str(folder)])
     report = validate_samples([Sample(p, UNLABELLED, None) for p in paths], config.max_pixels,
-                              progress=progress)
+                              progress=progress, intensity=config.intensity)
     usable, skipped = report.usable, list(report.skipped)
     if len(usable) < MIN_TARGET_IMAGES:
         found = (f"{len(paths)} image file{'' if len(paths) == 1 else 's'}, {len(usable)} of "
@@ -116,7 +116,8 @@ def prepare_target(config: TrainConfig, classes: Sequence[str], run_dir: Path,
                 f"--target-eval {domain.target_eval} has classes the training data does not: "
                 f"{', '.join(unknown)} (the training classes: {', '.join(classes)}). Name its "
                 "class folders like the training data's.")
-        checked = validate_samples(evaluation, config.max_pixels, progress=progress)
+        checked = validate_samples(evaluation, config.max_pixels, progress=progress,
+                                   intensity=config.intensity)
         evaluation = checked.usable
         skipped += checked.skipped
     write_skipped_csv(skipped, run_dir / TARGET_SKIPPED)
@@ -188,7 +189,8 @@ def attach_dann(trainer: Trainer, config: TrainConfig, target: TargetImages,
         raise ConfigError(f"{config.model} has two heads (class and distillation token); "
                           "domain adaptation needs a model with one. Choose another --model.")
     images = ImageDataset(target.adapt, {UNLABELLED: 0},
-                          train_transform(preprocessing, config.augmentation), config.max_pixels)
+                          train_transform(preprocessing, config.augmentation), config.max_pixels,
+                          config.intensity)
     steps_per_epoch = math.ceil(len(trainer.train_set) / config.batch_size)
     image_epochs = sum(n for stage, n in trainer.stage_epochs.items() if stage != "head")
     domain = config.domain
