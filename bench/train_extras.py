@@ -23,14 +23,14 @@
     Ratio = progressive time to reach the fixed run's best validation accuracy / the fixed
     run's time to its best (goal <= 0.8); "not reached" when it never does.
 
-Smallest configuration (about a minute; proves the script works, the figures mean little):
+Smallest configuration (a minute or two; proves the script works, the figures mean little):
 
     .venv/bin/python bench/train_extras.py --images 16 --epochs 3 --repeats 1 \\
         --memory-model test_vit --memory-size 160 --progressive-model test_efficientnet \\
         --weights none --progressive 96:160
 
 Full measurement (hymenoptera, deit_tiny and efficientnet_lite0 for memory, offline
-efficientnet_lite0 for progressive resizing; about 20-30 minutes on 2 cores):
+efficientnet_lite0 for progressive resizing; about 15 minutes on 2 idle cores):
 
     .venv/bin/python bench/train_extras.py --memory-model deit_tiny_patch16_224 \\
         --memory-model efficientnet_lite0 --batch-size 32 --repeats 2 \\
@@ -117,7 +117,8 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, model: str, checkpointing: bool) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--manifest", str(args.manifest),
-           "--model", model, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+           "--model", model, "--epochs", str(args.memory_epochs),
+           "--batch-size", str(args.batch_size),
            "--threads", str(args.threads)]
     if args.memory_size:
         cmd += ["--size", str(args.memory_size)]
@@ -244,7 +245,9 @@ def main() -> None:
     parser.add_argument("--progressive-model", default="efficientnet_lite0")
     parser.add_argument("--weights", default="auto", help="of the progressive runs")
     parser.add_argument("--progressive", default="128:224")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8, help="of the progressive runs")
+    parser.add_argument("--memory-epochs", type=int, default=2,
+                        help="full-stage epochs per memory process (the first warms up)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
