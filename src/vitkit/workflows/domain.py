@@ -140,8 +140,9 @@ def _hold_out(samples: list[Sample], domain: DomainAdaptation, seed: int
 
 
 def source_only_config(config: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The same recipe without the domain loss, into ``run_dir/source-only``."""
-    return config.model_copy(update={"domain": DomainAdaptation(),
+    """The same recipe without the domain loss, into ``run_dir/source-only`` (and without the
+    run's own comparisons: a scratch run belongs to the adapted run only)."""
+    return config.model_copy(update={"domain": DomainAdaptation(), "compare_scratch": False,
                                      "out": str(run_dir / SOURCE_ONLY_DIR)})
 
 
