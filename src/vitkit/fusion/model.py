@@ -168,11 +168,12 @@ class FusionClassifier(nn.Module):
 
 
 def build_fusion(model_name: str, weights: str, labels: list[str], audio: LogMelSettings,
-                 image_size: int, **sizes: Any) -> tuple[FusionClassifier, FusionRecord,
-                                                         BackboneSpec, Preprocessing]:
+                 image_size: int | None, **sizes: Any
+                 ) -> tuple[FusionClassifier, FusionRecord, BackboneSpec, Preprocessing]:
     """A new model: the image backbone with its (offline) weights, a fresh audio encoder and
     fusion layers. Returns the model, its record, the backbone's spec and the image
-    preprocessing (the whole image squashed to ``image_size``, the backbone's mean/std).
+    preprocessing (the whole image squashed to ``image_size`` — None: the backbone's own
+    input size — with the backbone's mean/std).
 
     Raises:
         WeightsError: The backbone's name or weights cannot be had.
@@ -181,7 +182,8 @@ def build_fusion(model_name: str, weights: str, labels: list[str], audio: LogMel
     encoder = _without_head(created.model)
     record = FusionRecord(audio=audio, image_features=encoder.num_features, **sizes)
     pre = created.preprocessing
-    preprocessing = Preprocessing(input_size=(image_size, image_size), interpolation="bilinear",
+    size = (image_size, image_size) if image_size is not None else pre.input_size
+    preprocessing = Preprocessing(input_size=size, interpolation="bilinear",
                                   mean=pre.mean, std=pre.std, crop_pct=1.0, crop_mode="squash")
     return FusionClassifier(encoder, record, len(labels)), record, created.spec, preprocessing
 

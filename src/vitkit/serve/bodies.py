@@ -1,5 +1,6 @@
 """Reading request bodies: bounded in size (with or without Content-Length), multipart,
-JSON with base64 images or one raw image; and image decoding with the service's limits.
+JSON with base64 images or one raw image, a multipart image + audio pair; and image and audio
+decoding with the service's limits.
 Every failure is an :class:`~vitkit.serve.errors.HttpProblem` with a 4xx status."""
 
 from __future__ import annotations
@@ -7,13 +8,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from PIL import Image
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
+from vitkit.data.audio import NOT_A_WAV, UNSUPPORTED_WAV, AudioProblem, Waveform, decode_wav
 from vitkit.data.images import BOMB, NOT_AN_IMAGE, ImageProblem
 from vitkit.data.intensity import IntensitySpec, decode_upload
 from vitkit.serve.errors import HttpProblem
@@ -29,15 +34,7 @@ async def read_images(request: Request, max_images: int, max_bytes: int
     content_type = request.headers.get("content-type", "").lower()
     body = await bounded_body(request, max_bytes)
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_images, max_fields=max_images + 8)
-        except HTTPException as exc:  # starlette refuses too many parts or a broken body
-            if "too many" in str(exc.detail).lower():
-                raise HttpProblem(413, "too many images", f"at most {max_images} images per "
-                                  f"request (limits.max_images): {exc.detail}") from None
-            raise HttpProblem(422, "bad multipart body", str(exc.detail)) from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HttpProblem(422, "bad multipart body", str(exc)[:200]) from None
+        form = await parse_form(request, max_images)
         files = [(getattr(v, "filename", None) or k, v) for k, v in form.multi_items()
                  if hasattr(v, "read")]
         if len(files) > max_images:
@@ -56,6 +53,64 @@ async def read_images(request: Request, max_images: int, max_bytes: int
     if not payloads:
         raise HttpProblem(422, "no image", "the request holds no image")
     return payloads
+
+
+async def parse_form(request: Request, max_images: int) -> FormData:
+    """The multipart form of a request whose body :func:`bounded_body` has read (parsed
+    once: starlette keeps it)."""
+    try:
+        return await request.form(max_files=max_images, max_fields=max_images + 8)
+    except HTTPException as exc:  # starlette refuses too many parts or a broken body
+        if "too many" in str(exc.detail).lower():
+            raise HttpProblem(413, "too many images", f"at most {max_images} images per "
+                              f"request (limits.max_images): {exc.detail}") from None
+        raise HttpProblem(422, "bad multipart body", str(exc.detail)) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpProblem(422, "bad multipart body", str(exc)[:200]) from None
+
+
+@dataclass(frozen=True)
+class PairParts:
+    """The parts of a paired request: ``(file name, bytes)`` of its image (or None) and of
+    its recording."""
+
+    image: tuple[str, bytes] | None
+    audio: tuple[str, bytes]
+
+
+async def read_pair(request: Request, max_images: int, max_bytes: int) -> PairParts | None:
+    """The ``image`` and ``audio`` parts of a multipart request that has an ``audio`` field
+    (one image + audio example, for a model that takes audio); None for any other request,
+    which :func:`read_images` reads as it always has.
+
+    Raises:
+        HttpProblem: 422 when the request holds more than one image or recording, or parts
+            under other names beside ``audio``.
+    """
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return None
+    await bounded_body(request, max_bytes)
+    form = await parse_form(request, max_images)
+    parts = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
+    if not any(key == "audio" for key, _ in parts):
+        return None
+    counts = Counter(key for key, _ in parts)
+    if counts["audio"] > 1 or counts["image"] > 1 or set(counts) - {"image", "audio"}:
+        raise HttpProblem(422, "bad image + audio request", "a request with an audio part is "
+                          "one example: at most one part named image and one named audio "
+                          f"(got {dict(counts)}); send several examples as several requests")
+    read = {key: (str(getattr(upload, "filename", None) or key)[:256], await upload.read())
+            for key, upload in parts}
+    return PairParts(read.get("image"), read["audio"])
+
+
+def decode_audio(data: bytes, name: str) -> Waveform:
+    """An uploaded recording (PCM WAV); 415 for a file that is not one, 422 otherwise."""
+    try:
+        return decode_wav(data)
+    except AudioProblem as problem:
+        status = 415 if problem.reason.startswith((NOT_A_WAV, UNSUPPORTED_WAV)) else 422
+        raise HttpProblem(status, "unusable audio", f"{name}: {problem.reason}") from None
 
 
 async def bounded_body(request: Request, max_bytes: int) -> bytes:

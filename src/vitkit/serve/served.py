@@ -19,7 +19,7 @@ from PIL import Image
 from vitkit.bundle import Bundle, BundleSource
 from vitkit.data.intensity import IntensitySpec, bundle_intensity
 from vitkit.errors import BundleError
-from vitkit.tasks.base import ServedTask, get_task, task_names
+from vitkit.tasks.base import PairedUpload, ServedInput, ServedTask, get_task, task_names
 
 CLASSIFY = "classify"
 
@@ -80,8 +80,21 @@ class ServedModel:
         return None if self._opened is None else bundle_intensity(self._opened.meta,
                                                                   self.bundle)
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        return self.task.prepare(image)
+    @property
+    def takes_audio(self) -> bool:
+        """Whether the model prepares paired image + audio examples (a task with
+        ``prepare_pair``: :class:`~vitkit.tasks.base.PairedServedTask`)."""
+        return hasattr(self.task, "prepare_pair")
+
+    def prepare(self, item: ServedInput) -> Any:
+        """A decoded image, or a :class:`~vitkit.tasks.base.PairedUpload` for a model that
+        takes audio, as the model's input."""
+        if isinstance(item, PairedUpload):
+            prepare_pair = getattr(self.task, "prepare_pair", None)
+            if prepare_pair is None:
+                raise TypeError(f"model {self.name} ({self.kind}) takes no audio")
+            return prepare_pair(item)
+        return self.task.prepare(item)
 
     def infer(self, batch: list[torch.Tensor]) -> list[dict[str, Any]]:
         return self.task.infer(batch)

@@ -32,6 +32,7 @@ from vitkit.serve.served import ServedModel
 from vitkit.serve.slot import Slot
 from vitkit.serve.state import BundleRef, StateStore
 from vitkit.serve.updates import Updates
+from vitkit.tasks.base import PairedUpload, ServedInput
 
 logger = logging.getLogger("vitkit.serve")
 
@@ -47,6 +48,13 @@ class NoModelAvailable(Exception):
 
 class UnknownRoute(Exception):
     pass
+
+
+class AudioNotAccepted(Exception):
+    """Audio was sent to a route whose models answer images only."""
+
+
+TAKES_NO_AUDIO = "takes no audio"
 
 
 class RequestTooLarge(Exception):
@@ -231,16 +239,18 @@ class Service:
         self.decoders.shutdown(wait=False)
 
     # ------------------------------------------------------------------ answering
-    async def answer(self, images: Sequence[Image.Image], user_id: str | None = None,
+    async def answer(self, images: Sequence[ServedInput], user_id: str | None = None,
                      route: str | None = None, with_maps: bool = False
                      ) -> list[dict[str, Any]]:
         """One answer per image from the route's arm for this user, or from the fallback chain;
         ``with_maps`` adds the task's picture (base64 PNG; ``map_png``: an anomaly heat map,
-        ``overlay_png``: a mask or boxes over the image) to each answer.
+        ``overlay_png``: a mask or boxes over the image) to each answer. A paired image + audio
+        example (:class:`~vitkit.tasks.base.PairedUpload`) goes only to models that take audio.
 
         Raises:
             UnknownRoute: No such route.
             RequestTooLarge: More images than a model's queue holds.
+            AudioNotAccepted: Audio sent, and no model of the chain takes it.
             NoModelAvailable: Every model of the chain failed or was unavailable.
         """
         route = route or DEFAULT_ROUTE
@@ -252,11 +262,15 @@ class Service:
         reasons: dict[str, str] = {}
         overloaded = False
         started = time.perf_counter()
+        with_audio = any(isinstance(item, PairedUpload) for item in images)
         for name in chain:
             slot = self.slots.get(name)
             breaker = self.breakers[name]
             if slot is None:
                 reasons[name] = "not loaded" if name in self.load_errors else "not ready"
+                continue
+            if with_audio and not slot.model.takes_audio:
+                reasons[name] = TAKES_NO_AUDIO
                 continue
             if len(images) > slot.batcher.max_queue:
                 raise RequestTooLarge(f"{len(images)} images in one request; model {name} "
@@ -290,18 +304,23 @@ class Service:
             answers = self._finish(slot.model, arm_name, route, results, latency,
                                    next(iter(reasons), None))
             key = slot.model.picture_key
-            if with_maps and key is not None:
+            pictures = [item for item in images if isinstance(item, Image.Image)]
+            if with_maps and key is not None and len(pictures) == len(images):
                 loop = asyncio.get_running_loop()
                 pngs = await asyncio.gather(*[
                     loop.run_in_executor(self.decoders, slot.model.overlay_png, image, result)
-                    for image, result in zip(images, results, strict=True)])
+                    for image, result in zip(pictures, results, strict=True)])
                 for answer, png in zip(answers, pngs, strict=True):
                     if png is not None:
                         answer[key] = base64.b64encode(png).decode("ascii")
             return answers
+        if reasons and set(reasons.values()) == {TAKES_NO_AUDIO}:
+            raise AudioNotAccepted(f"no model of route '{route}' takes audio ("
+                                   f"{', '.join(reasons)} answer images only); send the image "
+                                   "alone, or a route to an image + audio model")
         raise NoModelAvailable(reasons, overloaded)
 
-    async def _run(self, slot: Slot, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+    async def _run(self, slot: Slot, images: Sequence[ServedInput]) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         model, batcher = slot.model, slot.batcher
         tensors = await asyncio.gather(*[loop.run_in_executor(self.decoders, model.prepare, im)

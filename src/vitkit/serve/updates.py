@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from vitkit.serve.config import ServeConfig
 from vitkit.serve.served import ServedModel
 from vitkit.serve.slot import Slot
@@ -35,6 +33,7 @@ from vitkit.serve.update import (
     ModelUpdate,
     validate,
 )
+from vitkit.tasks.base import ServedInput
 
 RETIRE_AFTER_S = 30.0
 """A replaced model's batcher keeps running this long, so requests already queued on it
@@ -58,7 +57,7 @@ class Updates:
     def __init__(self, config: ServeConfig, slots: dict[str, Slot], state: StateStore,
                  load: Callable[[str, str, str | None], Awaitable[ServedModel]],
                  make_slot: Callable[[ServedModel], Slot],
-                 run: Callable[[Slot, Sequence[Image.Image]], Awaitable[Answers]],
+                 run: Callable[[Slot, Sequence[ServedInput]], Awaitable[Answers]],
                  live_changed: Callable[[ServedModel], None],
                  in_background: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
         self.config = config
@@ -79,7 +78,7 @@ class Updates:
         """Candidates and replaced versions (their batchers stop with the service)."""
         return [*self.candidates.values(), *self.previous.values()]
 
-    async def route(self, name: str, slot: Slot, images: Sequence[Image.Image],
+    async def route(self, name: str, slot: Slot, images: Sequence[ServedInput],
                     arm: str) -> tuple[Slot, list[dict[str, Any]], str]:
         """The live model's answers, or, during a canary, the candidate's for its share of
         requests (a failing candidate is counted against it and live answers instead); with
@@ -265,7 +264,7 @@ class Updates:
         self._in_background(later())
 
     async def _shadow(self, name: str, rollout: ModelUpdate, candidate: Slot,
-                      images: Sequence[Image.Image], live: list[dict[str, Any]]) -> None:
+                      images: Sequence[ServedInput], live: list[dict[str, Any]]) -> None:
         try:
             trial = await self._run_on(candidate, images)
         except Exception:  # noqa: BLE001 - counted, never seen by a user
@@ -284,7 +283,7 @@ class Updates:
                              f"{agreement:.1%}")
             self._save_state(name, rollout)
 
-    async def _compare(self, rollout: ModelUpdate, live: Slot, images: Sequence[Image.Image],
+    async def _compare(self, rollout: ModelUpdate, live: Slot, images: Sequence[ServedInput],
                        trial: list[dict[str, Any]]) -> None:
         """During the canary: what live would have said, for the agreement figure."""
         try:

@@ -12,7 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vitkit.serve.ab import ab_report
 from vitkit.serve.auth import AdminGuard
-from vitkit.serve.bodies import decode_image, json_body, read_images
+from vitkit.serve.bodies import (
+    PairParts,
+    decode_audio,
+    decode_image,
+    json_body,
+    read_images,
+    read_pair,
+)
 from vitkit.serve.errors import RETRY_AFTER_S, HttpProblem
 from vitkit.serve.log import LogUnavailable
 from vitkit.serve.page import PAGE
@@ -25,10 +32,18 @@ from vitkit.serve.schemas import (
     problem_responses,
     request_body,
 )
-from vitkit.serve.service import NoModelAvailable, RequestTooLarge, Service, UnknownRoute
+from vitkit.serve.service import (
+    AudioNotAccepted,
+    NoModelAvailable,
+    RequestTooLarge,
+    Service,
+    UnknownRoute,
+)
+from vitkit.tasks.base import PairedUpload, ServedInput
 
 # /v1/predict reads its inputs itself; declared here so that clients, /docs and the schema
-# fuzzer see them (a raw body may also be sent as image/jpeg, image/png, …).
+# fuzzer see them (a raw body may also be sent as image/jpeg, image/png, …; a multipart body
+# with a part named audio, and at most one named image, is one image + audio example).
 PREDICT_INPUTS = {
     **request_body(PredictImages, "multipart/form-data", "application/octet-stream"),
     "parameters": [
@@ -75,17 +90,26 @@ def v1_router(service: Service, guard: AdminGuard, max_bytes: int) -> APIRouter:
               responses={200: {"model": Predictions},
                          **problem_responses(404, 413, 415, 422, 503)})
     async def predict(request: Request) -> dict[str, Any]:
-        payloads = await read_images(request, limits.max_images, max_bytes)
         loop = asyncio.get_running_loop()
-        images = await asyncio.gather(*[
-            loop.run_in_executor(service.decoders, decode_image, data, name, limits.max_pixels,
-                                 service.intensity_specs())
-            for name, data in payloads])
+        pair = await read_pair(request, limits.max_images, max_bytes)
+        inputs: list[ServedInput]
+        if pair is not None:  # one image + audio example: multipart fields image, audio
+            inputs = [await _decoded_pair(pair)]
+            names = [{"image": pair.image[0] if pair.image else None, "audio": pair.audio[0]}]
+        else:
+            payloads = await read_images(request, limits.max_images, max_bytes)
+            inputs = list(await asyncio.gather(*[
+                loop.run_in_executor(service.decoders, decode_image, data, name,
+                                     limits.max_pixels, service.intensity_specs())
+                for name, data in payloads]))
+            names = [{"image": name} for name, _ in payloads]
         route = request.query_params.get("route")
         try:
             answers = await service.answer(
-                images, request.headers.get("x-user-id"), route,
+                inputs, request.headers.get("x-user-id"), route,
                 with_maps=request.query_params.get("maps", "").lower() in ("1", "true"))
+        except AudioNotAccepted as exc:
+            raise HttpProblem(422, "audio not accepted", str(exc)) from None
         except UnknownRoute as exc:
             raise HttpProblem(404, "unknown route", f"no route '{exc}'; routes: "
                               f"{', '.join(config.routes)}") from None
@@ -94,9 +118,18 @@ def v1_router(service: Service, guard: AdminGuard, max_bytes: int) -> APIRouter:
         except NoModelAvailable as exc:
             raise HttpProblem(503, "overloaded" if exc.overloaded else "no model available",
                               str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from None
-        for (name, _), answer in zip(payloads, answers, strict=True):
-            answer["image"] = name
+        for named, answer in zip(names, answers, strict=True):
+            answer.update(named)
         return {"predictions": answers}
+
+    async def _decoded_pair(pair: PairParts) -> PairedUpload:
+        loop = asyncio.get_running_loop()
+        audio = loop.run_in_executor(service.decoders, decode_audio, pair.audio[1],
+                                     pair.audio[0])
+        image = None if pair.image is None else await loop.run_in_executor(
+            service.decoders, decode_image, pair.image[1], pair.image[0], limits.max_pixels,
+            service.intensity_specs())
+        return PairedUpload(image, await audio)
 
     @router.post("/v1/feedback", tags=["v1"], openapi_extra=request_body(Feedback),
               responses={200: {"model": FeedbackRecorded},

@@ -65,7 +65,8 @@ class FusionTrainConfig(StagedConfig):
     out: str = "runs/fusion"
     model: str = Field("efficientnet_lite0", description="the image backbone: a timm name")
     weights: str = Field("auto", description="auto, none or the backbone's weights file")
-    image_size: int = Field(32, ge=8, le=512, description="images are squashed to this side")
+    image_size: int | None = Field(None, ge=8, le=1024, description="images are squashed to "
+                                   "this side; None: the backbone's own input size")
     n_mels: int = Field(DEFAULT_N_MELS, ge=8, le=256)
     sample_rate: int | None = Field(None, ge=1000, description="None: the training "
                                     "recordings' most common rate")
@@ -143,8 +144,8 @@ def run_fusion_training(config: FusionTrainConfig, resume: bool = False,
         audio_heads=config.audio_heads, dim=config.dim,
         modality_dropout=config.modality_dropout)
     stderr_console.print(
-        f"model: {config.model} ({spec.weights} weights) at {config.image_size} px + audio "
-        f"encoder on {settings.n_mels} mel bands at {settings.sample_rate} Hz; "
+        f"model: {config.model} ({spec.weights} weights) at {preprocessing.input_size[0]} px "
+        f"+ audio encoder on {settings.n_mels} mel bands at {settings.sample_rate} Hz; "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
     train_set = PairedDataset(by_split["train"], labels,
                               image_train_transform(preprocessing, config.image_augmentation),
