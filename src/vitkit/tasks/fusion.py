@@ -22,6 +22,7 @@ from torch import nn
 
 from vitkit.bundle import Bundle
 from vitkit.data.paired_inputs import PairedBatch, PairedInput
+from vitkit.errors import BundleError
 from vitkit.fusion.dropout import modality_dropout
 from vitkit.fusion.model import FusionClassifier
 from vitkit.fusion.predict import FusionPredictor
@@ -144,8 +145,6 @@ class FusionTask:
     accuracy_key = "accuracy"
 
     def serve(self, bundle: Bundle, variant: str | None = None) -> ServedFusion:
-        from vitkit.errors import BundleError
-
         if variant not in (None, FusionPredictor.variant_name):
             raise BundleError(f"an image + audio bundle has one variant, "
                               f"{FusionPredictor.variant_name}; got {variant!r}.")

@@ -41,6 +41,7 @@ from vitkit.data.paired_inputs import (
     PairedBatch,
     PairedDataset,
     PairedInput,
+    collate,
     image_train_transform,
 )
 from vitkit.data.transforms import eval_transform
@@ -152,16 +153,15 @@ def run_fusion_training(config: FusionTrainConfig, resume: bool = False,
                               settings, config.audio_augmentation, config.max_pixels)
     val_set = PairedDataset(by_split["val"], labels, eval_transform(preprocessing), settings,
                             None, config.max_pixels)
-    collate = partial(_collate, size=preprocessing.input_size, n_mels=settings.n_mels)
+    batch_of = partial(_collate, size=preprocessing.input_size, n_mels=settings.n_mels)
 
     def train_loader(seed: int) -> DataLoader:
         return DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                          num_workers=config.num_workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(seed),
-                          persistent_workers=False)
+                          num_workers=config.num_workers, collate_fn=batch_of,
+                          generator=torch.Generator().manual_seed(seed))
 
     val_loader = DataLoader(val_set, batch_size=config.batch_size,
-                            num_workers=config.num_workers, collate_fn=collate)
+                            num_workers=config.num_workers, collate_fn=batch_of)
     trainer = StagedTrainer(model, FusionStep(config.modality_dropout), config, train_loader,
                             val_loader, run_dir, show_progress=progress)
     fit = trainer.fit(resume=resume)
@@ -215,8 +215,6 @@ def run_fusion_training(config: FusionTrainConfig, resume: bool = False,
 
 def _collate(items: Sequence[tuple[PairedInput, int]], size: tuple[int, int], n_mels: int
              ) -> PairedBatch:
-    from vitkit.data.paired_inputs import collate
-
     return collate([x for x, _ in items], size, n_mels, [y for _, y in items])
 
 
