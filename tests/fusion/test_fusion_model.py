@@ -108,3 +108,30 @@ def test_modality_dropout_keeps_a_lone_input_and_p_zero_changes_nothing() -> Non
     assert torch.equal(same[0], has_image) and torch.equal(same[1], has_audio)
     with pytest.raises(ValueError, match=r"\[0, 0.5\]"):
         modality_dropout(has_image, has_audio, 0.6)
+
+
+def test_the_step_scores_both_each_input_alone_and_their_mean(model: FusionClassifier) -> None:
+    from vitkit.tasks.fusion import FusionStep
+
+    torch.manual_seed(1)
+    items = [PairedInput(torch.randn(3, *SIZE), torch.randn(80, 30)) for _ in range(5)]
+    items += [PairedInput(None, torch.randn(80, 20)), PairedInput(torch.randn(3, *SIZE), None)]
+    targets = [0, 1, 2, 0, 1, 2, 0]
+    batch = collate(items, SIZE, 80, targets)
+    evaluation = FusionStep(0.25).evaluate(model, [batch], torch.device("cpu"))
+
+    def accuracy(keep: list[int], has_image: torch.Tensor, has_audio: torch.Tensor) -> float:
+        with torch.no_grad():
+            logits = model(batch.images, has_image, batch.mels, batch.mel_lengths, has_audio)
+        hits = logits.argmax(1) == batch.targets
+        return float(hits[keep].float().mean())
+
+    no = torch.zeros(7, dtype=torch.bool)
+    expected = {"accuracy_both": accuracy(list(range(7)), batch.has_image, batch.has_audio),
+                "accuracy_image": accuracy([0, 1, 2, 3, 4, 6], batch.has_image, no),
+                "accuracy_audio": accuracy([0, 1, 2, 3, 4, 5], no, batch.has_audio)}
+    assert evaluation.details == pytest.approx(expected)
+    assert evaluation.metric == pytest.approx(sum(expected.values()) / 3)
+    assert FusionStep(0.25, pretrained_image=False).encoder_parameters(model) == []
+    assert len(FusionStep(0.25).encoder_parameters(model)) == len(
+        list(model.image_encoder.parameters()))

@@ -43,17 +43,22 @@ def _unwrap(model: nn.Module) -> FusionClassifier:
 class FusionStep:
     """The image + audio step of the staged loop (:class:`~vitkit.tasks.trainer.TaskStep`).
 
-    The encoder is the pretrained image backbone, frozen in the head stage; the audio
-    encoder (trained from scratch), the projections and the head train from the start.
+    The encoder is the pretrained image backbone, frozen in the head stage and slowed in the
+    full one; the audio encoder (trained from scratch), the projections and the head train
+    from the start. An image backbone without pretrained weights (``pretrained_image``
+    False) has nothing to keep: it trains from the start at the full rate, like the rest.
     """
 
     metric_name = "mean_accuracy"
 
-    def __init__(self, modality_dropout: float) -> None:
+    def __init__(self, modality_dropout: float, pretrained_image: bool = True) -> None:
         self.modality_dropout = modality_dropout
+        self.pretrained_image = pretrained_image
         self.loss = nn.CrossEntropyLoss()
 
     def encoder_parameters(self, model: nn.Module) -> Sequence[nn.Parameter]:
+        if not self.pretrained_image:
+            return []
         return list(_unwrap(model).image_encoder.parameters())
 
     def training_loss(self, model: nn.Module, batch: Any, device: torch.device
@@ -64,6 +69,7 @@ class FusionStep:
         logits = model(batch.images, has_image, batch.mels, batch.mel_lengths, has_audio)
         return self.loss(logits, batch.targets), len(batch.targets)
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Any], device: torch.device,
                  step: Callable[[], None] | None = None) -> Evaluation:
         """Accuracy with both inputs, the image alone and the audio alone (each over the rows

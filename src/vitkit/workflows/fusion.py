@@ -162,8 +162,9 @@ def run_fusion_training(config: FusionTrainConfig, resume: bool = False,
 
     val_loader = DataLoader(val_set, batch_size=config.batch_size,
                             num_workers=config.num_workers, collate_fn=batch_of)
-    trainer = StagedTrainer(model, FusionStep(config.modality_dropout), config, train_loader,
-                            val_loader, run_dir, show_progress=progress)
+    step = FusionStep(config.modality_dropout, pretrained_image=spec.weights != "none")
+    trainer = StagedTrainer(model, step, config, train_loader, val_loader, run_dir,
+                            show_progress=progress)
     fit = trainer.fit(resume=resume)
     counts = {k: len(v) for k, v in by_split.items()}
     if not trainer.accelerator.is_main_process:
