@@ -19,6 +19,7 @@ from vitkit.cli.common import (
     path_width,
     plural,
     print_json,
+    print_per_class,
     short_path,
 )
 from vitkit.console import make_progress, stderr_console
@@ -345,13 +346,8 @@ def eval_(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{bundle} on {data} ({result['split']}, n={result['n']})")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for label, m in result["per_class"].items():
-        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                      str(m["support"]))
-    stderr_console.print(table)
+    print_per_class(f"{bundle} on {data} ({result['split']}, n={result['n']})",
+                    result["per_class"])
     stderr_console.print(f"accuracy {result['accuracy']:.4f}  balanced accuracy "
                          f"{result['balanced_accuracy']:.4f}  ECE {result['ece']:.4f}"
                          f"  (temperature {result['temperature']:.3g})")

@@ -96,3 +96,16 @@ def finish_items(verb: str, done: int, failures: Sequence[tuple[str, str]]) -> N
                              "error; in --json, the items with an \"error\" key)")
     else:
         stderr_console.print(f"{done} {verb}", highlight=False)
+
+
+def print_per_class(title: str, per_class: dict[str, dict[str, Any]]) -> None:
+    """A classification's per-class precision, recall, F1 and support as a table on stderr."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, m in per_class.items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                      str(m["support"]))
+    stderr_console.print(table)

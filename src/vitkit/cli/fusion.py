@@ -10,7 +10,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from vitkit.cli.common import finish_items, path_width, plural, print_json, short_path
+from vitkit.cli.common import (
+    finish_items,
+    path_width,
+    plural,
+    print_json,
+    print_per_class,
+    short_path,
+)
 from vitkit.console import stderr_console
 from vitkit.errors import BundleError, ConfigError, DataError, VitkitError
 
@@ -96,14 +103,8 @@ def eval_fusion(ctx: typer.Context) -> None:
     if options["json_out"]:
         print_json(result)
         return
-    table = Table(title=f"{bundle} on {data} ({result['split']}, {result['modality']}, "
-                        f"n={result['n']})")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for label, m in result["per_class"].items():
-        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                      str(m["support"]))
-    stderr_console.print(table)
+    print_per_class(f"{bundle} on {data} ({result['split']}, {result['modality']}, "
+                    f"n={result['n']})", result["per_class"])
     stderr_console.print(f"accuracy {result['accuracy']:.4f}  balanced accuracy "
                          f"{result['balanced_accuracy']:.4f}  ECE {result['ece']:.4f}")
     if result["n_without_input"]:
