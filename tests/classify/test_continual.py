@@ -3,7 +3,6 @@ that grows with new classes, rehearsal at a fixed share, and Learning without Fo
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def test_rehearsal_takes_its_share_of_each_epoch() -> None:
     new = torch.utils.data.TensorDataset(torch.zeros(70, 1), torch.zeros(70))
     memory = torch.utils.data.TensorDataset(torch.ones(500, 1), torch.arange(500.0))
     replay = ReplayDataset(new, memory, ratio=0.3)
-    assert len(replay) == 70 + math.ceil(70 * 0.3 / 0.7)  # 100: 30 % rehearsal
+    assert len(replay) == 100  # 30 of 100 items are rehearsal
     torch.manual_seed(0)
     drawn = [replay[i][1].item() for i in range(70, 100)]
     torch.manual_seed(0)
@@ -142,3 +141,25 @@ def test_a_windowed_models_memory_is_kept_rendered_and_read_back_as_it_is(
                          intensity=spec)  # a rendered exemplar is copied, not windowed again
     (copy,) = read_memory(bundle, again)
     assert np.asarray(Image.open(copy.path)).mean() == pytest.approx(127.5, abs=1)
+
+
+def test_class_weights_count_what_an_epoch_sees() -> None:
+    """70 new images of two classes, a memory of 4 exemplars of two old classes at ratio 0.3:
+    an epoch draws 30 exemplars, so each old class counts ~15, not 2 (which the engine's
+    balanced weights would turn into a 7x weight on top of the oversampling)."""
+    from vitkit.data.layouts import Sample
+
+    class Listed(torch.utils.data.Dataset):
+        def __init__(self, labels: list[str]) -> None:
+            self.samples = [Sample(Path(f"/x/{i}.png"), label, "train")
+                            for i, label in enumerate(labels)]
+
+        def __len__(self) -> int:
+            return len(self.samples)
+
+        def __getitem__(self, i: int) -> str:
+            return self.samples[i].label
+
+    replay = ReplayDataset(Listed(["n1"] * 35 + ["n2"] * 35), Listed(["o1", "o2"] * 2), 0.3)
+    counts = Counter(s.label for s in replay.samples)
+    assert counts == {"n1": 35, "n2": 35, "o1": 15, "o2": 15}

@@ -89,11 +89,17 @@ class ReplayDataset(Dataset[tuple[torch.Tensor, int]]):
         self.new, self.memory = new, memory
         self.n_new = len(new)  # type: ignore[arg-type]
         self.n_memory = len(memory)  # type: ignore[arg-type]
-        wanted = math.ceil(self.n_new * ratio / (1.0 - ratio)) if ratio > 0 else 0
+        # rounded up, but not for float noise (70 * 0.3 / 0.7 is 30.000000000000004)
+        wanted = math.ceil(self.n_new * ratio / (1.0 - ratio) - 1e-9) if ratio > 0 else 0
         self.n_replay = wanted if self.n_memory else 0
         self.class_to_idx: dict[str, int] = dict(getattr(new, "class_to_idx", {}))
-        # the distinct images, for what counts them (the engine's balanced class weights)
-        self.samples = list(getattr(new, "samples", [])) + list(getattr(memory, "samples", []))
+        # What one epoch sees, for what counts it (the engine's balanced class weights): the
+        # new images once and the memory's images as often as the replay draws them on
+        # average; counting each exemplar once would weigh a small memory's classes up twice
+        # over (once by the draws, once by the weights).
+        remembered = list(getattr(memory, "samples", []))
+        self.samples = list(getattr(new, "samples", [])) + [
+            remembered[i % len(remembered)] for i in range(self.n_replay if remembered else 0)]
 
     def __len__(self) -> int:
         return self.n_new + self.n_replay
