@@ -55,6 +55,8 @@ def test_continue_a_bundle_with_new_classes(tmp_path: Path) -> None:
         assert figures["average_accuracy"] == pytest.approx(
             (after + figures["new_accuracy"]) / 2, abs=1e-4)
     assert json.loads((tmp_path / "second" / "continual.json").read_text()) == summary
+    written = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert written["continual"] == summary and written["classes"] == meta.labels
     report = (tmp_path / "second" / "report.html").read_text()
     assert 'id="continual-table"' in report and "naive fine-tuning" in report
 

@@ -25,6 +25,7 @@ them as validation, not test, figures.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,8 @@ def run_continual_training(config: TrainConfig, resume: bool = False, progress: 
     }
     write_json_atomic(run_dir / CONTINUAL_RECORD, summary)
     result.continual = summary
-    write_json_atomic(run_dir / "summary.json", {**result.to_dict(), "classes": classes})
+    written = json.loads((run_dir / "summary.json").read_text())  # finish_run's, plus this
+    write_json_atomic(run_dir / "summary.json", {**written, "continual": summary})
     write_report(run_dir)  # again: now with the continual-learning section
     return result
 
