@@ -73,7 +73,7 @@ def read_manifest(csv_path: Path) -> list[ManifestRow]:
                 f"{seen[path]}. List each image once."
             )
         seen[path] = line
-        out.append(ManifestRow(path, cells["label"], _parse_split(cells.get("split", ""),
+        out.append(ManifestRow(path, cells["label"], parse_split(cells.get("split", ""),
                                                                   csv_path, line)))
     return out
 
@@ -100,7 +100,7 @@ def _parse_header(header: list[str], csv_path: Path) -> dict[str, int]:
     return {name: names.index(name) for name in names}
 
 
-def _parse_split(value: str, csv_path: Path, line: int) -> str | None:
+def parse_split(value: str, csv_path: Path, line: int) -> str | None:
     if not value:
         return None
     split = SPLIT_ALIASES.get(value.lower())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vitkit.data.audio import AudioProblem, load_wav
 from vitkit.data.images import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb, reason_kind
-from vitkit.data.manifest import SPLIT_ALIASES
+from vitkit.data.manifest import parse_split
 from vitkit.data.validate import SkippedImage
 from vitkit.errors import DataError
 
@@ -109,7 +109,7 @@ def read_paired_manifest(csv_path: Path, need_labels: bool = True) -> list[Paire
                             "(the class name) or delete the row.")
         out.append(PairedRow(
             image=_absolute(base, cells["image"]), audio=_absolute(base, cells["audio"]),
-            label=label, split=_parse_split(cells.get("split", ""), csv_path, line),
+            label=label, split=parse_split(cells.get("split", ""), csv_path, line),
             line=line))
     if not out:
         raise DataError(f"the manifest {csv_path} has a header but no rows. Add one row per "
@@ -136,16 +136,6 @@ def _parse_header(header: list[str], csv_path: Path, need_labels: bool) -> dict[
                         f"image,audio,label,split (leave a cell empty when a row has no image "
                         f"or no audio), for example:\n{_EXAMPLE}")
     return {name: names.index(name) for name in names}
-
-
-def _parse_split(value: str, csv_path: Path, line: int) -> str | None:
-    if not value:
-        return None
-    split = SPLIT_ALIASES.get(value.lower())
-    if split is None:
-        raise DataError(f"{csv_path}, line {line}: unknown split {value!r}. Use train, val or "
-                        "test, or leave the cell empty to let vitkit assign a split.")
-    return split
 
 
 @dataclass
