@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 from tests.dicom_files import disk_phantom, write_ct
 from tests.e2e.cli import run_cli
+from tests.serve.test_serve_http import wait_ready
 
 from vitkit.predictor.predict import Prediction, load
 
@@ -122,10 +122,7 @@ def test_an_onnx_export_and_the_service_read_dicom_through_the_recorded_window(
                                                      "variant": "torch-fp32"}],
                                          "log": {"url": None}, "state_file": None})
     with BackgroundServer(config) as url:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.05)
+        wait_ready(url, timeout=120)
         answer = httpx.post(f"{url}/v1/predict", timeout=60,
                             files=[("files", ("slice.dcm", scan.read_bytes(),
                                               "application/dicom"))])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tests.fusion.conftest import PITCHES, RATE, bar_image, tone
+from tests.serve.test_serve_http import wait_ready
 
 from vitkit.data.audio import wav_bytes
 
@@ -56,10 +57,7 @@ def fusion_server(fusion_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
         "state_file": str(folder / "state.json"),
     })
     with BackgroundServer(config) as url:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.05)
+        wait_ready(url, timeout=120)
         yield url, folder / "log.db"
 
 

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from tests.detect.conftest import detect_bundle  # noqa: F401 - the fixture
 from tests.segment.conftest import random_bundle  # noqa: F401 - the fixture
+from tests.serve.test_serve_http import wait_ready
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -44,10 +45,7 @@ def task_server(random_bundle: Path, detect_bundle: Path,  # noqa: F811
         "state_file": str(folder / "state.json"),
     })
     with BackgroundServer(config) as url:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.05)
+        wait_ready(url, timeout=120)
         yield url, folder / "log.db"
 
 
