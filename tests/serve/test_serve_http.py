@@ -198,13 +198,19 @@ def _failing(*_: object) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("server", [{"batching": {"timeout_ms": 400, "max_wait_ms": 1},
-                                     "breaker": {"failures": 2, "cooldown_s": 60}}],
+                                     "breaker": {"failures": 2, "cooldown_s": 60},
+                                     "routes": {"default": [{"model": "a"}],
+                                                "warm": [{"model": "b"}]}}],
                          indirect=True)
 def test_fallback_answers_on_each_fault_and_the_breaker_opens(
         server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     url, service = server
     image = png_bytes(Image.new("RGB", (48, 48), (45, 70, 215)))
     model_a = service.models["a"]
+    # b's first call (a cold ViT) can take longer than the 400 ms timeout on a busy machine,
+    # which would make the fallback itself time out: warm it first.
+    warmed = predict(url, [image], params={"route": "warm"})
+    assert warmed.status_code == 200, warmed.text
 
     calls = []
 
